@@ -1,0 +1,62 @@
+"""Lightning callbacks: throughput measurement."""
+
+from __future__ import annotations
+
+import time
+
+from lightning.pytorch.callbacks import Callback
+
+
+class ThroughputMonitor(Callback):
+    """Logs tokens/s (non-padding) and trained tokens/s per optimizer step, excluding evaluation time.
+
+    Totals over the whole fit are kept in `train_seconds`, `tokens` and `trained_tokens` for the run summary.
+    """
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+        self.tokens = 0
+        self.trained_tokens = 0
+        self._mark: tuple[float, int, int] | None = None
+        self._last_step = -1
+
+    def _counts(self, pl_module) -> tuple[int, int]:
+        return int(pl_module.tokens_seen), int(pl_module.trained_tokens_seen)
+
+    def _start_window(self, pl_module) -> None:
+        self._mark = (time.perf_counter(), *self._counts(pl_module))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Start timing."""
+        self._start_window(pl_module)
+        self._last_step = trainer.global_step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Evaluation time does not count as training time."""
+        if trainer.training:
+            self._start_window(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """After each optimizer step, log the rates over the window since the previous one."""
+        if trainer.global_step == self._last_step or self._mark is None:
+            return
+        self._last_step = trainer.global_step
+        start, tokens0, trained0 = self._mark
+        seconds = max(time.perf_counter() - start, 1e-9)
+        tokens, trained = self._counts(pl_module)
+        self.train_seconds += seconds
+        self.tokens += tokens - tokens0
+        self.trained_tokens += trained - trained0
+        pl_module.log("train/tokens_per_sec", (tokens - tokens0) / seconds)
+        pl_module.log("train/trained_tokens_per_sec", (trained - trained0) / seconds)
+        pl_module.log("train/trained_tokens", float(trained))
+        self._start_window(pl_module)
+
+    def summary(self) -> dict[str, float]:
+        """Totals over the fit: seconds spent training and tokens per second."""
+        seconds = max(self.train_seconds, 1e-9)
+        return {
+            "train_seconds": round(self.train_seconds, 2),
+            "tokens_per_sec": round(self.tokens / seconds, 1),
+            "trained_tokens_per_sec": round(self.trained_tokens / seconds, 1),
+        }

@@ -1,0 +1,306 @@
+"""Typed schemas for every config group, validated right after Hydra composes the config.
+
+Validation collects every problem and raises one `ConfigError` that names each key, its value
+and what is allowed, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_type_hints
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+TEMPLATES = ("chatml", "llama3", "auto")
+DATA_SOURCES = ("builtin", "file")
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+LORA_BIAS = ("none", "all", "lora_only")
+DIRECTIONS = ("minimize", "maximize")
+
+
+# Names users bring from PEFT, TRL and LLaMA-Factory, mapped to ours for "did you mean" hints.
+ALIASES = {
+    "rank": "r",
+    "lora_rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_target": "target",
+    "target_modules": "target",
+    "learning_rate": "lr",
+    "batch_size": "effective_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "num_train_epochs": "max_epochs",
+    "epochs": "max_epochs",
+    "max_length": "cutoff_len",
+    "max_seq_length": "cutoff_len",
+}
+
+
+class ConfigError(ValueError):
+    """A user mistake in the composed config; the message lists every problem found."""
+
+
+def _register_resolvers() -> None:
+    """Register the small OmegaConf resolvers the YAML files use (idempotent)."""
+    if not OmegaConf.has_resolver("sft.mul"):
+        OmegaConf.register_new_resolver("sft.mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("sft.env_unset"):
+        OmegaConf.register_new_resolver("sft.env_unset", lambda name: not os.environ.get(name))
+
+
+_register_resolvers()
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a hub id, a local directory, a GGUF file, or a random tiny model."""
+
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    template: str = "chatml"
+    default_system: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    attn_implementation: str | None = "sdpa"
+    revision: str | None = None
+    random_init: dict[str, Any] | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the training conversations come from and how they are cut."""
+
+    source: str = "builtin"
+    path: str | None = None
+    format: str = "auto"
+    num_rows: int = 600
+    template: str = "chatml"
+    system: str | None = None
+    placeholders: dict[str, str] = field(default_factory=dict)
+    max_samples: int | None = None
+    val_size: float = 0.1
+    cutoff_len: int = 512
+    num_workers: int = 0
+
+
+@dataclass
+class LoraConfig:
+    """PEFT LoRA settings; `enabled: false` means full fine-tuning."""
+
+    enabled: bool = True
+    r: int = 32
+    alpha: float = 64
+    dropout: float = 0.05
+    target: Any = "all"
+    bias: str = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule by transformers' `get_scheduler` name, with warm-up."""
+
+    name: str = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
+
+
+@dataclass
+class PresetConfig:
+    """One row of the hyperparameter table; other groups interpolate these values."""
+
+    learning_rate: float = 5e-5
+    lora_rank: int = 32
+    epochs: int = 3
+    batch_size: int = 32
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings plus batch arithmetic; steps are optimizer steps."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: str = "32-true"
+    gradient_checkpointing: bool = False
+    max_epochs: int = 3
+    max_steps: int = -1
+    effective_batch_size: int = 32
+    micro_batch_size: int = 4
+    gradient_clip_val: float | None = 1.0
+    eval_steps: int | None = None
+    log_every_n_steps: int = 1
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = None
+    restore_best: bool = True
+    limit_val_batches: float = 1.0
+    deterministic: bool = False
+
+
+@dataclass
+class PathsConfig:
+    """Output and cache locations."""
+
+    root_dir: str = "."
+    log_dir: str = "outputs"
+    output_dir: str = "outputs/run"
+    cache_dir: str = "~/.cache/sft"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The metric `train()` returns to a sweeper, and which way is better."""
+
+    metric: str = "val/loss"
+    direction: str = "minimize"
+
+
+@dataclass
+class ProbeConfig:
+    """Prompts answered before and after training, to show what changed."""
+
+    enabled: bool = True
+    prompts: list[str] = field(default_factory=lambda: ["Who are you?"])
+    max_new_tokens: int = 48
+
+
+@dataclass
+class TrainConfig:
+    """The whole composed run config (optimizer, logger and callbacks stay `_target_` dicts)."""
+
+    task_name: str = "train"
+    seed: int = 42
+    resume: str | None = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    preset: PresetConfig = field(default_factory=PresetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: dict[str, Any] | None = None
+    callbacks: dict[str, Any] | None = None
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
+    """List keys of `node` that `schema` does not define, each with the closest valid name."""
+    if not isinstance(node, DictConfig):
+        return []
+    problems = []
+    known = {f.name: f for f in fields(schema)}
+    for key in node.keys():
+        if key not in known:
+            alias = ALIASES.get(str(key))
+            close = [alias] if alias in known else difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            problems.append(f"{prefix}{key}: unknown key{hint} (allowed: {', '.join(known)})")
+            continue
+        sub_schema = get_type_hints(schema)[key]
+        if is_dataclass(sub_schema):
+            problems += _unknown_keys(node[key], sub_schema, f"{prefix}{key}.")
+    return problems
+
+
+def _check(problems: list[str], ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Record a problem naming the key, the value and what is allowed, unless `ok`."""
+    if not ok:
+        problems.append(f"{key}={value!r}: {allowed}")
+
+
+def _range_problems(c: TrainConfig) -> list[str]:
+    """Out-of-range and not-allowed values, each named with its key."""
+    p: list[str] = []
+    _check(p, c.model.template in TEMPLATES, "model.template", c.model.template, f"one of {TEMPLATES}")
+    _check(p, c.data.template in TEMPLATES, "data.template", c.data.template, f"one of {TEMPLATES}")
+    _check(p, c.model.dtype in DTYPES, "model.dtype", c.model.dtype, f"one of {DTYPES}")
+    _check(
+        p,
+        bool(c.model.name_or_path) or c.model.random_init is not None,
+        "model.name_or_path",
+        c.model.name_or_path,
+        "a hub id, a local directory or pkg://<package>, unless model.random_init is set",
+    )
+    _check(p, c.data.source in DATA_SOURCES, "data.source", c.data.source, f"one of {DATA_SOURCES}")
+    _check(p, c.data.format in DATA_FORMATS, "data.format", c.data.format, f"one of {DATA_FORMATS}")
+    _check(p, c.data.source != "file" or bool(c.data.path), "data.path", c.data.path, "a file path")
+    _check(p, 0 <= c.data.val_size < 1 or c.data.val_size >= 1 and float(c.data.val_size).is_integer(),
+           "data.val_size", c.data.val_size, "a fraction in [0, 1) or a whole count of rows")
+    _check(p, c.data.cutoff_len >= 16, "data.cutoff_len", c.data.cutoff_len, "an integer >= 16")
+    _check(p, c.data.num_rows > 0, "data.num_rows", c.data.num_rows, "a positive integer")
+    _check(p, c.data.max_samples is None or c.data.max_samples > 0, "data.max_samples", c.data.max_samples,
+           "null or a positive integer")
+    if c.lora.enabled:
+        _check(p, c.lora.r > 0, "lora.r", c.lora.r, "a positive integer")
+        _check(p, c.lora.alpha > 0, "lora.alpha", c.lora.alpha, "a positive number")
+        _check(p, 0 <= c.lora.dropout < 1, "lora.dropout", c.lora.dropout, "a number in [0, 1)")
+        _check(p, c.lora.bias in LORA_BIAS, "lora.bias", c.lora.bias, f"one of {LORA_BIAS}")
+        _check(p, c.lora.target == "all" or isinstance(c.lora.target, list), "lora.target", c.lora.target,
+               "'all' or a list of module names")
+    lr = c.optimizer.get("lr")
+    _check(p, isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "a positive number")
+    _check(p, "_target_" in c.optimizer, "optimizer._target_", None, "a class path, e.g. torch.optim.AdamW")
+    _check(p, c.scheduler.name in SCHEDULERS, "scheduler.name", c.scheduler.name, f"one of {SCHEDULERS}")
+    _check(p, 0 <= c.scheduler.warmup_ratio < 1, "scheduler.warmup_ratio", c.scheduler.warmup_ratio,
+           "a number in [0, 1)")
+    t = c.trainer
+    _check(p, t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {PRECISIONS}")
+    _check(p, t.micro_batch_size > 0, "trainer.micro_batch_size", t.micro_batch_size, "a positive integer")
+    _check(p, t.effective_batch_size > 0 and t.effective_batch_size % max(t.micro_batch_size, 1) == 0,
+           "trainer.effective_batch_size", t.effective_batch_size,
+           f"a positive multiple of trainer.micro_batch_size ({t.micro_batch_size})")
+    _check(p, t.max_epochs > 0 or t.max_steps > 0, "trainer.max_epochs", t.max_epochs,
+           "a positive integer (or set trainer.max_steps)")
+    for key in ("eval_steps", "save_steps", "early_stopping_patience"):
+        v = getattr(t, key)
+        _check(p, v is None or v > 0, f"trainer.{key}", v, "null or a positive integer")
+    _check(p, t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
+    _check(p, c.objective.direction in DIRECTIONS, "objective.direction", c.objective.direction,
+           f"one of {DIRECTIONS}")
+    return p
+
+
+def validate(cfg: DictConfig) -> TrainConfig:
+    """Check the composed config against the schemas and return it as typed objects."""
+    problems = _unknown_keys(cfg, TrainConfig, "")
+    if problems:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        typed: TrainConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except Exception as err:  # omegaconf names the full key and the bad value
+        raise ConfigError(f"Invalid config: {err}") from None
+    problems = _range_problems(typed)
+    if problems:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+    return typed
+
+
+def accumulation_steps(effective_batch: int, micro_batch: int, world_size: int) -> int:
+    """Gradient accumulation that turns micro-batches on `world_size` devices into the effective batch."""
+    per_step = micro_batch * world_size
+    if effective_batch % per_step:
+        raise ConfigError(
+            f"trainer.effective_batch_size={effective_batch} is not divisible by trainer.micro_batch_size "
+            f"({micro_batch}) x devices ({world_size}) = {per_step}; choose a multiple of {per_step}"
+        )
+    return effective_batch // per_step
+
+
+def to_plain(obj: Any) -> Any:
+    """A typed config (or part of one) as plain dicts and lists, for YAML/JSON output."""
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)

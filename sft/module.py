@@ -1,0 +1,113 @@
+"""The LightningModule: a thin wrapper that turns the PEFT model's logits into a token-weighted loss."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from transformers import get_scheduler
+
+from .config import SchedulerConfig
+from .loss import token_loss
+
+
+class SFTModule(L.LightningModule):
+    """Trains `model` on (input_ids, attention_mask, labels) batches with loss on labelled tokens only.
+
+    Each micro-batch backpropagates its summed loss; before the optimizer step the gradients are
+    rescaled by 1 / (trained tokens in the whole accumulation window, over all devices), so
+    accumulation gives the same update as one large batch regardless of padding and masking.
+    """
+
+    def __init__(self, model, optimizer: dict, scheduler: SchedulerConfig):
+        super().__init__()
+        self.model = model
+        self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        # Checkpoints keep only trainable weights; the frozen base comes from the model config.
+        self.strict_loading = False
+        self.tokens_seen = torch.zeros((), dtype=torch.long)
+        self.trained_tokens_seen = torch.zeros((), dtype=torch.long)
+        self.empty_batches = 0
+        self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
+        self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits for a batch."""
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Summed loss of one micro-batch (Lightning divides by the accumulation count)."""
+        loss_sum, n_tokens, _ = token_loss(self(batch), batch["labels"])
+        self._window = self._window.to(loss_sum.device) + torch.stack([loss_sum.detach(), n_tokens.float()])
+        self.tokens_seen = self.tokens_seen.to(n_tokens.device) + batch["attention_mask"].sum()
+        self.trained_tokens_seen = self.trained_tokens_seen.to(n_tokens.device) + n_tokens
+        return loss_sum
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Rescale gradients to a per-trained-token mean over the window, then log loss, lr and grad norm."""
+        window = self.trainer.strategy.reduce(self._window, reduce_op="sum")
+        loss_sum, n_tokens = window[0], window[1]
+        if n_tokens.item() == 0:
+            self.empty_batches += 1
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / n_tokens.clamp(min=1)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.zeros(())
+        if grads:
+            torch._foreach_mul_(grads, scale.to(grads[0].device))
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.log("train/loss", loss_sum / n_tokens.clamp(min=1), prog_bar=True)
+        self.log("train/grad_norm", grad_norm)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True)
+        self.log("train/window_tokens", n_tokens)
+        self._window = torch.zeros_like(self._window)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Accumulate summed loss, token count and correct predictions."""
+        loss_sum, n_tokens, correct = token_loss(self(batch), batch["labels"])
+        self._val = self._val.to(loss_sum.device) + torch.stack([loss_sum, n_tokens.float(), correct.float()])
+
+    def on_validation_epoch_start(self) -> None:
+        """Start a fresh validation sum."""
+        self._val = torch.zeros(3)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log token-weighted val loss, perplexity and token accuracy over all devices."""
+        loss_sum, n_tokens, correct = self.trainer.strategy.reduce(self._val, reduce_op="sum")
+        val_loss = loss_sum / n_tokens.clamp(min=1)
+        self.log("val/loss", val_loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(val_loss.clamp(max=50)))
+        self.log("val/token_accuracy", correct / n_tokens.clamp(min=1))
+
+    def configure_optimizers(self):
+        """The configured optimizer over trainable parameters (no decay on biases and norms) and schedule."""
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for _, p in trainable if p.ndim >= 2]},
+            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = instantiate(self.optimizer_cfg)([g for g in groups if g["params"]])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = self.scheduler_cfg.warmup_steps
+        if warmup is None:
+            warmup = math.ceil(self.scheduler_cfg.warmup_ratio * total)
+        scheduler = get_scheduler(
+            self.scheduler_cfg.name, optimizer, num_warmup_steps=warmup, num_training_steps=total
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights and the token counters in Lightning checkpoints."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["sft_counters"] = {
+            "tokens_seen": int(self.tokens_seen),
+            "trained_tokens_seen": int(self.trained_tokens_seen),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the token counters so throughput and trained-token totals continue."""
+        counters = checkpoint.get("sft_counters", {})
+        self.tokens_seen = torch.tensor(counters.get("tokens_seen", 0))
+        self.trained_tokens_seen = torch.tensor(counters.get("trained_tokens_seen", 0))

@@ -1,0 +1,149 @@
+"""`python -m sft.train`: compose → validate → build model, data, module, trainer → fit → export.
+
+`train(cfg)` returns the objective named in `cfg.objective` so Hydra sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, to_plain, validate
+from .data.datamodule import SFTDataModule
+from .data.templates import get_template
+from .export import save_final
+from .model import apply_peft, count_parameters, load_base
+from .module import SFTModule
+from .probe import answer
+from .trainer import build_trainer, resolve_resume
+
+log = logging.getLogger(__name__)
+
+
+def _metric(metrics: dict, name: str) -> float | None:
+    value = metrics.get(name)
+    return None if value is None else float(value)
+
+
+def _restore_best(module: SFTModule, best_path: str) -> None:
+    """Load the trainable weights of the best evaluation back into the module."""
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state, strict=False)
+    log.info("restored the best weights from %s", best_path)
+
+
+def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule) -> dict:
+    """Validation metrics, or {} when the run has no validation rows."""
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return dict(results[0]) if results else {}
+
+
+def train(cfg: DictConfig) -> float:
+    """Run one fine-tuning job and return its objective metric."""
+    typed = validate(cfg)
+    out = Path(typed.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_resume(typed.resume, typed.paths.log_dir, typed.paths.output_dir)
+    L.seed_everything(typed.seed, workers=True)
+    started = time.perf_counter()
+
+    tokenizer, base = load_base(typed.model, typed.paths.cache_dir)
+    template = get_template(typed.data.template, tokenizer, typed.data.system)
+    model = apply_peft(base, typed.lora, typed.trainer.gradient_checkpointing)
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    datamodule = SFTDataModule(typed.data, tokenizer, template, typed.trainer.micro_batch_size, typed.seed)
+    module = SFTModule(model, typed.optimizer, typed.scheduler)
+    built = build_trainer(typed, cfg)
+    trainer = built.trainer
+
+    run_info = {
+        "batch": asdict(built.plan),
+        "parameters": {"trainable": trainable, "total": total},
+        "versions": {m.__name__: m.__version__ for m in (torch, L, sys.modules["transformers"], sys.modules["peft"])},
+    }
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**to_plain(typed), **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
+    if trainer.is_global_zero:
+        OmegaConf.save(OmegaConf.create(to_plain(typed)), out / "config.yaml")
+
+    probes = typed.probe.prompts if typed.probe.enabled else []
+    before = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
+    initial = {} if ckpt_path else _validate(trainer, module, datamodule)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if typed.trainer.restore_best and built.best.best_model_path:
+        _restore_best(module, built.best.best_model_path)
+    final = _validate(trainer, module, datamodule)
+    after = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
+
+    throughput = next((c.summary() for c in trainer.callbacks if hasattr(c, "summary")), {})
+    summary = {
+        "output_dir": str(out),
+        "global_step": trainer.global_step,
+        "train_loss": _metric(train_metrics, "train/loss"),
+        "initial_val_loss": _metric(initial, "val/loss"),
+        "val_loss": _metric(final, "val/loss"),
+        "val_ppl": _metric(final, "val/ppl"),
+        "val_token_accuracy": _metric(final, "val/token_accuracy"),
+        "best_checkpoint": built.best.best_model_path or None,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        **throughput,
+        "data": {k: v for k, v in asdict(datamodule.stats).items() if k != "problems"},
+        "probes": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(probes, before, after)],
+        **run_info,
+    }
+    if trainer.is_global_zero:
+        summary["saved"] = str(save_final(model, tokenizer, template, out))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        _print_summary(summary)
+    value = _metric(final, typed.objective.metric)
+    if value is None:
+        value = _metric(train_metrics, typed.objective.metric)
+    return math.nan if value is None else value
+
+
+def _print_summary(s: dict) -> None:
+    """A short end-of-run report on stdout."""
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        "",
+        "=== sft run summary ===",
+        f"steps {s['global_step']}  wall {s['wall_seconds']} s  train {s.get('train_seconds', 'n/a')} s  "
+        f"{s.get('tokens_per_sec', 'n/a')} tokens/s ({s.get('trained_tokens_per_sec', 'n/a')} trained)",
+        f"train loss {fmt(s['train_loss'])}  val loss {fmt(s['initial_val_loss'])} -> {fmt(s['val_loss'])}  "
+        f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
+    ]
+    for p in s["probes"]:
+        lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
+    lines += [f"saved: {s['saved']}", f"run dir: {s['output_dir']}", ""]
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; a config mistake exits with the message, not a traceback."""
+    try:
+        return train(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        print(err, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

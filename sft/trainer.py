@@ -1,0 +1,114 @@
+"""Build the Lightning Trainer: loggers, callbacks, checkpointing, and the batch arithmetic."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig
+
+from .config import ConfigError, TrainConfig, accumulation_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchPlan:
+    """How the effective batch is made: micro-batch x devices x accumulation."""
+
+    effective_batch_size: int
+    micro_batch_size: int
+    world_size: int
+    accumulate_grad_batches: int
+
+
+@dataclass
+class BuiltTrainer:
+    """The trainer with the callbacks the run reads back after fitting."""
+
+    trainer: L.Trainer
+    plan: BatchPlan
+    best: ModelCheckpoint
+    last: ModelCheckpoint
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every `_target_` entry of a logger/callback group dict."""
+    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
+    """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts)."""
+    t = cfg.trainer
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    last = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step-{step:06d}",
+        every_n_train_steps=t.save_steps,
+        save_top_k=t.save_total_limit,
+        monitor="step",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    callbacks = [last, best, *_instantiate_all(raw.get("callbacks"))]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs if t.max_steps <= 0 else -1,
+        max_steps=t.max_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=t.limit_val_batches,
+        deterministic=t.deterministic,
+        logger=_instantiate_all(raw.get("logger")) or False,
+        callbacks=callbacks,
+        default_root_dir=cfg.paths.output_dir,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    # The world size is only known once Lightning has resolved accelerator and devices, so the
+    # accumulation (and the evaluation interval, counted in micro-batches) is set afterwards.
+    accumulate = accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)
+    trainer.accumulate_grad_batches = accumulate
+    if t.eval_steps:
+        trainer.val_check_interval = t.eval_steps * accumulate
+        trainer.check_val_every_n_epoch = None
+    plan = BatchPlan(t.effective_batch_size, t.micro_batch_size, trainer.world_size, accumulate)
+    log.info(
+        "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps",
+        plan.effective_batch_size, plan.micro_batch_size, plan.world_size, plan.accumulate_grad_batches,
+    )
+    return BuiltTrainer(trainer, plan, best, last)
+
+
+def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | None:
+    """Turn `resume` (null, `last`, a run directory or a .ckpt path) into a checkpoint path."""
+    if not resume:
+        return None
+    if resume == "last":
+        candidates = [*Path(output_dir).glob("checkpoints/last.ckpt"), *Path(log_dir).glob("**/checkpoints/last.ckpt")]
+        if not candidates:
+            raise ConfigError(f"resume=last: no checkpoints/last.ckpt under {log_dir}")
+        path = max(candidates, key=lambda p: p.stat().st_mtime)
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no checkpoint at {path}")
+    log.info("resuming from %s", path)
+    return str(path)

@@ -1,0 +1,55 @@
+"""Shared fixtures: compose the real Hydra config with outputs under tmp_path and a shared model cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One model cache for the session, so the tiny model is built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """Compose `train.yaml` with overrides; outputs go to a fresh directory under tmp_path."""
+    counter = iter(range(1000))
+
+    def _make(*overrides: str, run: str | None = None):
+        out = tmp_path / (run or f"run{next(counter)}")
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(
+                "train",
+                overrides=[
+                    f"paths.output_dir={out}",
+                    f"paths.log_dir={tmp_path}",
+                    f"paths.cache_dir={cache_dir}",
+                    *overrides,
+                ],
+            )
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+# A tiny, fast, deterministic training setup: small model, few rows, no probes.
+TINY = [
+    "model=tiny",
+    "trainer=debug",
+    "logger=csv",
+    "data.num_rows=40",
+    "data.val_size=8",
+    "data.cutoff_len=256",
+    "probe.enabled=false",
+    "preset=conservative",
+]

@@ -1,0 +1,84 @@
+"""Every config option composes and validates; mistakes are reported by key with what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF
+
+from sft.config import ConfigError, accumulation_steps, validate
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "local"})
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).rglob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {"model", "data", "lora", "optimizer", "scheduler", "preset", "trainer", "logger", "callbacks"} <= set(
+        GROUPS
+    )
+    assert len(OPTIONS) >= 25
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_option_composes_and_validates(make_cfg, group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("data", "file"):
+        overrides.append("data.path=rows.jsonl")
+    typed = validate(make_cfg(*overrides))
+    assert typed.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    ("preset", "lr", "rank", "epochs", "batch"),
+    [
+        ("conservative", 1e-5, 8, 2, 8),
+        ("balanced", 5e-5, 32, 3, 32),
+        ("aggressive", 1e-4, 64, 5, 64),
+    ],
+)
+def test_presets_are_the_hyperparameter_table(make_cfg, preset, lr, rank, epochs, batch):
+    typed = validate(make_cfg(f"preset={preset}"))
+    assert typed.optimizer["lr"] == lr
+    assert (typed.lora.r, typed.lora.alpha) == (rank, 2 * rank)
+    assert typed.trainer.max_epochs == epochs
+    assert typed.trainer.effective_batch_size == batch
+
+
+def test_command_line_overrides_beat_the_preset(make_cfg):
+    typed = validate(make_cfg("preset=aggressive", "optimizer.lr=3e-4", "lora.r=16", "trainer.max_epochs=1"))
+    assert typed.optimizer["lr"] == 3e-4
+    assert (typed.lora.r, typed.lora.alpha) == (16, 32)  # alpha follows the overridden rank
+    assert typed.trainer.max_epochs == 1
+
+
+def test_unknown_key_names_the_closest_valid_one(make_cfg):
+    with pytest.raises(ConfigError, match=r"lora\.rank: unknown key; did you mean 'lora\.r'"):
+        validate(make_cfg("+lora.rank=8"))
+
+
+def test_all_bad_values_are_reported_at_once(make_cfg):
+    cfg = make_cfg("optimizer.lr=-1", "lora.r=0", "lora.dropout=1.0", "data.val_size=1.5", "trainer.precision=64")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    for expected in ("optimizer.lr=-1", "lora.r=0", "lora.dropout=1.0", "data.val_size=1.5", "trainer.precision='64'"):
+        assert expected in message
+    assert "one of ('32-true'" in message
+
+
+def test_wrong_type_names_the_key(make_cfg):
+    with pytest.raises(ConfigError, match="trainer.micro_batch_size"):
+        validate(make_cfg("trainer.micro_batch_size=four"))
+
+
+def test_accumulation_is_derived_from_effective_batch_and_devices():
+    assert accumulation_steps(32, 4, 1) == 8
+    assert accumulation_steps(32, 4, 2) == 4
+    assert accumulation_steps(8, 8, 1) == 1
+    with pytest.raises(ConfigError, match="not divisible"):
+        accumulation_steps(32, 4, 3)
+
+
+def test_hub_models_do_not_trust_remote_code(make_cfg):
+    typed = validate(make_cfg("model=qwen2_5_0_5b"))
+    assert typed.model.name_or_path == "Qwen/Qwen2.5-0.5B"
+    assert typed.model.trust_remote_code is False
