@@ -147,3 +147,37 @@ def test_cli_runs_and_reports_config_mistakes_without_a_traceback(tmp_path, cach
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr
     assert "preset" in bad.stderr and "balanced" in bad.stderr  # unknown option lists the available ones
+
+
+def test_tensorboard_and_wandb_log_offline_without_a_key(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(make_cfg(*TINY, "logger=all", "trainer.max_steps=2", "trainer.eval_steps=2", run="loggers"))
+    run = tmp_path / "loggers"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    (wandb_run,) = (run / "wandb").glob("offline-run-*")
+    assert list(wandb_run.glob("*.wandb"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=bf16-mixed"],
+        ["trainer.gradient_checkpointing=true"],
+        ["lora=dora"],
+        ["lora=rslora", "lora.target=[q_proj,v_proj]"],
+        ["optimizer=sgd", "scheduler=cosine", "scheduler.warmup_ratio=0.5"],
+    ],
+    ids=lambda o: ",".join(o),
+)
+def test_training_options_run(make_cfg, tmp_path, overrides):
+    value = train(make_cfg(*TINY, "trainer.max_steps=2", "trainer.eval_steps=2", *overrides, run="opt"))
+    assert 0 < value < 20
+    assert (tmp_path / "opt" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(make_cfg, tmp_path):
+    # lr 0 can never improve val loss: patience 1 stops at the second evaluation.
+    train(make_cfg(*TINY, "trainer.max_steps=30", "trainer.eval_steps=1", "trainer.early_stopping_patience=1",
+                   "optimizer.lr=1e-12", run="early"))
+    assert json.loads((tmp_path / "early" / "summary.json").read_text())["global_step"] == 2

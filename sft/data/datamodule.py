@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
 
@@ -106,6 +106,27 @@ class PadCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same order.
+
+    Lightning calls `set_epoch` on samplers that have it, as it does for DistributedSampler.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation for this epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class SFTDataModule(L.LightningDataModule):
     """Loads, splits and tokenizes the configured conversations once, then serves batches."""
 
@@ -157,14 +178,14 @@ class SFTDataModule(L.LightningDataModule):
         return DataLoader(
             data,
             batch_size=self.micro_batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(data), self.seed) if shuffle else None,
             collate_fn=PadCollator(pad_id),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled micro-batches (Lightning seeds the shuffle and shards it across devices)."""
+        """Micro-batches in a (seed, epoch)-determined order (Lightning shards it across devices)."""
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
