@@ -85,6 +85,7 @@ class DataConfig:
     max_samples: int | None = None
     val_size: float = 0.1
     cutoff_len: int = 512
+    group_by_length: bool = True
     num_workers: int = 0
 
 

@@ -79,8 +79,9 @@ def build_random_model(spec: dict, target: Path) -> Path:
             tie_word_embeddings=False,
             **params,
         )
-        torch.manual_seed(seed)
-        AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
+        with torch.random.fork_rng():  # the run's own seeded RNG stream must not depend on the cache
+            torch.manual_seed(seed)
+            AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     return publish_dir(build, target)

@@ -62,10 +62,13 @@ def train(cfg: DictConfig) -> float:
     model = apply_peft(base, typed.lora, typed.trainer.gradient_checkpointing)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    datamodule = SFTDataModule(typed.data, tokenizer, template, typed.trainer.micro_batch_size, typed.seed)
     module = SFTModule(model, typed.optimizer, typed.scheduler)
     built = build_trainer(typed, cfg)
     trainer = built.trainer
+    datamodule = SFTDataModule(
+        typed.data, tokenizer, template, typed.trainer.micro_batch_size, typed.seed,
+        group_size=built.plan.effective_batch_size // built.plan.world_size,
+    )
 
     run_info = {
         "batch": asdict(built.plan),

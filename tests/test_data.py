@@ -161,3 +161,18 @@ def test_collator_pads_right_and_never_trains_padding():
     assert batch["input_ids"].shape == (2, 8)
     assert batch["attention_mask"][1].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_length_grouping_sorts_within_each_step_and_keeps_the_step_contents():
+    from sft.data.datamodule import EpochShuffleSampler
+
+    lengths = [(i * 37) % 101 for i in range(50)]
+    plain, grouped = EpochShuffleSampler(lengths, seed=3), EpochShuffleSampler(lengths, seed=3, group_size=8)
+    a, b = list(plain), list(grouped)
+    assert sorted(b) == list(range(50))
+    for start in range(0, 50, 8):
+        block = b[start : start + 8]
+        assert set(block) == set(a[start : start + 8])  # same examples in each optimizer step
+        assert [lengths[i] for i in block] == sorted((lengths[i] for i in block), reverse=True)
+    grouped.set_epoch(1)
+    assert list(grouped) != b and list(EpochShuffleSampler(lengths, seed=3, group_size=8)) == b

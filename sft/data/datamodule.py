@@ -107,13 +107,16 @@ class PadCollator:
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same order.
+    """A shuffle that depends only on (seed, epoch), grouped by length within each optimizer step.
 
-    Lightning calls `set_epoch` on samplers that have it, as it does for DistributedSampler.
+    Each consecutive block of `group_size` indices (one effective batch) is sorted longest first,
+    so its micro-batches need little padding while every step still sees the same examples as
+    without grouping. A resumed run sees the same order, since Lightning calls `set_epoch` on
+    samplers that have it, as it does for DistributedSampler.
     """
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, lengths: list[int], seed: int, group_size: int = 1):
+        self.lengths, self.seed, self.group_size, self.epoch = lengths, seed, max(group_size, 1), 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation for this epoch."""
@@ -121,19 +124,25 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        for start in range(0, len(order), self.group_size):
+            yield from sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.lengths)
 
 
 class SFTDataModule(L.LightningDataModule):
     """Loads, splits and tokenizes the configured conversations once, then serves batches."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, template: Template, micro_batch_size: int, seed: int):
+    def __init__(
+        self, cfg: DataConfig, tokenizer, template: Template, micro_batch_size: int, seed: int, group_size: int = 1
+    ):
         super().__init__()
         self.cfg, self.tokenizer, self.template = cfg, tokenizer, template
         self.micro_batch_size, self.seed = micro_batch_size, seed
+        # Examples per optimizer step on one device: the span within which batches are length-grouped.
+        self.group_size = group_size if cfg.group_by_length else 1
         self.stats = DataStats()
         self.train_set: list[dict] | None = None
         self.val_set: list[dict] = []
@@ -178,7 +187,9 @@ class SFTDataModule(L.LightningDataModule):
         return DataLoader(
             data,
             batch_size=self.micro_batch_size,
-            sampler=EpochShuffleSampler(len(data), self.seed) if shuffle else None,
+            sampler=EpochShuffleSampler([len(e["input_ids"]) for e in data], self.seed, self.group_size)
+            if shuffle
+            else None,
             collate_fn=PadCollator(pad_id),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
