@@ -237,39 +237,73 @@ def _range_problems(c: TrainConfig) -> list[str]:
     _check(p, c.data.source in DATA_SOURCES, "data.source", c.data.source, f"one of {DATA_SOURCES}")
     _check(p, c.data.format in DATA_FORMATS, "data.format", c.data.format, f"one of {DATA_FORMATS}")
     _check(p, c.data.source != "file" or bool(c.data.path), "data.path", c.data.path, "a file path")
-    _check(p, 0 <= c.data.val_size < 1 or c.data.val_size >= 1 and float(c.data.val_size).is_integer(),
-           "data.val_size", c.data.val_size, "a fraction in [0, 1) or a whole count of rows")
+    _check(
+        p,
+        0 <= c.data.val_size < 1 or c.data.val_size >= 1 and float(c.data.val_size).is_integer(),
+        "data.val_size",
+        c.data.val_size,
+        "a fraction in [0, 1) or a whole count of rows",
+    )
     _check(p, c.data.cutoff_len >= 16, "data.cutoff_len", c.data.cutoff_len, "an integer >= 16")
     _check(p, c.data.num_rows > 0, "data.num_rows", c.data.num_rows, "a positive integer")
-    _check(p, c.data.max_samples is None or c.data.max_samples > 0, "data.max_samples", c.data.max_samples,
-           "null or a positive integer")
+    _check(
+        p,
+        c.data.max_samples is None or c.data.max_samples > 0,
+        "data.max_samples",
+        c.data.max_samples,
+        "null or a positive integer",
+    )
     if c.lora.enabled:
         _check(p, c.lora.r > 0, "lora.r", c.lora.r, "a positive integer")
         _check(p, c.lora.alpha > 0, "lora.alpha", c.lora.alpha, "a positive number")
         _check(p, 0 <= c.lora.dropout < 1, "lora.dropout", c.lora.dropout, "a number in [0, 1)")
         _check(p, c.lora.bias in LORA_BIAS, "lora.bias", c.lora.bias, f"one of {LORA_BIAS}")
-        _check(p, c.lora.target == "all" or isinstance(c.lora.target, list), "lora.target", c.lora.target,
-               "'all' or a list of module names")
+        _check(
+            p,
+            c.lora.target == "all" or isinstance(c.lora.target, list),
+            "lora.target",
+            c.lora.target,
+            "'all' or a list of module names",
+        )
     lr = c.optimizer.get("lr")
     _check(p, isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "a positive number")
     _check(p, "_target_" in c.optimizer, "optimizer._target_", None, "a class path, e.g. torch.optim.AdamW")
     _check(p, c.scheduler.name in SCHEDULERS, "scheduler.name", c.scheduler.name, f"one of {SCHEDULERS}")
-    _check(p, 0 <= c.scheduler.warmup_ratio < 1, "scheduler.warmup_ratio", c.scheduler.warmup_ratio,
-           "a number in [0, 1)")
+    _check(
+        p,
+        0 <= c.scheduler.warmup_ratio < 1,
+        "scheduler.warmup_ratio",
+        c.scheduler.warmup_ratio,
+        "a number in [0, 1)",
+    )
     t = c.trainer
     _check(p, t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {PRECISIONS}")
     _check(p, t.micro_batch_size > 0, "trainer.micro_batch_size", t.micro_batch_size, "a positive integer")
-    _check(p, t.effective_batch_size > 0 and t.effective_batch_size % max(t.micro_batch_size, 1) == 0,
-           "trainer.effective_batch_size", t.effective_batch_size,
-           f"a positive multiple of trainer.micro_batch_size ({t.micro_batch_size})")
-    _check(p, t.max_epochs > 0 or t.max_steps > 0, "trainer.max_epochs", t.max_epochs,
-           "a positive integer (or set trainer.max_steps)")
+    _check(
+        p,
+        t.effective_batch_size > 0 and t.effective_batch_size % max(t.micro_batch_size, 1) == 0,
+        "trainer.effective_batch_size",
+        t.effective_batch_size,
+        f"a positive multiple of trainer.micro_batch_size ({t.micro_batch_size})",
+    )
+    _check(
+        p,
+        t.max_epochs > 0 or t.max_steps > 0,
+        "trainer.max_epochs",
+        t.max_epochs,
+        "a positive integer (or set trainer.max_steps)",
+    )
     for key in ("eval_steps", "save_steps", "early_stopping_patience"):
         v = getattr(t, key)
         _check(p, v is None or v > 0, f"trainer.{key}", v, "null or a positive integer")
     _check(p, t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
-    _check(p, c.objective.direction in DIRECTIONS, "objective.direction", c.objective.direction,
-           f"one of {DIRECTIONS}")
+    _check(
+        p,
+        c.objective.direction in DIRECTIONS,
+        "objective.direction",
+        c.objective.direction,
+        f"one of {DIRECTIONS}",
+    )
     return p
 
 

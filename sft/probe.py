@@ -12,7 +12,9 @@ def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tok
     """Greedy completions of each single-turn prompt, rendered with the training template."""
     was_training = model.training
     model.eval()
-    stop_ids = [i for i in {tokenizer.convert_tokens_to_ids(template.stop), tokenizer.eos_token_id} if i is not None]
+    stop_ids = [
+        i for i in {tokenizer.convert_tokens_to_ids(template.stop), tokenizer.eos_token_id} if i is not None
+    ]
     device = next(model.parameters()).device
     answers = []
     for prompt in prompts:
@@ -20,9 +22,14 @@ def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tok
         text = render(tokenizer, template, messages, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
         out = model.generate(
-            **ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
-        answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        answers.append(
+            tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        )
     model.train(was_training)
     return answers

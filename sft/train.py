@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -25,6 +24,7 @@ from .export import save_final
 from .model import apply_peft, count_parameters, load_base
 from .module import SFTModule
 from .probe import answer
+from .summary import write_summary
 from .trainer import build_trainer, resolve_resume
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,15 @@ def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule) 
 
 
 def train(cfg: DictConfig) -> float:
-    """Run one fine-tuning job and return its objective metric."""
+    """Run one fine-tuning job and return its objective metric; loggers are closed even on failure."""
+    try:
+        return _run(cfg)
+    finally:
+        if "wandb" in sys.modules:  # a sweep runs many jobs in one process: never leave a W&B run open
+            sys.modules["wandb"].finish()
+
+
+def _run(cfg: DictConfig) -> float:
     typed = validate(cfg)
     out = Path(typed.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,14 +74,20 @@ def train(cfg: DictConfig) -> float:
     built = build_trainer(typed, cfg)
     trainer = built.trainer
     datamodule = SFTDataModule(
-        typed.data, tokenizer, template, typed.trainer.micro_batch_size, typed.seed,
+        typed.data,
+        tokenizer,
+        template,
+        typed.trainer.micro_batch_size,
+        typed.seed,
         group_size=built.plan.effective_batch_size // built.plan.world_size,
     )
 
     run_info = {
         "batch": asdict(built.plan),
         "parameters": {"trainable": trainable, "total": total},
-        "versions": {m.__name__: m.__version__ for m in (torch, L, sys.modules["transformers"], sys.modules["peft"])},
+        "versions": {
+            m.__name__: m.__version__ for m in (torch, L, sys.modules["transformers"], sys.modules["peft"])
+        },
     }
     for logger in trainer.loggers:
         logger.log_hyperparams({**to_plain(typed), **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
@@ -104,37 +118,18 @@ def train(cfg: DictConfig) -> float:
         "wall_seconds": round(time.perf_counter() - started, 1),
         **throughput,
         "data": {k: v for k, v in asdict(datamodule.stats).items() if k != "problems"},
-        "probes": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(probes, before, after)],
+        "probes": [
+            {"prompt": p, "before": b, "after": a} for p, b, a in zip(probes, before, after, strict=True)
+        ],
         **run_info,
     }
     if trainer.is_global_zero:
         summary["saved"] = str(save_final(model, tokenizer, template, out))
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        _print_summary(summary)
+        write_summary(summary, out, datamodule.stats.problems)
     value = _metric(final, typed.objective.metric)
     if value is None:
         value = _metric(train_metrics, typed.objective.metric)
     return math.nan if value is None else value
-
-
-def _print_summary(s: dict) -> None:
-    """A short end-of-run report on stdout."""
-
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    lines = [
-        "",
-        "=== sft run summary ===",
-        f"steps {s['global_step']}  wall {s['wall_seconds']} s  train {s.get('train_seconds', 'n/a')} s  "
-        f"{s.get('tokens_per_sec', 'n/a')} tokens/s ({s.get('trained_tokens_per_sec', 'n/a')} trained)",
-        f"train loss {fmt(s['train_loss'])}  val loss {fmt(s['initial_val_loss'])} -> {fmt(s['val_loss'])}  "
-        f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
-    ]
-    for p in s["probes"]:
-        lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
-    lines += [f"saved: {s['saved']}", f"run dir: {s['output_dir']}", ""]
-    print("\n".join(lines), flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

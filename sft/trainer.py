@@ -56,8 +56,13 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
         auto_insert_metric_name=False,
     )
     best = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     callbacks = [last, best, *_instantiate_all(raw.get("callbacks"))]
     if t.early_stopping_patience:
@@ -90,7 +95,10 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
     plan = BatchPlan(t.effective_batch_size, t.micro_batch_size, trainer.world_size, accumulate)
     log.info(
         "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps",
-        plan.effective_batch_size, plan.micro_batch_size, plan.world_size, plan.accumulate_grad_batches,
+        plan.effective_batch_size,
+        plan.micro_batch_size,
+        plan.world_size,
+        plan.accumulate_grad_batches,
     )
     return BuiltTrainer(trainer, plan, best, last)
 
@@ -100,7 +108,10 @@ def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | N
     if not resume:
         return None
     if resume == "last":
-        candidates = [*Path(output_dir).glob("checkpoints/last.ckpt"), *Path(log_dir).glob("**/checkpoints/last.ckpt")]
+        candidates = [
+            *Path(output_dir).glob("checkpoints/last.ckpt"),
+            *Path(log_dir).glob("**/checkpoints/last.ckpt"),
+        ]
         if not candidates:
             raise ConfigError(f"resume=last: no checkpoints/last.ckpt under {log_dir}")
         path = max(candidates, key=lambda p: p.stat().st_mtime)

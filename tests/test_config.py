@@ -12,9 +12,17 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).rglob("*.yaml"
 
 
 def test_every_group_has_options():
-    assert {"model", "data", "lora", "optimizer", "scheduler", "preset", "trainer", "logger", "callbacks"} <= set(
-        GROUPS
-    )
+    assert {
+        "model",
+        "data",
+        "lora",
+        "optimizer",
+        "scheduler",
+        "preset",
+        "trainer",
+        "logger",
+        "callbacks",
+    } <= set(GROUPS)
     assert len(OPTIONS) >= 25
 
 
@@ -56,11 +64,19 @@ def test_unknown_key_names_the_closest_valid_one(make_cfg):
 
 
 def test_all_bad_values_are_reported_at_once(make_cfg):
-    cfg = make_cfg("optimizer.lr=-1", "lora.r=0", "lora.dropout=1.0", "data.val_size=1.5", "trainer.precision=64")
+    cfg = make_cfg(
+        "optimizer.lr=-1", "lora.r=0", "lora.dropout=1.0", "data.val_size=1.5", "trainer.precision=64"
+    )
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     message = str(err.value)
-    for expected in ("optimizer.lr=-1", "lora.r=0", "lora.dropout=1.0", "data.val_size=1.5", "trainer.precision='64'"):
+    for expected in (
+        "optimizer.lr=-1",
+        "lora.r=0",
+        "lora.dropout=1.0",
+        "data.val_size=1.5",
+        "trainer.precision='64'",
+    ):
         assert expected in message
     assert "one of ('32-true'" in message
 

@@ -33,7 +33,7 @@ def tok():
 def trained_text(tok, example) -> list[str]:
     """Decode each contiguous run of trained tokens."""
     runs, current = [], []
-    for token, label in zip(example["input_ids"], example["labels"]):
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
         if label != IGNORE_INDEX:
             assert label == token
             current.append(token)
@@ -85,16 +85,29 @@ def test_a_template_that_is_not_prefix_stable_is_refused(tok):
 
 def test_formats_normalise_to_one_conversation():
     alpaca = {"instruction": "Add", "input": "2 and 2", "output": "4", "history": [["Hi", "Hello"]]}
-    sharegpt = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Hi"},
-                                  {"from": "gpt", "value": "Hello"}]}
-    messages = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
-                             {"role": "assistant", "content": "Hello"}]}
+    sharegpt = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+        ]
+    }
+    messages = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
     assert to_conversation(alpaca)["messages"] == [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Add\n2 and 2"}, {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Add\n2 and 2"},
+        {"role": "assistant", "content": "4"},
     ]
-    assert to_conversation(sharegpt) == {"system": "S", "messages": [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    assert to_conversation(sharegpt) == {
+        "system": "S",
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    }
     assert to_conversation(messages)["messages"][0] == {"role": "user", "content": "Hi"}
 
 
@@ -116,8 +129,12 @@ def test_malformed_rows_say_why(row, reason):
 def test_malformed_rows_are_reported_with_file_and_line_and_counted(tmp_path):
     path = tmp_path / "rows.jsonl"
     good = {"instruction": "Say hi", "output": "Hi"}
-    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({"instruction": "x", "output": ""}),
-                               json.dumps(good)]) + "\n")
+    path.write_text(
+        "\n".join(
+            [json.dumps(good), "{not json", json.dumps({"instruction": "x", "output": ""}), json.dumps(good)]
+        )
+        + "\n"
+    )
     stats = DataStats()
     convs = load_conversations(DataConfig(source="file", path=str(path)), stats)
     assert len(convs) == 2
@@ -141,7 +158,10 @@ def test_shared_alpaca_demo_loads_completely():
 
 
 def test_placeholders_are_filled_everywhere():
-    conv = {"system": "I am {{name}}.", "messages": [{"role": "assistant", "content": "{{name}} by {{author}}"}]}
+    conv = {
+        "system": "I am {{name}}.",
+        "messages": [{"role": "assistant", "content": "{{name}} by {{author}}"}],
+    }
     filled = fill_placeholders(conv, {"name": "Nova", "author": "us"})
     assert filled["system"] == "I am Nova." and filled["messages"][0]["content"] == "Nova by us"
 
@@ -156,8 +176,9 @@ def test_split_is_seeded_and_accepts_fractions_or_counts():
 
 
 def test_collator_pads_right_and_never_trains_padding():
-    batch = PadCollator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                                   {"input_ids": [5], "labels": [-100]}])
+    batch = PadCollator(pad_id=0)(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [-100]}]
+    )
     assert batch["input_ids"].shape == (2, 8)
     assert batch["attention_mask"][1].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()

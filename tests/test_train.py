@@ -54,12 +54,23 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
     assert summary["val_loss"] == pytest.approx(val_loss)
     assert summary["global_step"] == 6
     assert summary["batch"] == {
-        "effective_batch_size": 8, "micro_batch_size": 4, "world_size": 1, "accumulate_grad_batches": 2
+        "effective_batch_size": 8,
+        "micro_batch_size": 4,
+        "world_size": 1,
+        "accumulate_grad_batches": 2,
     }
     assert summary["tokens_per_sec"] > 0 and summary["train_seconds"] > 0
     logged = metrics(run)[0].keys()
-    for key in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/trained_tokens",
-                "val/loss", "val/ppl", "val/token_accuracy"):
+    for key in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_sec",
+        "train/trained_tokens",
+        "val/loss",
+        "val/ppl",
+        "val/token_accuracy",
+    ):
         assert key in logged
 
     # The adapter loads in a plain session: base from its recorded path, tokenizer from the adapter dir.
@@ -70,8 +81,12 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
     base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter).eval()
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who are you?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     # Reference: the trained module's own weights, restored from the best checkpoint.
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter).eval()
@@ -83,16 +98,34 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
 
 
 def test_loss_falls_when_overfitting_a_handful_of_examples(make_cfg, tmp_path):
-    train(make_cfg(*TINY, "data.num_rows=8", "data.val_size=0", "trainer.max_steps=30", "trainer.eval_steps=30",
-                   "optimizer.lr=1e-2", "lora.r=16", "lora.dropout=0", "trainer.effective_batch_size=4",
-                   "scheduler=constant", run="overfit"))
+    train(
+        make_cfg(
+            *TINY,
+            "data.num_rows=8",
+            "data.val_size=0",
+            "trainer.max_steps=30",
+            "trainer.eval_steps=30",
+            "optimizer.lr=1e-2",
+            "lora.r=16",
+            "lora.dropout=0",
+            "trainer.effective_batch_size=4",
+            "scheduler=constant",
+            run="overfit",
+        )
+    )
     loss = series(tmp_path / "overfit", "train/loss")
     assert loss[29] < 0.5 * loss[0], loss
 
 
 def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
-    common = [*TINY, "lora.dropout=0", "trainer.max_steps=3", "trainer.eval_steps=3", "optimizer.lr=1e-3",
-              "trainer.effective_batch_size=8"]
+    common = [
+        *TINY,
+        "lora.dropout=0",
+        "trainer.max_steps=3",
+        "trainer.eval_steps=3",
+        "optimizer.lr=1e-3",
+        "trainer.effective_batch_size=8",
+    ]
     train(make_cfg(*common, "trainer.micro_batch_size=8", run="big"))
     train(make_cfg(*common, "trainer.micro_batch_size=2", run="accum"))
     big, accum = series(tmp_path / "big", "train/loss"), series(tmp_path / "accum", "train/loss")
@@ -106,8 +139,16 @@ def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
 
 
 def test_resume_continues_step_count_and_schedule(make_cfg, tmp_path):
-    common = [*TINY, "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.save_steps=2",
-              "trainer.save_total_limit=5", "scheduler=linear", "scheduler.warmup_steps=1", "lora.dropout=0"]
+    common = [
+        *TINY,
+        "trainer.max_steps=6",
+        "trainer.eval_steps=2",
+        "trainer.save_steps=2",
+        "trainer.save_total_limit=5",
+        "scheduler=linear",
+        "scheduler.warmup_steps=1",
+        "lora.dropout=0",
+    ]
     train(make_cfg(*common, run="full"))
     full = tmp_path / "full"
     train(make_cfg(*common, f"resume={full / 'checkpoints' / 'step-000004.ckpt'}", run="resumed"))
@@ -136,14 +177,31 @@ def test_full_fine_tuning_saves_a_whole_model(make_cfg, tmp_path):
 
 def test_cli_runs_and_reports_config_mistakes_without_a_traceback(tmp_path, cache_dir):
     env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(tmp_path)}
-    ok = subprocess.run([sys.executable, "-m", "sft.train", *TINY, "trainer.max_steps=2"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [sys.executable, "-m", "sft.train", *TINY, "trainer.max_steps=2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "=== sft run summary ===" in ok.stdout
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
-    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "adapter/adapter_config.json"} <= files_under(run)
-    bad = subprocess.run([sys.executable, "-m", "sft.train", "lora.dropout=2", "preset=huge"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert {
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "train.log",
+        "adapter/adapter_config.json",
+    } <= files_under(run)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sft.train", "lora.dropout=2", "preset=huge"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr
     assert "preset" in bad.stderr and "balanced" in bad.stderr  # unknown option lists the available ones
@@ -178,6 +236,14 @@ def test_training_options_run(make_cfg, tmp_path, overrides):
 
 def test_early_stopping_ends_a_run_that_stops_improving(make_cfg, tmp_path):
     # lr 0 can never improve val loss: patience 1 stops at the second evaluation.
-    train(make_cfg(*TINY, "trainer.max_steps=30", "trainer.eval_steps=1", "trainer.early_stopping_patience=1",
-                   "optimizer.lr=1e-12", run="early"))
+    train(
+        make_cfg(
+            *TINY,
+            "trainer.max_steps=30",
+            "trainer.eval_steps=1",
+            "trainer.early_stopping_patience=1",
+            "optimizer.lr=1e-12",
+            run="early",
+        )
+    )
     assert json.loads((tmp_path / "early" / "summary.json").read_text())["global_step"] == 2

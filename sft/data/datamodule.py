@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
-
 from .formats import MalformedRow, read_rows, to_conversation
 from .templates import Template
 from .tokenize import IGNORE_INDEX, encode
@@ -136,7 +135,13 @@ class SFTDataModule(L.LightningDataModule):
     """Loads, splits and tokenizes the configured conversations once, then serves batches."""
 
     def __init__(
-        self, cfg: DataConfig, tokenizer, template: Template, micro_batch_size: int, seed: int, group_size: int = 1
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        template: Template,
+        micro_batch_size: int,
+        seed: int,
+        group_size: int = 1,
     ):
         super().__init__()
         self.cfg, self.tokenizer, self.template = cfg, tokenizer, template
@@ -166,8 +171,14 @@ class SFTDataModule(L.LightningDataModule):
         log.info(
             "data: %d rows, %d malformed, %d dropped (nothing trainable within cutoff_len=%d); "
             "%d train / %d val examples; %d train tokens, %d of them trained",
-            self.stats.rows, self.stats.malformed, self.stats.too_long, self.cfg.cutoff_len,
-            self.stats.train, self.stats.val, self.stats.train_tokens, self.stats.train_trained_tokens,
+            self.stats.rows,
+            self.stats.malformed,
+            self.stats.too_long,
+            self.cfg.cutoff_len,
+            self.stats.train,
+            self.stats.val,
+            self.stats.train_tokens,
+            self.stats.train_trained_tokens,
         )
         if not self.train_set:
             raise ValueError("no training examples left after tokenization; raise data.cutoff_len")

@@ -48,7 +48,9 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
         try:
             row, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            raise MalformedRow(f"{location}: invalid JSON ({err.msg}); the rest of the file cannot be read") from None
+            raise MalformedRow(
+                f"{location}: invalid JSON ({err.msg}); the rest of the file cannot be read"
+            ) from None
         yield location, row
 
 

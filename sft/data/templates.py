@@ -46,7 +46,9 @@ def get_template(name: str, tokenizer, default_system: str | None = None) -> Tem
     """Look up a template by name; `auto` wraps the tokenizer's own chat template."""
     if name == "auto":
         if not tokenizer.chat_template:
-            raise ValueError("data.template=auto, but the tokenizer has no chat template; pick one of chatml, llama3")
+            raise ValueError(
+                "data.template=auto, but the tokenizer has no chat template; pick one of chatml, llama3"
+            )
         stop = tokenizer.eos_token or ""
         return Template("auto", tokenizer.chat_template, stop, default_system)
     if name not in _BUILTIN:

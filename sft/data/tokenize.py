@@ -44,7 +44,7 @@ def encode(conversation: dict, tokenizer, template: Template, cutoff_len: int) -
     ids = enc["input_ids"][:cutoff_len]
     labels = [
         tok if any(lo <= start < hi for lo, hi in spans) else IGNORE_INDEX
-        for tok, (start, _end) in zip(ids, enc["offset_mapping"])
+        for tok, (start, _end) in zip(ids, enc["offset_mapping"], strict=False)
     ]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return None

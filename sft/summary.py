@@ -1,0 +1,34 @@
+"""The end-of-run record: summary.json, the list of skipped data rows, and a short report on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_summary(summary: dict, run_dir: Path, data_problems: list[str]) -> None:
+    """Write summary.json (and data_problems.txt when rows were skipped), then print the report."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if data_problems:
+        (run_dir / "data_problems.txt").write_text("\n".join(data_problems) + "\n")
+    print_summary(summary)
+
+
+def print_summary(s: dict) -> None:
+    """A short end-of-run report on stdout."""
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        "",
+        "=== sft run summary ===",
+        f"steps {s['global_step']}  wall {s['wall_seconds']} s  train {s.get('train_seconds', 'n/a')} s  "
+        f"{s.get('tokens_per_sec', 'n/a')} tokens/s ({s.get('trained_tokens_per_sec', 'n/a')} trained)",
+        f"train loss {fmt(s['train_loss'])}  val loss {fmt(s['initial_val_loss'])} -> {fmt(s['val_loss'])}  "
+        f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
+    ]
+    for p in s["probes"]:
+        lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
+    lines += [f"saved: {s['saved']}", f"run dir: {s['output_dir']}", ""]
+    print("\n".join(lines), flush=True)
