@@ -52,7 +52,7 @@ def fill_placeholders(conversation: dict, values: dict[str, str]) -> dict:
 def load_conversations(cfg: DataConfig, stats: DataStats) -> list[dict]:
     """Read the configured source into canonical conversations, counting and reporting bad rows."""
     if cfg.source == "builtin":
-        from .builtin import builtin_conversations
+        from .embedded import builtin_conversations
 
         rows = [(f"builtin:{r['id']}", r) for r in builtin_conversations(cfg.num_rows)]
     else:
