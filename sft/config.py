@@ -78,7 +78,7 @@ class DataConfig:
     source: str = "builtin"
     path: str | None = None
     format: str = "auto"
-    num_rows: int = 360
+    num_rows: int = 480
     template: str = "chatml"
     system: str | None = None
     placeholders: dict[str, str] = field(default_factory=dict)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
+from .builtin import builtin_conversations
 from .formats import MalformedRow, read_rows, to_conversation
 from .templates import Template
 from .tokenize import IGNORE_INDEX, encode
@@ -52,8 +53,6 @@ def fill_placeholders(conversation: dict, values: dict[str, str]) -> dict:
 def load_conversations(cfg: DataConfig, stats: DataStats) -> list[dict]:
     """Read the configured source into canonical conversations, counting and reporting bad rows."""
     if cfg.source == "builtin":
-        from .embedded import builtin_conversations
-
         rows = [(f"builtin:{r['id']}", r) for r in builtin_conversations(cfg.num_rows)]
     else:
         rows = list(read_rows(cfg.path))
