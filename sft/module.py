@@ -29,7 +29,7 @@ class SFTModule(L.LightningModule):
         self.strict_loading = False
         self.tokens_seen = torch.zeros((), dtype=torch.long)
         self.trained_tokens_seen = torch.zeros((), dtype=torch.long)
-        self.empty_batches = 0
+        self.empty_windows = 0  # optimizer steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
 
@@ -50,7 +50,7 @@ class SFTModule(L.LightningModule):
         window = self.trainer.strategy.reduce(self._window, reduce_op="sum")
         loss_sum, n_tokens = window[0], window[1]
         if n_tokens.item() == 0:
-            self.empty_batches += 1
+            self.empty_windows += 1
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / n_tokens.clamp(min=1)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.zeros(())

@@ -109,6 +109,7 @@ def _run(cfg: DictConfig) -> float:
     summary = {
         "output_dir": str(out),
         "global_step": trainer.global_step,
+        "empty_steps": module.empty_windows,
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
         "val_loss": _metric(final, "val/loss"),
