@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 TEMPLATES = ("chatml", "llama3", "auto")
 DATA_SOURCES = ("builtin", "file")
@@ -335,7 +335,5 @@ def accumulation_steps(effective_batch: int, micro_batch: int, world_size: int) 
 
 
 def to_plain(obj: Any) -> Any:
-    """A typed config (or part of one) as plain dicts and lists, for YAML/JSON output."""
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
+    """A typed config as plain dicts and lists, for YAML/JSON output."""
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)

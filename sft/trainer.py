@@ -28,12 +28,11 @@ class BatchPlan:
 
 @dataclass
 class BuiltTrainer:
-    """The trainer with the callbacks the run reads back after fitting."""
+    """The trainer with the callback the run reads back after fitting."""
 
     trainer: L.Trainer
     plan: BatchPlan
     best: ModelCheckpoint
-    last: ModelCheckpoint
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -100,7 +99,7 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
         plan.world_size,
         plan.accumulate_grad_batches,
     )
-    return BuiltTrainer(trainer, plan, best, last)
+    return BuiltTrainer(trainer, plan, best)
 
 
 def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | None:
