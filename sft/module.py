@@ -29,7 +29,7 @@ class SFTModule(L.LightningModule):
         self.strict_loading = False
         self.tokens_seen = torch.zeros((), dtype=torch.long)
         self.trained_tokens_seen = torch.zeros((), dtype=torch.long)
-        self.empty_windows = 0  # optimizer steps whose window had no trained token
+        self.empty_windows = torch.zeros((), dtype=torch.long)  # steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
 
@@ -49,8 +49,8 @@ class SFTModule(L.LightningModule):
         """Rescale gradients to a per-trained-token mean over the window, then log loss, lr and grad norm."""
         window = self.trainer.strategy.reduce(self._window, reduce_op="sum")
         loss_sum, n_tokens = window[0], window[1]
-        if n_tokens.item() == 0:
-            self.empty_windows += 1
+        # Counted on the device: a host sync per step would stall GPU training.
+        self.empty_windows = self.empty_windows.to(n_tokens.device) + (n_tokens == 0)
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / n_tokens.clamp(min=1)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.zeros(())

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .callbacks import ThroughputMonitor
 from .config import ConfigError, to_plain, validate
 from .data.datamodule import SFTDataModule
 from .data.templates import get_template
@@ -105,11 +106,11 @@ def _run(cfg: DictConfig) -> float:
     final = _validate(trainer, module, datamodule)
     after = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
 
-    throughput = next((c.summary() for c in trainer.callbacks if hasattr(c, "summary")), {})
+    throughput = next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), {})
     summary = {
         "output_dir": str(out),
         "global_step": trainer.global_step,
-        "empty_steps": module.empty_windows,
+        "empty_steps": int(module.empty_windows),
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
         "val_loss": _metric(final, "val/loss"),

@@ -53,6 +53,7 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_loss"] == pytest.approx(val_loss)
     assert summary["global_step"] == 6
+    assert summary["empty_steps"] == 0
     assert summary["batch"] == {
         "effective_batch_size": 8,
         "micro_batch_size": 4,
