@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 
 
 class ThroughputMonitor(Callback):
-    """Logs tokens/s (non-padding) and trained tokens/s per optimizer step, excluding evaluation time.
+    """Logs tokens/s (non-padding), trained tokens/s and padding fraction per optimizer step (not eval).
 
     Totals over the whole fit are kept in `train_seconds`, `tokens` and `trained_tokens` for the run summary.
     """
@@ -17,11 +17,12 @@ class ThroughputMonitor(Callback):
         self.train_seconds = 0.0
         self.tokens = 0
         self.trained_tokens = 0
-        self._mark: tuple[float, int, int] | None = None
+        self.slots = 0
+        self._mark: tuple[float, int, int, int] | None = None
         self._last_step = -1
 
-    def _counts(self, pl_module) -> tuple[int, int]:
-        return int(pl_module.tokens_seen), int(pl_module.trained_tokens_seen)
+    def _counts(self, pl_module) -> tuple[int, int, int]:
+        return int(pl_module.tokens_seen), int(pl_module.trained_tokens_seen), int(pl_module.slots_seen)
 
     def _start_window(self, pl_module) -> None:
         self._mark = (time.perf_counter(), *self._counts(pl_module))
@@ -41,13 +42,15 @@ class ThroughputMonitor(Callback):
         if trainer.global_step == self._last_step or self._mark is None:
             return
         self._last_step = trainer.global_step
-        start, tokens0, trained0 = self._mark
+        start, tokens0, trained0, slots0 = self._mark
         seconds = max(time.perf_counter() - start, 1e-9)
-        tokens, trained = self._counts(pl_module)
+        tokens, trained, slots = self._counts(pl_module)
         self.train_seconds += seconds
         self.tokens += tokens - tokens0
         self.trained_tokens += trained - trained0
+        self.slots += slots - slots0
         pl_module.log("train/tokens_per_sec", (tokens - tokens0) / seconds)
+        pl_module.log("train/padding_fraction", 1 - (tokens - tokens0) / max(slots - slots0, 1))
         pl_module.log("train/trained_tokens_per_sec", (trained - trained0) / seconds)
         pl_module.log("train/trained_tokens", float(trained))
         self._start_window(pl_module)
@@ -59,4 +62,5 @@ class ThroughputMonitor(Callback):
             "train_seconds": round(self.train_seconds, 2),
             "tokens_per_sec": round(self.tokens / seconds, 1),
             "trained_tokens_per_sec": round(self.trained_tokens / seconds, 1),
+            "padding_fraction": round(1 - self.tokens / max(self.slots, 1), 4),
         }

@@ -9,13 +9,16 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 
-TEMPLATES = ("chatml", "llama3", "auto")
-DATA_SOURCES = ("builtin", "file")
+from .data.tokenize import TRUNCATION
+
+TEMPLATES = ("chatml", "qwen", "llama3", "alpaca", "auto")
+DATA_SOURCES = ("file", "hub", "builtin")
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -72,21 +75,45 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the training conversations come from and how they are cut."""
+class DatasetConfig:
+    """One dataset: where its rows are, their format, and how their columns and roles are named."""
 
-    source: str = "builtin"
+    name: str | None = None
+    source: str = "file"
     path: str | None = None
+    subset: str | None = None
+    split: str = "train"
     format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
     num_rows: int = 480
+    max_samples: int | None = None
+    weight: float = 1.0
+    placeholders: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Which datasets to train on, how they are mixed, rendered, masked, cut and batched."""
+
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    dataset_info: str | None = None
+    mix: str = "concat"
     template: str = "chatml"
     system: str | None = None
     placeholders: dict[str, str] = field(default_factory=dict)
     max_samples: int | None = None
     val_size: float = 0.1
     cutoff_len: int = 512
+    truncation: str = "keep_response"
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    packing: bool = False
     group_by_length: bool = True
+    strict: bool = False
+    num_proc: int = 1
     num_workers: int = 0
+    overwrite_cache: bool = False
 
 
 @dataclass
@@ -212,6 +239,10 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
         sub_schema = get_type_hints(schema)[key]
         if is_dataclass(sub_schema):
             problems += _unknown_keys(node[key], sub_schema, f"{prefix}{key}.")
+        elif get_origin(sub_schema) is dict and is_dataclass(item := get_args(sub_schema)[1]):
+            if isinstance(node[key], DictConfig):
+                for name in node[key]:
+                    problems += _unknown_keys(node[key][name], item, f"{prefix}{key}.{name}.")
     return problems
 
 
@@ -221,11 +252,60 @@ def _check(problems: list[str], ok: bool, key: str, value: Any, allowed: str) ->
         problems.append(f"{key}={value!r}: {allowed}")
 
 
+def _dataset_problems(key: str, d: DatasetConfig) -> list[str]:
+    """Problems with one dataset entry: source, format, path, column and role-tag mapping."""
+    from .data.formats import mapping_problems
+    from .data.registry import missing_path
+
+    p: list[str] = []
+    _check(p, d.source in DATA_SOURCES, f"{key}.source", d.source, f"one of {DATA_SOURCES}")
+    _check(p, d.format in DATA_FORMATS, f"{key}.format", d.format, f"one of {DATA_FORMATS}")
+    _check(p, d.weight > 0, f"{key}.weight", d.weight, "a positive number")
+    _check(p, d.num_rows > 0, f"{key}.num_rows", d.num_rows, "a positive integer")
+    _check(p, d.max_samples is None or d.max_samples > 0, f"{key}.max_samples", d.max_samples, "null or > 0")
+    if d.source in ("file", "hub") and not d.path:
+        p.append(
+            f"{key}.path: missing; a file, directory or glob (source: file) or a hub dataset id (source: hub)"
+        )
+    elif d.source == "file" and (missing := missing_path(d.path)):
+        p.append(f"{key}.path={d.path!r}: {missing}")
+    p += [f"{key}.{problem}" for problem in mapping_problems(d.format, d.columns, d.tags)]
+    return p
+
+
+def _data_problems(d: DataConfig) -> list[str]:
+    """Problems with the data group: every dataset entry plus the shared processing options."""
+    p: list[str] = []
+    _check(p, d.template in TEMPLATES, "data.template", d.template, f"one of {TEMPLATES}")
+    _check(p, d.mix in MIX_STRATEGIES, "data.mix", d.mix, f"one of {MIX_STRATEGIES}")
+    _check(p, d.truncation in TRUNCATION, "data.truncation", d.truncation, f"one of {TRUNCATION}")
+    _check(
+        p,
+        0 <= d.val_size < 1 or d.val_size >= 1 and float(d.val_size).is_integer(),
+        "data.val_size",
+        d.val_size,
+        "a fraction in [0, 1) or a whole count of rows",
+    )
+    _check(p, d.cutoff_len >= 16, "data.cutoff_len", d.cutoff_len, "an integer >= 16")
+    _check(p, d.max_samples is None or d.max_samples > 0, "data.max_samples", d.max_samples, "null or > 0")
+    _check(p, d.num_proc >= 1, "data.num_proc", d.num_proc, "an integer >= 1")
+    _check(p, d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
+    _check(
+        p,
+        bool(d.datasets),
+        "data.datasets",
+        {},
+        "at least one dataset (a name from conf/data/, a path, or an entry of data.dataset_info)",
+    )
+    for name, entry in d.datasets.items():
+        p += _dataset_problems(f"data.datasets.{name}", entry)
+    return p
+
+
 def _range_problems(c: TrainConfig) -> list[str]:
     """Out-of-range and not-allowed values, each named with its key."""
     p: list[str] = []
     _check(p, c.model.template in TEMPLATES, "model.template", c.model.template, f"one of {TEMPLATES}")
-    _check(p, c.data.template in TEMPLATES, "data.template", c.data.template, f"one of {TEMPLATES}")
     _check(p, c.model.dtype in DTYPES, "model.dtype", c.model.dtype, f"one of {DTYPES}")
     _check(
         p,
@@ -234,25 +314,7 @@ def _range_problems(c: TrainConfig) -> list[str]:
         c.model.name_or_path,
         "a hub id, a local directory or pkg://<package>, unless model.random_init is set",
     )
-    _check(p, c.data.source in DATA_SOURCES, "data.source", c.data.source, f"one of {DATA_SOURCES}")
-    _check(p, c.data.format in DATA_FORMATS, "data.format", c.data.format, f"one of {DATA_FORMATS}")
-    _check(p, c.data.source != "file" or bool(c.data.path), "data.path", c.data.path, "a file path")
-    _check(
-        p,
-        0 <= c.data.val_size < 1 or c.data.val_size >= 1 and float(c.data.val_size).is_integer(),
-        "data.val_size",
-        c.data.val_size,
-        "a fraction in [0, 1) or a whole count of rows",
-    )
-    _check(p, c.data.cutoff_len >= 16, "data.cutoff_len", c.data.cutoff_len, "an integer >= 16")
-    _check(p, c.data.num_rows > 0, "data.num_rows", c.data.num_rows, "a positive integer")
-    _check(
-        p,
-        c.data.max_samples is None or c.data.max_samples > 0,
-        "data.max_samples",
-        c.data.max_samples,
-        "null or a positive integer",
-    )
+    p += _data_problems(c.data)
     if c.lora.enabled:
         _check(p, c.lora.r > 0, "lora.r", c.lora.r, "a positive integer")
         _check(p, c.lora.alpha > 0, "lora.alpha", c.lora.alpha, "a positive number")
@@ -309,6 +371,9 @@ def _range_problems(c: TrainConfig) -> list[str]:
 
 def validate(cfg: DictConfig) -> TrainConfig:
     """Check the composed config against the schemas and return it as typed objects."""
+    from .data.registry import expand_datasets
+
+    cfg = expand_datasets(cfg)
     problems = _unknown_keys(cfg, TrainConfig, "")
     if problems:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))

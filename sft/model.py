@@ -101,17 +101,26 @@ def resolve_source(cfg: ModelConfig, cache_dir: str) -> str:
     return str(local) if local.exists() else source
 
 
-def load_base(cfg: ModelConfig, cache_dir: str):
-    """Return (tokenizer, model) for the base model, ready to be wrapped."""
+def load_tokenizer(cfg: ModelConfig, cache_dir: str):
+    """The base model's tokenizer (converting or building the model once if it is not cached yet)."""
     source = resolve_source(cfg, cache_dir)
-    common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
-    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, **common
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, cache_dir: str):
+    """The base model's weights, ready to be wrapped."""
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_source(cfg, cache_dir),
+        dtype=DTYPES[cfg.dtype],
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        revision=cfg.revision,
     )
-    return tokenizer, model
 
 
 def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):

@@ -29,19 +29,26 @@ class SFTModule(L.LightningModule):
         self.strict_loading = False
         self.tokens_seen = torch.zeros((), dtype=torch.long)
         self.trained_tokens_seen = torch.zeros((), dtype=torch.long)
+        self.slots_seen = torch.zeros((), dtype=torch.long)  # tokens processed, padding included
         self.empty_windows = torch.zeros((), dtype=torch.long)  # steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Logits for a batch."""
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """Logits for a padded batch (attention_mask) or a packed one (position_ids restarting per sample)."""
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            use_cache=False,  # a cache would also stop transformers from building the packed-sample mask
+        ).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Summed loss of one micro-batch (Lightning divides by the accumulation count)."""
         loss_sum, n_tokens, _ = token_loss(self(batch), batch["labels"])
         self._window = self._window.to(loss_sum.device) + torch.stack([loss_sum.detach(), n_tokens.float()])
-        self.tokens_seen = self.tokens_seen.to(n_tokens.device) + batch["attention_mask"].sum()
+        self.tokens_seen = self.tokens_seen.to(n_tokens.device) + batch["num_tokens"]
+        self.slots_seen = self.slots_seen.to(n_tokens.device) + batch["input_ids"].numel()
         self.trained_tokens_seen = self.trained_tokens_seen.to(n_tokens.device) + n_tokens
         return loss_sum
 
@@ -104,6 +111,7 @@ class SFTModule(L.LightningModule):
         checkpoint["sft_counters"] = {
             "tokens_seen": int(self.tokens_seen),
             "trained_tokens_seen": int(self.trained_tokens_seen),
+            "slots_seen": int(self.slots_seen),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -111,3 +119,4 @@ class SFTModule(L.LightningModule):
         counters = checkpoint.get("sft_counters", {})
         self.tokens_seen = torch.tensor(counters.get("tokens_seen", 0))
         self.trained_tokens_seen = torch.tensor(counters.get("trained_tokens_seen", 0))
+        self.slots_seen = torch.tensor(counters.get("slots_seen", 0))

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks import ThroughputMonitor
 from .config import ConfigError, to_plain, validate
 from .data.datamodule import SFTDataModule
+from .data.loading import DataError
 from .data.templates import get_template
 from .export import save_final
-from .model import apply_peft, count_parameters, load_base
+from .model import apply_peft, count_parameters, load_model, load_tokenizer
 from .module import SFTModule
 from .probe import answer
 from .summary import write_summary
@@ -66,12 +67,8 @@ def _run(cfg: DictConfig) -> float:
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()
 
-    tokenizer, base = load_base(typed.model, typed.paths.cache_dir)
+    tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     template = get_template(typed.data.template, tokenizer, typed.data.system)
-    model = apply_peft(base, typed.lora, typed.trainer.gradient_checkpointing)
-    trainable, total = count_parameters(model)
-    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    module = SFTModule(model, typed.optimizer, typed.scheduler)
     built = build_trainer(typed, cfg)
     trainer = built.trainer
     datamodule = SFTDataModule(
@@ -80,8 +77,17 @@ def _run(cfg: DictConfig) -> float:
         template,
         typed.trainer.micro_batch_size,
         typed.seed,
+        typed.paths.cache_dir,
         group_size=built.plan.effective_batch_size // built.plan.world_size,
+        flatten_packed=typed.model.attn_implementation == "flash_attention_2",
     )
+    datamodule.prepare_data()  # data problems surface before the model weights are loaded
+    model = apply_peft(
+        load_model(typed.model, typed.paths.cache_dir), typed.lora, typed.trainer.gradient_checkpointing
+    )
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    module = SFTModule(model, typed.optimizer, typed.scheduler)
 
     run_info = {
         "batch": asdict(built.plan),
@@ -139,7 +145,7 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point; a config mistake exits with the message, not a traceback."""
     try:
         return train(cfg)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         log.error("%s", err)
         print(err, file=sys.stderr)
         sys.exit(2)

@@ -23,14 +23,18 @@ def test_every_group_has_options():
         "logger",
         "callbacks",
     } <= set(GROUPS)
-    assert len(OPTIONS) >= 25
+    assert len(OPTIONS) >= 30
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_option_composes_and_validates(make_cfg, group, option):
     overrides = [f"{group}={option}"]
-    if (group, option) == ("data", "file"):
-        overrides.append("data.path=rows.jsonl")
+    if (group, option) == ("data", "mix"):
+        overrides.append("data.datasets=[alpaca_en,self_cognition]")
+    if (group, option) == ("data", "base"):  # shared processing only: names no dataset
+        with pytest.raises(ConfigError, match="data.datasets: missing; give names"):
+            validate(make_cfg(*overrides))
+        return
     typed = validate(make_cfg(*overrides))
     assert typed.model.trust_remote_code is False
 

@@ -1,28 +1,21 @@
-"""Formats, templates and loss masks on exact token lists."""
+"""The data pipeline through its entry points: registry, reading, mixing, splitting, caching, preview."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import ROOT
 
-from sft.config import DataConfig
-from sft.data.datamodule import DataStats, PadCollator, fill_placeholders, load_conversations, split
-from sft.data.formats import MalformedRow, read_rows, to_conversation
-from sft.data.templates import get_template, render
-from sft.data.tokenize import IGNORE_INDEX, TemplateError, encode, trained_spans
+from sft.config import ConfigError, validate
+from sft.data.datamodule import EpochShuffleSampler
+from sft.data.loading import DataError
+from sft.data.preprocess import prepare
+from sft.data.templates import get_template
+from sft.data.tokenize import IGNORE_INDEX
 from sft.model import byte_tokenizer
-
-CONV = {
-    "system": "Be brief.",
-    "messages": [
-        {"role": "user", "content": "Hi é"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"},
-    ],
-}
 
 
 @pytest.fixture(scope="module")
@@ -30,163 +23,200 @@ def tok():
     return byte_tokenizer()
 
 
-def trained_text(tok, example) -> list[str]:
-    """Decode each contiguous run of trained tokens."""
-    runs, current = [], []
-    for token, label in zip(example["input_ids"], example["labels"], strict=True):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(tok.decode(current))
-            current = []
-    if current:
-        runs.append(tok.decode(current))
-    return runs
+def data_cfg(make_cfg, *overrides: str):
+    """The typed data config composed from the real conf/ tree."""
+    return validate(make_cfg("model=tiny", *overrides)).data
 
 
-@pytest.mark.parametrize("name", ["chatml", "llama3"])
-def test_only_assistant_turns_and_their_end_token_are_trained(tok, name):
-    template = get_template(name, tok)
-    example = encode(CONV, tok, template, cutoff_len=4096)
-    assert trained_text(tok, example) == [f"Hello!{template.stop}", f"4{template.stop}"]
-    # Training sees exactly the ids a plain tokenization of the rendered text gives.
-    text = render(tok, template, [{"role": "system", "content": "Be brief."}, *CONV["messages"]])
-    assert example["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+def run(make_cfg, tok, *overrides: str, cache=None):
+    """Prepare the data of a composed config with the byte tokenizer."""
+    cfg = data_cfg(make_cfg, *overrides)
+    return prepare(cfg, tok, get_template(cfg.template, tok, cfg.system), 42, cache)
 
 
-def test_chatml_rendering_is_exact(tok):
-    text, spans = trained_spans(tok, get_template("chatml", tok), CONV["messages"][:2])
-    assert text == "<|im_start|>user\nHi é<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-    assert [text[a:b] for a, b in spans] == ["Hello!<|im_end|>"]
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
 
 
-def test_default_system_prompt_is_used_when_a_row_has_none(tok):
-    template = get_template("chatml", tok, default_system="You are Nova.")
-    conv = {"system": None, "messages": CONV["messages"][:2]}
-    text = tok.decode(encode(conv, tok, template, 4096)["input_ids"])
-    assert text.startswith("<|im_start|>system\nYou are Nova.<|im_end|>")
+GOOD = {"instruction": "Say hi", "output": "Hi"}
 
 
-def test_cutoff_truncates_and_drops_rows_with_nothing_trainable(tok):
-    template = get_template("chatml", tok)
-    short = encode(CONV, tok, template, cutoff_len=60)
-    assert len(short["input_ids"]) == 60
-    assert encode(CONV, tok, template, cutoff_len=20) is None
-
-
-def test_a_template_that_is_not_prefix_stable_is_refused(tok):
-    from sft.data.templates import Template
-
-    odd = Template("odd", "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}", "")
-    with pytest.raises(TemplateError, match="prefix"):
-        encode(CONV, tok, odd, 4096)
-
-
-def test_formats_normalise_to_one_conversation():
-    alpaca = {"instruction": "Add", "input": "2 and 2", "output": "4", "history": [["Hi", "Hello"]]}
-    sharegpt = {
-        "conversations": [
-            {"from": "system", "value": "S"},
-            {"from": "human", "value": "Hi"},
-            {"from": "gpt", "value": "Hello"},
-        ]
+def test_llamafactory_registry_loads_the_shared_files_as_is(make_cfg, tok):
+    prepared = run(make_cfg, tok, "data=llamafactory", "data.cutoff_len=4096", "data.val_size=0")
+    counts = prepared.stats.datasets
+    assert {n: (d.rows, d.malformed) for n, d in counts.items()} == {
+        "identity": (91, 0),
+        "alpaca_en_demo": (999, 0),
+        "glaive_toolcall_en_demo": (300, 0),
     }
-    messages = {
-        "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
-            {"role": "assistant", "content": "Hello"},
-        ]
-    }
-    assert to_conversation(alpaca)["messages"] == [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Add\n2 and 2"},
-        {"role": "assistant", "content": "4"},
-    ]
-    assert to_conversation(sharegpt) == {
-        "system": "S",
-        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-    }
-    assert to_conversation(messages)["messages"][0] == {"role": "user", "content": "Hi"}
+    assert prepared.stats.train == 91 + 999 + 300 - prepared.stats.total("too_long")
+    identity = [tok.decode(r["input_ids"]) for r in prepared.train if r["source"] == "identity"]
+    assert all("{{" not in text for text in identity) and any("Nova" in text for text in identity)
+    # Function calls are trained as assistant turns; tool results are not.
+    tool_rows = [r for r in prepared.train if r["source"] == "glaive_toolcall_en_demo"]
+    assert any("<tool_call>" in tok.decode([t for t in r["labels"] if t != IGNORE_INDEX]) for r in tool_rows)
+    assert all(
+        "<tool_response>" not in tok.decode([t for t in r["labels"] if t != IGNORE_INDEX]) for r in tool_rows
+    )
+
+
+def test_names_paths_and_weights_resolve(make_cfg, tmp_path):
+    path = write_jsonl(tmp_path / "mine.jsonl", [GOOD])
+    cfg = data_cfg(
+        make_cfg, "data=mix", f"data.datasets=[alpaca_en,{path},{{name: self_cognition, weight: 2}}]"
+    )
+    assert list(cfg.datasets) == ["alpaca_en", "mine", "self_cognition"]
+    assert cfg.datasets["alpaca_en"].format == "alpaca" and cfg.datasets["self_cognition"].weight == 2
+    assert cfg.datasets["mine"].path == str(path)
 
 
 @pytest.mark.parametrize(
-    ("row", "reason"),
+    ("overrides", "message"),
     [
-        ({"instruction": "Hi", "output": ""}, "output is missing or empty"),
-        ({"conversations": [{"from": "human", "value": "Hi"}]}, "last turn must be an assistant"),
-        ({"messages": [{"role": "robot", "content": "x"}]}, "role must be one of"),
-        ({"text": "plain"}, "cannot tell the format"),
-        (["not", "a", "dict"], "expected an object"),
+        (["data=mix", "data.datasets=[alpaca]"], "unknown dataset 'alpaca'; available: alpaca_en, builtin"),
+        (["data=mix", "data.datasets=[/no/such.jsonl]"], "data.datasets.such.path='/no/such.jsonl': "),
+        (["data=alpaca_en", "+data.datasets.alpaca_en.columns.answer=output"], "answer"),
+        (["data=glaive_toolcall", "+data.datasets.glaive_toolcall.tags.bot_tag=gpt"], "bot_tag"),
+        (["data=alpaca_en", "data.datasets.alpaca_en.format=csv"], "format='csv': one of"),
+        (["data=alpaca_en", "data.truncation=cut"], "data.truncation='cut': one of ('keep_response'"),
+        (
+            ["data=alpaca_en", "+data.datasets.alpaca_en.rows=3"],
+            "did you mean 'data.datasets.alpaca_en.num_rows'",
+        ),
     ],
 )
-def test_malformed_rows_say_why(row, reason):
-    with pytest.raises(MalformedRow, match=reason):
-        to_conversation(row)
+def test_config_mistakes_name_the_key_before_anything_loads(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match="Invalid config") as err:
+        validate(make_cfg("model=tiny", *overrides))
+    assert message in str(err.value)
 
 
-def test_malformed_rows_are_reported_with_file_and_line_and_counted(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    good = {"instruction": "Say hi", "output": "Hi"}
-    path.write_text(
-        "\n".join(
-            [json.dumps(good), "{not json", json.dumps({"instruction": "x", "output": ""}), json.dumps(good)]
-        )
-        + "\n"
+def test_dataset_info_entries_we_cannot_train_on_are_refused(make_cfg, tmp_path):
+    info = tmp_path / "dataset_info.json"
+    info.write_text(json.dumps({"prefs": {"file_name": "p.json", "ranking": True}}))
+    with pytest.raises(ConfigError, match="ranking"):
+        validate(make_cfg("data=llamafactory", f"data.dataset_info={info}", "data.datasets=[prefs]"))
+
+
+def test_bad_rows_are_reported_with_file_and_line_counted_and_skipped(make_cfg, tok, tmp_path):
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            GOOD,
+            "{not json",
+            {"instruction": "x", "output": ""},
+            {"instruction": "Hi {{who}}", "output": "Hi"},
+            {"messages": [{"role": "robot", "content": "x"}]},
+            GOOD,
+        ],
     )
-    stats = DataStats()
-    convs = load_conversations(DataConfig(source="file", path=str(path)), stats)
-    assert len(convs) == 2
-    assert (stats.rows, stats.malformed) == (4, 2)
-    assert stats.problems[0].startswith(f"{path}:2: invalid JSON")
-    assert stats.problems[1].startswith(f"{path}:3: output is missing")
-
-
-def test_json_array_rows_carry_their_line_numbers(tmp_path):
-    path = tmp_path / "rows.json"
-    path.write_text('[\n  {"instruction": "a", "output": "b"},\n\n  {"instruction": "c", "output": "d"}\n]\n')
-    assert [loc for loc, _ in read_rows(path)] == [f"{path}:2", f"{path}:4"]
-
-
-def test_shared_alpaca_demo_loads_completely():
-    stats = DataStats()
-    convs = load_conversations(
-        DataConfig(source="file", path=str(SHARED_DATA / "alpaca_en_demo.json"), format="alpaca"), stats
+    prepared = run(make_cfg, tok, "data=mix", f"data.datasets=[{path}]", "data.val_size=0")
+    d = prepared.stats.datasets["rows"]
+    assert (d.rows, d.malformed, d.used, prepared.stats.train) == (6, 4, 2, 2)
+    problems = prepared.stats.problems
+    assert [p.split(": ")[0] for p in problems] == [f"{path}:{n}" for n in (2, 3, 4, 5)]
+    assert (
+        "invalid JSON" in problems[0] and "{{who}}" in problems[2] and "data.placeholders.who" in problems[2]
     )
-    assert len(convs) == stats.rows == 999 and stats.malformed == 0
+    with pytest.raises(DataError, match=f"{path}:2"):
+        run(make_cfg, tok, "data=mix", f"data.datasets=[{path}]", "data.strict=true")
 
 
-def test_placeholders_are_filled_everywhere():
-    conv = {
-        "system": "I am {{name}}.",
-        "messages": [{"role": "assistant", "content": "{{name}} by {{author}}"}],
-    }
-    filled = fill_placeholders(conv, {"name": "Nova", "author": "us"})
-    assert filled["system"] == "I am Nova." and filled["messages"][0]["content"] == "Nova by us"
+def test_truncation_policies_are_explicit_and_counted(make_cfg, tok, tmp_path):
+    long = {"instruction": "x " * 200, "output": "short answer"}
+    path = write_jsonl(tmp_path / "long.jsonl", [GOOD, long, {"instruction": "q", "output": "y " * 200}])
+    common = ("data=mix", f"data.datasets=[{path}]", "data.val_size=0", "data.cutoff_len=96")
+    kept = run(make_cfg, tok, *common)
+    d = kept.stats.datasets["long"]
+    assert (d.truncated, d.too_long, kept.stats.train) == (1, 1, 2)
+    assert "too long" in kept.stats.problems[0] and f"{path}:3" in kept.stats.problems[0]
+    dropped = run(make_cfg, tok, *common, "data.truncation=drop")
+    assert (dropped.stats.datasets["long"].too_long, dropped.stats.train) == (2, 1)
+    with pytest.raises(DataError, match=f"{path}:2.*cutoff_len=96"):
+        run(make_cfg, tok, *common, "data.truncation=error")
 
 
-def test_split_is_seeded_and_accepts_fractions_or_counts():
-    items = list(range(100))
-    train, val = split(items, 0.1, seed=1)
-    assert len(val) == 10 and sorted(train + val) == items
-    assert split(items, 0.1, seed=1) == (train, val)
-    assert split(items, 0.1, seed=2)[1] != val
-    assert len(split(items, 7, seed=1)[1]) == 7
+def test_validation_split_is_seeded_per_dataset_and_accepts_counts(make_cfg, tok):
+    mix = ("data=mix", "data.datasets=[self_cognition,{name: builtin, num_rows: 60}]")
+    a = run(make_cfg, tok, *mix, "data.val_size=0.1")
+    assert {n: d.val for n, d in a.stats.datasets.items()} == {"self_cognition": 9, "builtin": 6}
+    b = run(make_cfg, tok, *mix, "data.val_size=0.1")
+    assert a.val["location"] == b.val["location"]
+    assert not set(a.val["location"]) & set(a.train["location"])
+    counted = run(make_cfg, tok, *mix, "data.val_size=15")
+    assert counted.stats.val == 15
 
 
-def test_collator_pads_right_and_never_trains_padding():
-    batch = PadCollator(pad_id=0)(
-        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [-100]}]
+def test_mixing_weights_and_interleaving(make_cfg, tok):
+    mix = ("data=mix", "data.datasets={self_cognition: {}, builtin: {num_rows: 40}}", "data.val_size=0")
+    plain = run(make_cfg, tok, *mix).stats
+    weighted = run(
+        make_cfg,
+        tok,
+        "data=mix",
+        "data.datasets={self_cognition: {weight: 2}, builtin: {num_rows: 40, weight: 0.5}}",
+        "data.val_size=0",
+    ).stats
+    assert (plain.datasets["self_cognition"].train, plain.datasets["builtin"].train) == (91, 40)
+    assert (weighted.datasets["self_cognition"].train, weighted.datasets["builtin"].train) == (182, 20)
+    under = run(make_cfg, tok, *mix, "data.mix=interleave_under").stats
+    over = run(make_cfg, tok, *mix, "data.mix=interleave_over").stats
+    assert under.datasets["builtin"].train <= 40 and under.train < 131
+    assert over.datasets["self_cognition"].train >= 91 and over.datasets["builtin"].train >= 40
+
+
+def test_tokenized_data_is_cached_by_content_and_options(make_cfg, tok, tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", [GOOD] * 5)
+    common = ("data=mix", f"data.datasets=[{path}]", "data.val_size=1")
+    first = run(make_cfg, tok, *common, cache=tmp_path / "c")
+    again = run(make_cfg, tok, *common, cache=tmp_path / "c")
+    assert first.stats.cache.startswith("built") and again.stats.cache.startswith("hit")
+    assert again.train["input_ids"] == first.train["input_ids"] and again.stats.train == 4
+    assert run(make_cfg, tok, *common, "data.cutoff_len=64", cache=tmp_path / "c").stats.cache.startswith(
+        "built"
     )
-    assert batch["input_ids"].shape == (2, 8)
-    assert batch["attention_mask"][1].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
-    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    assert run(
+        make_cfg, tok, *common, "data.overwrite_cache=true", cache=tmp_path / "c"
+    ).stats.cache.startswith("built")
+    write_jsonl(path, [GOOD] * 6)  # new content, same name: a new key
+    changed = run(make_cfg, tok, *common, cache=tmp_path / "c")
+    assert changed.stats.cache.startswith("built") and changed.stats.train == 5
+    assert changed.stats.files[str(path)] != first.stats.files[str(path)]
+
+
+def test_preview_shows_trained_spans_and_statistics(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sft.data",
+            "model=tiny",
+            "data=self_cognition",
+            "preview.rows=1",
+            "preview.color=false",
+            f"paths.cache_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--- train example 0 (self_cognition" in out.stdout
+    assert "<|im_start|>assistant\n«" in out.stdout and "<|im_end|>»" in out.stdout
+    assert "self_cognition" in out.stdout and " 91 " in out.stdout and "lengths {'min'" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "sft.data", "model=tiny", "data=mix", "data.datasets=[nope]"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "unknown dataset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_length_grouping_sorts_within_each_step_and_keeps_the_step_contents():
-    from sft.data.datamodule import EpochShuffleSampler
-
     lengths = [(i * 37) % 101 for i in range(50)]
     plain, grouped = EpochShuffleSampler(lengths, seed=3), EpochShuffleSampler(lengths, seed=3, group_size=8)
     a, b = list(plain), list(grouped)

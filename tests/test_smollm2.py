@@ -10,7 +10,7 @@ import pytest
 
 from sft.config import validate
 from sft.data.templates import get_template
-from sft.model import load_base
+from sft.model import load_model, load_tokenizer
 from sft.probe import answer
 from sft.train import train
 
@@ -22,7 +22,8 @@ USER_CACHE = os.environ.get("SFT_CACHE", str(Path.home() / ".cache" / "sft"))
 
 def test_packaged_gguf_converts_to_a_trainable_model(make_cfg):
     typed = validate(make_cfg(f"paths.cache_dir={USER_CACHE}"))
-    tokenizer, model = load_base(typed.model, typed.paths.cache_dir)
+    tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
+    model = load_model(typed.model, typed.paths.cache_dir)
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 136_000_000
     assert getattr(model, "hf_quantizer", None) is None  # plain weights: trainable and saveable
@@ -44,7 +45,7 @@ def test_a_short_lora_run_on_smollm2(make_cfg, tmp_path):
         "trainer.eval_steps=2",
         "trainer.micro_batch_size=2",
         "trainer.effective_batch_size=2",
-        "data.num_rows=24",
+        "data.datasets.builtin.num_rows=24",
         "data.val_size=4",
         "data.cutoff_len=128",
         "logger=csv",

@@ -102,7 +102,7 @@ def test_loss_falls_when_overfitting_a_handful_of_examples(make_cfg, tmp_path):
     train(
         make_cfg(
             *TINY,
-            "data.num_rows=8",
+            "data.datasets.builtin.num_rows=8",
             "data.val_size=0",
             "trainer.max_steps=30",
             "trainer.eval_steps=30",
@@ -248,3 +248,16 @@ def test_early_stopping_ends_a_run_that_stops_improving(make_cfg, tmp_path):
         )
     )
     assert json.loads((tmp_path / "early" / "summary.json").read_text())["global_step"] == 2
+
+
+def test_packing_trains_with_less_padding_and_the_same_validation(make_cfg, tmp_path):
+    common = (*TINY, "data.datasets.builtin.num_rows=64", "trainer.max_steps=2", "trainer.eval_steps=2")
+    train(make_cfg(*common, run="padded"))
+    train(make_cfg(*common, "data.packing=true", run="packed"))
+    padded, packed = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("padded", "packed"))
+    assert packed["data"]["packed_rows"] < packed["data"]["train"] == padded["data"]["train"]
+    assert packed["data"]["packing_efficiency"] > 0.8
+    assert packed["padding_fraction"] < padded["padding_fraction"] / 2
+    # Validation is never packed: the untrained model scores the same on it either way.
+    assert packed["initial_val_loss"] == pytest.approx(padded["initial_val_loss"], abs=1e-6)
+    assert series(tmp_path / "packed", "train/padding_fraction")

@@ -1,107 +1,22 @@
-"""The LightningDataModule: conversations → token ids and labels → padded micro-batches."""
+"""The LightningDataModule: prepared token rows → padded or packed micro-batches."""
 
 from __future__ import annotations
 
+import json
 import logging
-import random
-from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
-from .builtin import builtin_conversations
-from .formats import MalformedRow, read_rows, to_conversation
+from .collate import PackedCollator, PadCollator
+from .packing import PackedDataset, pack, packing_efficiency
+from .preprocess import Prepared, prepare
+from .stats import DataStats
 from .templates import Template
-from .tokenize import IGNORE_INDEX, encode
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataStats:
-    """What happened to the rows on the way to the batches."""
-
-    rows: int = 0
-    malformed: int = 0
-    too_long: int = 0
-    train: int = 0
-    val: int = 0
-    train_tokens: int = 0
-    train_trained_tokens: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-def fill_placeholders(conversation: dict, values: dict[str, str]) -> dict:
-    """Replace `{{key}}` in the system prompt and every message with the configured value."""
-
-    def fill(text: str | None) -> str | None:
-        if text is None:
-            return None
-        for key, value in values.items():
-            text = text.replace("{{" + key + "}}", str(value))
-        return text
-
-    return {
-        **conversation,
-        "system": fill(conversation.get("system")),
-        "messages": [{**m, "content": fill(m["content"])} for m in conversation["messages"]],
-    }
-
-
-def load_conversations(cfg: DataConfig, stats: DataStats) -> list[dict]:
-    """Read the configured source into canonical conversations, counting and reporting bad rows."""
-    if cfg.source == "builtin":
-        rows = [(f"builtin:{r['id']}", r) for r in builtin_conversations(cfg.num_rows)]
-    else:
-        rows = list(read_rows(cfg.path))
-    conversations = []
-    for location, row in rows:
-        stats.rows += 1
-        try:
-            conversations.append(fill_placeholders(to_conversation(row, cfg.format), cfg.placeholders))
-        except MalformedRow as err:
-            stats.malformed += 1
-            stats.problems.append(f"{location}: {err}")
-    for problem in stats.problems[:20]:
-        log.warning("skipped malformed row %s", problem)
-    if stats.malformed:
-        log.warning("skipped %d of %d rows as malformed", stats.malformed, stats.rows)
-    if not conversations:
-        raise ValueError(f"no usable rows in {cfg.path or cfg.source}: {stats.malformed} malformed")
-    return conversations
-
-
-def split(items: list, val_size: float, seed: int) -> tuple[list, list]:
-    """Seeded train/validation split; `val_size` is a fraction (< 1) or a row count."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_val = int(val_size) if val_size >= 1 else round(len(items) * val_size)
-    n_val = min(n_val, len(items) - 1)
-    val_idx = set(order[:n_val])
-    return [x for i, x in enumerate(items) if i not in val_idx], [items[i] for i in sorted(val_idx)]
-
-
-class PadCollator:
-    """Right-pads a list of examples to the longest one (rounded up to a multiple of 8)."""
-
-    def __init__(self, pad_id: int, multiple: int = 8):
-        self.pad_id, self.multiple = pad_id, multiple
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Stack examples into input_ids, attention_mask and labels tensors."""
-        longest = max(len(e["input_ids"]) for e in examples)
-        width = -(-longest // self.multiple) * self.multiple
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            n = len(e["input_ids"])
-            ids[row, :n] = torch.tensor(e["input_ids"])
-            labels[row, :n] = torch.tensor(e["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -131,7 +46,11 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 class SFTDataModule(L.LightningDataModule):
-    """Loads, splits and tokenizes the configured conversations once, then serves batches."""
+    """Prepares the tokenized data once (cached on disk), then serves padded or packed micro-batches.
+
+    `prepare_data` (rank 0 only, per Lightning's contract) builds the cache; `setup` on every rank
+    then opens the same cached rows, so devices never tokenize twice or disagree about the data.
+    """
 
     def __init__(
         self,
@@ -140,75 +59,86 @@ class SFTDataModule(L.LightningDataModule):
         template: Template,
         micro_batch_size: int,
         seed: int,
+        cache_dir: str | None,
         group_size: int = 1,
+        flatten_packed: bool = False,
     ):
         super().__init__()
         self.cfg, self.tokenizer, self.template = cfg, tokenizer, template
-        self.micro_batch_size, self.seed = micro_batch_size, seed
+        self.micro_batch_size, self.seed, self.cache_dir = micro_batch_size, seed, cache_dir
         # Examples per optimizer step on one device: the span within which batches are length-grouped.
         self.group_size = group_size if cfg.group_by_length else 1
-        self.stats = DataStats()
-        self.train_set: list[dict] | None = None
-        self.val_set: list[dict] = []
-        self.val_conversations: list[dict] = []
+        # FlashAttention only honours sample boundaries in a single (1, N) row of packed samples.
+        self.flatten_packed = flatten_packed
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.prepared: Prepared | None = None
+        self.train_set = None
+        self.train_lengths: list[int] = []
+
+    @property
+    def stats(self) -> DataStats:
+        """Counts, lengths and problems of the prepared data."""
+        return self.prepared.stats if self.prepared else DataStats()
+
+    @property
+    def val_conversations(self) -> list[dict]:
+        """The held-out conversations, as canonical dicts."""
+        return [json.loads(c) for c in self.prepared.val["conversation"]] if self.prepared else []
+
+    def prepare_data(self) -> None:
+        """Build (or find) the tokenized cache; runs on one process per node."""
+        if self.prepared is None:
+            self._prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the tokenized train and validation sets (once)."""
+        """Open the prepared rows and pack them when `data.packing` is on (once)."""
         if self.train_set is not None:
             return
-        conversations = load_conversations(self.cfg, self.stats)
-        if self.cfg.max_samples:
-            conversations = conversations[: self.cfg.max_samples]
-        train, val = split(conversations, self.cfg.val_size, self.seed)
-        self.val_conversations = val
-        self.train_set, self.val_set = self._encode(train), self._encode(val)
-        self.stats.train, self.stats.val = len(self.train_set), len(self.val_set)
-        self.stats.train_tokens = sum(len(e["input_ids"]) for e in self.train_set)
-        self.stats.train_trained_tokens = sum(
-            sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in self.train_set
-        )
-        log.info(
-            "data: %d rows, %d malformed, %d dropped (nothing trainable within cutoff_len=%d); "
-            "%d train / %d val examples; %d train tokens, %d of them trained",
-            self.stats.rows,
-            self.stats.malformed,
-            self.stats.too_long,
-            self.cfg.cutoff_len,
-            self.stats.train,
-            self.stats.val,
-            self.stats.train_tokens,
-            self.stats.train_trained_tokens,
-        )
-        if not self.train_set:
-            raise ValueError("no training examples left after tokenization; raise data.cutoff_len")
+        if self.prepared is None:
+            self._prepare()
+        lengths = self.prepared.train["length"]
+        rows = self.prepared.train.with_format(columns=["input_ids", "labels"])
+        if self.cfg.packing:
+            bins = pack(lengths, self.cfg.cutoff_len, self.seed)
+            self.stats.packed_rows = len(bins)
+            self.stats.packing_efficiency = round(packing_efficiency(lengths, bins, self.cfg.cutoff_len), 4)
+            log.info(
+                "packing: %d examples into %d rows of up to %d tokens (%.1f%% filled)",
+                len(lengths),
+                len(bins),
+                self.cfg.cutoff_len,
+                100 * self.stats.packing_efficiency,
+            )
+            rows = PackedDataset(rows, bins, lengths)
+            lengths = rows.lengths
+        self.train_set, self.train_lengths = rows, lengths
 
-    def _encode(self, conversations: list[dict]) -> list[dict]:
-        out = []
-        for conv in conversations:
-            example = encode(conv, self.tokenizer, self.template, self.cfg.cutoff_len)
-            if example is None:
-                self.stats.too_long += 1
-            else:
-                out.append(example)
-        return out
+    def _prepare(self) -> None:
+        self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir)
+        self.prepared.stats.log(self.cfg.cutoff_len)
 
-    def _loader(self, data: list[dict], shuffle: bool) -> DataLoader:
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+    def train_dataloader(self) -> DataLoader:
+        """Micro-batches in a (seed, epoch)-determined order (Lightning shards it across devices)."""
+        if self.cfg.packing:
+            collate = PackedCollator(self.pad_id, flatten=self.flatten_packed)
+        else:
+            collate = PadCollator(self.pad_id)
         return DataLoader(
-            data,
+            self.train_set,
             batch_size=self.micro_batch_size,
-            sampler=EpochShuffleSampler([len(e["input_ids"]) for e in data], self.seed, self.group_size)
-            if shuffle
-            else None,
-            collate_fn=PadCollator(pad_id),
+            sampler=EpochShuffleSampler(self.train_lengths, self.seed, self.group_size),
+            collate_fn=collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Micro-batches in a (seed, epoch)-determined order (Lightning shards it across devices)."""
-        return self._loader(self.train_set, shuffle=True)
-
     def val_dataloader(self) -> DataLoader:
-        """Validation micro-batches in a fixed order."""
-        return self._loader(self.val_set, shuffle=False)
+        """Validation micro-batches in a fixed order, never packed, so val loss compares across runs."""
+        val = self.prepared.val
+        return DataLoader(
+            val.with_format(columns=["input_ids", "labels"]) if len(val) else [],
+            batch_size=self.micro_batch_size,
+            collate_fn=PadCollator(self.pad_id),
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )

@@ -1,142 +1,493 @@
 """Read data files and normalise Alpaca, ShareGPT and OpenAI-messages rows to one conversation shape.
 
-Canonical conversation: {"system": str | None, "messages": [{"role", "content"}, ...]} where
-roles are user / assistant / tool and the last message is an assistant turn.
+Canonical conversation (docs: the data contract): {"system": str | None, "tools": list | None,
+"messages": [...], "category": str | None}. Messages hold user / assistant / tool turns, start on a
+user turn and end on an assistant turn; a function call is an assistant turn with HF-style
+`tool_calls`. Column and role-tag names follow LLaMA-Factory's dataset_info.json (`columns`, `tags`).
 """
 
 from __future__ import annotations
 
+import glob
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "function_call": "assistant",
-    "observation": "tool",
-    "tool": "tool",
+FORMATS = ("auto", "alpaca", "sharegpt", "messages")
+SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+
+# LLaMA-Factory column names, per format, with the row keys they default to.
+COLUMNS = {
+    "alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+        "tools": "tools",
+    },
+    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
+    "messages": {"messages": "messages", "system": "system", "tools": "tools"},
 }
+REQUIRED_COLUMNS = {"prompt", "response", "messages"}
+# LLaMA-Factory ShareGPT tags with their defaults.
+TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+ROLE_TAGS = {
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "observation_tag": "tool",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+# ShareGPT files in the wild also use OpenAI role names; accepted unless a configured tag claims them.
+SHAREGPT_ALIASES = {"user": "user", "assistant": "assistant", "tool": "tool"}
+# Keys that mark a lone JSON object as a row itself rather than a wrapper around a list of rows.
+ROW_KEYS = ("instruction", "output", "conversations", "messages")
+MESSAGES_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 class MalformedRow(ValueError):
     """A data row that cannot be turned into a conversation; the message says why."""
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
-    """Yield (location "file:line", row) for every row of a .json array or .jsonl file."""
+class DataFileError(ValueError):
+    """A data file that cannot be read past some point; the message names the file and line."""
+
+
+# ---------------------------------------------------------------------------------------------- readers
+
+
+def source_files(path: str | Path) -> list[Path]:
+    """The data files a path names: the file itself, a directory's data files, or a glob's matches."""
+    given = str(path)
+    p = Path(given).expanduser()
+    if p.is_file():
+        if p.suffix.lower() not in SUFFIXES:
+            raise _unsupported(p)
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if _is_data_file(f))
+        if not files:
+            raise FileNotFoundError(f"{p}: directory holds no {'/'.join(SUFFIXES)} files")
+        return files
+    if any(c in given for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if _is_data_file(Path(f)))
+        if not files:
+            raise FileNotFoundError(f"{given}: pattern matches no {'/'.join(SUFFIXES)} files")
+        return files
+    raise FileNotFoundError(f"{given}: no such file or directory")
+
+
+def _unsupported(path: Path) -> DataFileError:
+    return DataFileError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+
+
+def _is_data_file(path: Path) -> bool:
+    # dataset_info.json is LLaMA-Factory's registry, kept beside the data but holding no rows.
+    return (
+        path.is_file()
+        and path.suffix.lower() in SUFFIXES
+        and not path.name.startswith(".")
+        and path.name != "dataset_info.json"
+    )
+
+
+def read_source(path: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield (location, row) for every row of a file, directory or glob; a missing path fails at once."""
+    files = source_files(path)  # resolved now, so a bad path fails before the first row is asked for
+    return (item for file in files for item in read_file(file))
+
+
+def read_file(path: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield (location, row) for every row of one .json, .jsonl, .parquet or .csv file."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                yield f"{path}:{lineno}", _loads(line, f"{path}:{lineno}")
-        return
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1 if text.lstrip().startswith("[") else None
-    if pos is None:
-        raise MalformedRow(f"{path}: expected a JSON array of rows (or use a .jsonl file)")
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return
-        location = f"{path}:{text.count(chr(10), 0, pos) + 1}"
-        try:
-            row, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise MalformedRow(
-                f"{location}: invalid JSON ({err.msg}); the rest of the file cannot be read"
-            ) from None
-        yield location, row
+    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet, ".csv": _read_csv}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise _unsupported(path)
+    return reader(path)
 
 
-def _loads(line: str, location: str) -> object:
+def read_hub(name: str, subset: str | None = None, split: str = "train") -> Iterator[tuple[str, object]]:
+    """Yield ("hub:name[:subset][split]#index", row) for every row of a Hugging Face hub dataset."""
+    import datasets
+
+    where = f"hub:{name}{f':{subset}' if subset else ''}[{split}]"
+    for index, row in enumerate(datasets.load_dataset(name, subset, split=split)):
+        yield f"{where}#{index}", row
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    return _json_lines(path, path.read_text(encoding="utf-8-sig"))
+
+
+def _json_lines(path: Path, text: str) -> Iterator[tuple[str, object]]:
+    # split("\n"), not splitlines(): U+2028 and friends may sit unescaped inside JSON strings.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield f"{path}:{lineno}", _loads_line(line)
+
+
+def _loads_line(line: str) -> object:
     """Parse one JSON line, keeping a bad line as a marker so it is reported, not fatal."""
     try:
         return json.loads(line)
     except json.JSONDecodeError as err:
-        return MalformedRow(f"invalid JSON ({err.msg})")
+        return MalformedRow(f"invalid JSON ({err.msg} at column {err.colno})")
 
 
-def detect_format(row: dict) -> str:
-    """Guess a row's format from its keys."""
-    if "messages" in row:
-        return "messages"
-    if "conversations" in row:
-        return "sharegpt"
-    if "instruction" in row and "output" in row:
+def _read_json(path: Path) -> Iterator[tuple[str, object]]:
+    text = path.read_text(encoding="utf-8-sig")
+    start = len(text) - len(text.lstrip())
+    if start == len(text):
+        return
+    if text[start] == "[":
+        yield from _json_array(path, text, start + 1)
+    elif text[start] == "{" and not isinstance(_loads_line(text[start:].split("\n", 1)[0]), MalformedRow):
+        yield from _json_lines(path, text)  # JSON lines in a .json file, as Hugging Face datasets reads
+    elif text[start] == "{":
+        yield from _json_object(path, text)
+    else:
+        raise DataFileError(f"{path}: expected a JSON array of rows, JSON lines, or an object holding a list")
+
+
+def _json_array(path: Path, text: str, pos: int) -> Iterator[tuple[str, object]]:
+    """Stream the rows of a JSON array, tracking line numbers incrementally."""
+    decoder, line, counted = json.JSONDecoder(), 1, 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        line, counted = line + text.count("\n", counted, pos), pos
+        if pos >= len(text):
+            raise DataFileError(f"{path}:{line}: the JSON array is not closed (is the file truncated?)")
+        if text[pos] == "]":
+            return
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise DataFileError(
+                f"{path}:{err.lineno}: invalid JSON ({err.msg}); the rest of the file cannot be read"
+            ) from None
+        yield f"{path}:{line}", row
+
+
+def _json_object(path: Path, text: str) -> Iterator[tuple[str, object]]:
+    """A pretty-printed object: the rows of its only list of objects, or the object as one row."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    lists = [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+    row_like = any(key in obj for key in ROW_KEYS)
+    if len(lists) == 1 and not row_like:
+        key = lists[0]
+        for index, row in enumerate(obj[key]):
+            yield f"{path}:{key}[{index}]", row
+    else:
+        yield f"{path}:1", obj
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except (pa.ArrowException, OSError) as err:
+        raise DataFileError(f"{path}: cannot read parquet ({err})") from None
+    count = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            count += 1
+            yield f"{path}:row {count}", row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, object]]:
+    """Rows of a CSV file with a header; every cell a string ("" when empty), rows counted from 1."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    # Quoted cells may hold newlines (multi-line answers); every column is read as text so that
+    # "007" or "4" stay strings and an empty cell is "" rather than a null.
+    parse = pacsv.ParseOptions(newlines_in_values=True)
+    try:
+        with pacsv.open_csv(path, parse_options=parse) as reader:
+            names = reader.schema.names
+        convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names})
+        table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+    except (pa.ArrowException, OSError) as err:
+        raise DataFileError(f"{path}: cannot read CSV ({err})") from None
+    for index, row in enumerate(table.to_pylist(), 1):
+        yield f"{path}:row {index}", row
+
+
+# -------------------------------------------------------------------------------------- normalisation
+
+
+def mapping_problems(fmt: str, columns: Mapping | None = None, tags: Mapping | None = None) -> list[str]:
+    """Problems with a format's column and tag mapping, each naming the bad key and the allowed ones."""
+    problems = []
+    allowed_columns = sorted(COLUMNS[fmt] if fmt in COLUMNS else {k for c in COLUMNS.values() for k in c})
+    for key, value in (columns or {}).items():
+        if key not in allowed_columns:
+            problems.append(
+                f"columns.{key}: not a column of the {fmt} format; allowed: {', '.join(allowed_columns)}"
+            )
+        elif not (isinstance(value, str) and value) and not (value is None and key not in REQUIRED_COLUMNS):
+            problems.append(f"columns.{key}={value!r}: must name a field of the rows")
+    allowed_tags = sorted(TAGS) if fmt in ("auto", "sharegpt") else []
+    for key, value in (tags or {}).items():
+        if key not in allowed_tags:
+            allowed = (
+                f"allowed: {', '.join(allowed_tags)}" if allowed_tags else "tags apply to sharegpt rows only"
+            )
+            problems.append(f"tags.{key}: not a tag of the {fmt} format; {allowed}")
+        elif not (isinstance(value, str) and value):
+            problems.append(f"tags.{key}={value!r}: must be a non-empty string")
+    if not problems:
+        values = [{**TAGS, **(tags or {})}[key] for key in ROLE_TAGS]
+        if len(set(values)) < len(values):
+            problems.append(f"tags: two roles share one tag value ({', '.join(values)})")
+    return problems
+
+
+def detect_format(row: Mapping, columns: Mapping | None = None, tags: Mapping | None = None) -> str:
+    """Guess a row's format from its keys and, for a list of turns, from the keys of its first turn."""
+    columns = columns or {}
+    role_tag = (tags or {}).get("role_tag", TAGS["role_tag"])
+    for key in [columns["messages"]] if columns.get("messages") else ["messages", "conversations"]:
+        if key in row:
+            turns = row[key]
+            first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], Mapping) else {}
+            if role_tag in first:
+                return "sharegpt"
+            if "role" in first:
+                return "messages"
+            return "sharegpt" if key == "conversations" else "messages"
+    alpaca = {**COLUMNS["alpaca"], **columns}
+    if alpaca["prompt"] in row or alpaca["response"] in row:
         return "alpaca"
-    raise MalformedRow(f"cannot tell the format from keys {sorted(row)}; set data.format")
+    raise MalformedRow(f"cannot tell the format from keys {sorted(row)}; set the dataset's format")
 
 
-def _text(value: object, what: str) -> str:
-    """A non-empty string, or a MalformedRow naming the field."""
-    if isinstance(value, list):  # OpenAI content parts
-        parts = [p.get("text", "") for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
-        value = "".join(parts)
-    if not isinstance(value, str) or not value.strip():
-        raise MalformedRow(f"{what} is missing or empty")
+def to_conversation(
+    row: object, fmt: str = "auto", columns: Mapping | None = None, tags: Mapping | None = None
+) -> dict:
+    """Normalise one row to the canonical conversation, or raise MalformedRow saying why."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if problems := mapping_problems(fmt, columns, tags):
+        raise ValueError("; ".join(problems))
+    if isinstance(row, MalformedRow):
+        raise row
+    if not isinstance(row, Mapping):
+        raise MalformedRow(f"expected an object, got {type(row).__name__}")
+    if fmt == "auto":
+        fmt = detect_format(row, columns, tags)
+    cols = {**COLUMNS[fmt], **{k: v for k, v in (columns or {}).items() if k in COLUMNS[fmt]}}
+    if fmt == "alpaca":
+        system, messages, labels = _from_alpaca(row, cols)
+    else:
+        roles, role_key, content_key = _roles(fmt, tags)
+        turns = _json_list(_required(row, cols["messages"]), cols["messages"])
+        system, messages, labels = _from_turns(turns, cols["messages"], roles, role_key, content_key, fmt)
+        column_system = _optional_text(row, cols["system"])
+        system = system if system is not None else column_system  # a system turn wins, as in LLaMA-Factory
+    _check_order(messages, labels)
+    category = row.get("category")
+    return {
+        "system": system or None,
+        "tools": _tools(row.get(cols["tools"]) if cols["tools"] else None),
+        "messages": messages,
+        "category": category if isinstance(category, str) else None,
+    }
+
+
+def _required(row: Mapping, key: str) -> object:
+    value = row.get(key)
+    if value is None:
+        raise MalformedRow(f"missing field {key!r}")
     return value
 
 
-def _from_alpaca(row: dict) -> dict:
-    messages = []
-    for turn in row.get("history") or []:
-        if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
-            raise MalformedRow("history must be a list of [instruction, output] pairs")
+def _optional_text(row: Mapping, key: str | None) -> str:
+    """A text field that may be absent; absent, null and "" (an empty CSV cell) all read as ""."""
+    value = row.get(key) if key else None
+    return "" if value is None else _text(value, repr(key))
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise MalformedRow(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _json_list(value: object, what: str) -> list:
+    """A list, also when it arrives as JSON text (list columns of a CSV file)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise MalformedRow(f"{what!r} is text but not valid JSON ({err.msg})") from None
+    if not isinstance(value, list):
+        raise MalformedRow(f"{what!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _from_alpaca(row: Mapping, cols: Mapping) -> tuple[str, list[dict], list[str]]:
+    messages, labels = [], []
+    history = row.get(cols["history"]) if cols["history"] else None
+    for i, pair in enumerate(_json_list(history, cols["history"]) if history else []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise MalformedRow(f"{cols['history']}[{i}] must be an [instruction, output] pair")
+        where = f"{cols['history']}[{i}]"
         messages += [
-            {"role": "user", "content": _text(turn[0], "history instruction")},
-            {"role": "assistant", "content": _text(turn[1], "history output")},
+            {"role": "user", "content": _text(pair[0], f"{where} instruction")},
+            {"role": "assistant", "content": _text(pair[1], f"{where} output")},
         ]
-    prompt = _text(row.get("instruction"), "instruction")
-    extra = row.get("input") or ""
-    if not isinstance(extra, str):
-        raise MalformedRow("input must be a string")
-    messages.append({"role": "user", "content": f"{prompt}\n{extra}" if extra.strip() else prompt})
-    messages.append({"role": "assistant", "content": _text(row.get("output"), "output")})
-    return {"system": row.get("system") or None, "messages": messages}
+        labels += [f"{where} instruction", f"{where} output"]
+    prompt = _text(_required(row, cols["prompt"]), repr(cols["prompt"]))
+    query = _optional_text(row, cols["query"])
+    content = "\n".join(part for part in (prompt, query) if part.strip())
+    if not content:
+        raise MalformedRow(f"{cols['prompt']!r} and {cols['query']!r} are both empty")
+    response = _text(_required(row, cols["response"]), repr(cols["response"]))
+    messages += [{"role": "user", "content": content}, {"role": "assistant", "content": response}]
+    labels += [repr(cols["prompt"]), repr(cols["response"])]
+    return _optional_text(row, cols["system"]), messages, labels
 
 
-def _from_turns(turns: object, role_key: str, content_key: str, roles: dict[str, str]) -> dict:
-    if not isinstance(turns, list) or not turns:
-        raise MalformedRow("conversation must be a non-empty list of turns")
-    system, messages = None, []
+def _roles(fmt: str, tags: Mapping | None) -> tuple[dict[str, str], str, str]:
+    """The role-value → canonical-role map and the role and content keys of a turn."""
+    if fmt == "messages":
+        return MESSAGES_ROLES, "role", "content"
+    resolved = {**TAGS, **(tags or {})}
+    roles = {**SHAREGPT_ALIASES, **{resolved[key]: role for key, role in ROLE_TAGS.items()}}
+    return roles, resolved["role_tag"], resolved["content_tag"]
+
+
+def _from_turns(
+    turns: list, column: str, roles: Mapping, role_key: str, content_key: str, fmt: str
+) -> tuple[str | None, list[dict], list[str]]:
+    system, messages, labels = None, [], []
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get(role_key) not in roles:
-            raise MalformedRow(f"turn {i}: role must be one of {sorted(roles)}")
-        role = roles[turn[role_key]]
-        content = _text(turn.get(content_key), f"turn {i} {content_key}")
+        where = f"{column}[{i}]"
+        if not isinstance(turn, Mapping):
+            raise MalformedRow(f"{where} must be an object, got {type(turn).__name__}")
+        if turn.get(role_key) not in roles:
+            allowed = ", ".join(sorted(roles))
+            raise MalformedRow(
+                f"{where}: unknown role {turn.get(role_key)!r}; allowed {role_key!r} values: {allowed}"
+            )
+        role, value = roles[turn[role_key]], turn.get(content_key)
         if role == "system":
             if i:
-                raise MalformedRow(f"turn {i}: a system message may only come first")
-            system = content
+                raise MalformedRow(f"{where}: a system turn may only come first")
+            system = _content(value, f"{where} {content_key}", fmt)
+        elif role == "function_call":
+            calls = _tool_calls(value, where)
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+        elif fmt == "messages" and role == "assistant" and turn.get("tool_calls"):
+            calls = [
+                _tool_call(c, f"{where} tool_calls") for c in _json_list(turn["tool_calls"], "tool_calls")
+            ]
+            text = "" if value is None else _content(value, f"{where} {content_key}", fmt)
+            messages.append({"role": "assistant", "content": text, "tool_calls": calls})
         else:
-            messages.append({"role": role, "content": content})
-    if not messages or messages[-1]["role"] != "assistant":
-        raise MalformedRow("the last turn must be an assistant turn")
-    return {"system": system, "messages": messages}
+            messages.append({"role": role, "content": _content(value, f"{where} {content_key}", fmt)})
+        if role != "system":
+            labels.append(where)
+    return system, messages, labels
 
 
-def to_conversation(row: object, fmt: str = "auto") -> dict:
-    """Normalise one row to the canonical conversation, or raise MalformedRow."""
-    if isinstance(row, MalformedRow):
-        raise row
-    if not isinstance(row, dict):
-        raise MalformedRow(f"expected an object, got {type(row).__name__}")
-    fmt = detect_format(row) if fmt == "auto" else fmt
-    if fmt == "alpaca":
-        return _from_alpaca(row)
-    if fmt == "sharegpt":
-        conv = _from_turns(row.get("conversations"), "from", "value", SHAREGPT_ROLES)
-        conv["system"] = row.get("system") or conv["system"]
-        return conv
-    if fmt == "messages":
-        roles = {r: r for r in ("system", "user", "assistant", "tool")}
-        conv = _from_turns(row.get("messages"), "role", "content", roles)
-        conv["system"] = row.get("system") or conv["system"]
-        return conv
-    raise MalformedRow(f"unknown format {fmt!r}")
+def _content(value: object, what: str, fmt: str) -> str:
+    """Turn text; OpenAI messages may give it as a list of text parts."""
+    if value is None:
+        raise MalformedRow(f"{what} is missing")
+    if fmt == "messages" and isinstance(value, list):
+        if not all(isinstance(p, Mapping) and p.get("type", "text") == "text" for p in value):
+            raise MalformedRow(f"{what}: only text content parts are supported")
+        return "".join(_text(p.get("text"), f"{what} text part") for p in value)
+    return _text(value, what)
+
+
+def _tool_calls(value: object, where: str) -> list[dict]:
+    """The calls of a ShareGPT function-call turn: one JSON call object or a list of them."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise MalformedRow(f"{where}: function call is not valid JSON ({err.msg})") from None
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        raise MalformedRow(f"{where}: function call turn holds no calls")
+    return [_tool_call(call, where) for call in calls]
+
+
+def _tool_call(call: object, where: str) -> dict:
+    """One call in the HF convention, from {"name", "arguments"} or the OpenAI {"function": {...}} shape."""
+    if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
+        call = call["function"]
+    if not (isinstance(call, Mapping) and "name" in call and "arguments" in call):
+        raise MalformedRow(f'{where}: a function call must be a JSON object with "name" and "arguments"')
+    name, arguments = call["name"], call["arguments"]
+    if not (isinstance(name, str) and name):
+        raise MalformedRow(f"{where}: function call name must be a non-empty string")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as err:
+            raise MalformedRow(f"{where}: arguments of {name!r} are not valid JSON ({err.msg})") from None
+    if not isinstance(arguments, Mapping):
+        raise MalformedRow(f"{where}: arguments of {name!r} must be a JSON object")
+    return {"type": "function", "function": {"name": name, "arguments": dict(arguments)}}
+
+
+def _tools(value: object) -> list[dict] | None:
+    """Tool schemas in the HF convention, from a list or JSON text of plain or wrapped schemas."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise MalformedRow(f"tools is not valid JSON ({err.msg})") from None
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        raise MalformedRow(f"tools must be a list of function schemas, got {type(value).__name__}")
+    tools = []
+    for i, tool in enumerate(value):
+        schema = tool.get("function") if isinstance(tool, Mapping) and "function" in tool else tool
+        if not (isinstance(schema, Mapping) and isinstance(schema.get("name"), str)):
+            raise MalformedRow(f"tools[{i}] must be a function schema with a name")
+        tools.append({"type": "function", "function": dict(schema)})
+    return tools or None
+
+
+def _check_order(messages: list[dict], labels: list[str]) -> None:
+    """The contract's invariants: user first, assistant last, answers non-empty, tool results after calls."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise MalformedRow("the conversation has no assistant turn")
+    if messages[0]["role"] != "user":
+        raise MalformedRow(f"{labels[0]}: the first turn must be a user turn, got {messages[0]['role']}")
+    for i, message in enumerate(messages):
+        plain_answer = message["role"] == "assistant" and not message.get("tool_calls")
+        if plain_answer and not message["content"].strip():
+            raise MalformedRow(f"{labels[i]}: empty assistant turn")
+        if message["role"] == "tool":
+            before = messages[i - 1]
+            if not (before["role"] == "tool" or before.get("tool_calls")):
+                raise MalformedRow(f"{labels[i]}: a tool result must follow a function call")
+    if messages[-1]["role"] != "assistant":
+        raise MalformedRow(f"{labels[-1]}: the conversation must end on an assistant turn")

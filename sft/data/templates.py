@@ -2,65 +2,260 @@
 
 A template is a Jinja chat template in the Hugging Face format, so the exact same string is
 saved with the tokenizer and used at generation time. `auto` takes the tokenizer's own.
+
+Every built-in template wraps the trained part of each assistant turn (its content or tool-call
+text and its end-of-turn token) in `{% generation %}`, so `apply_chat_template(...,
+return_assistant_tokens_mask=True)` marks the same tokens that `tokenize.encode` trains.
+The configured default system prompt is baked into the Jinja text, so generation with the
+saved template uses it too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# ChatML (SmolLM2, Qwen): the end-of-turn token belongs to the assistant turn and is trained.
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
-LLAMA3 = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
-    " + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+# Every tag trims the whitespace around it (`{%-`, `{{-`), so the layout below is for reading only.
+_SYSTEM = r"""
+{%- if messages and messages[0].role == 'system' %}
+    {%- set system = messages[0].content %}
+{%- else %}
+    {%- set system = @DEFAULT_SYSTEM@ %}
+{%- endif %}
+"""
+
+# Tool-call `arguments` follow the HF convention (a dict); a JSON string is passed through untouched.
+_ARGUMENTS = r"""
+{%- if call.arguments is string %}
+    {{- call.arguments }}
+{%- else %}
+    {{- call.arguments | tojson }}
+{%- endif %}
+"""
+
+# ChatML in the Qwen2.5 layout; tools the Hermes / Qwen2.5 way.
+_CHATML = r"""
+@SYSTEM@
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if system is not none %}
+        {{- system + '\n\n' }}
+    {%- endif %}
+    {{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n' }}
+    {{- 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\n' + tool | tojson }}
+    {%- endfor %}
+    {{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments ' }}
+    {{- 'within <tool_call></tool_call> XML tags:\n<tool_call>\n' }}
+    {{- '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
+{%- elif system is not none %}
+    {{- '<|im_start|>system\n' + system + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'assistant' %}
+        {{- '<|im_start|>assistant\n' }}
+        {%- generation %}
+            {%- if message.content %}
+                {{- message.content }}
+            {%- endif %}
+            {%- for tool_call in message.tool_calls or [] %}
+                {%- set call = tool_call.function if tool_call.function is defined else tool_call %}
+                {%- if message.content or not loop.first %}
+                    {{- '\n' }}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' + call.name + '", "arguments": ' }}
+                @ARGUMENTS@
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+            {{- '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\n' }}
+    {%- elif message.role == 'tool' %}
+        {#- Consecutive tool results share one user turn. #}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- elif not (loop.first and message.role == 'system') %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+# Llama 3 headers; tools Llama 3.1 style (schemas in the system block, JSON calls, `ipython` results).
+# Several calls in one turn go one JSON object per line (Llama 3.1 itself allows only one).
+_LLAMA3 = r"""
+{%- if bos_token is defined and bos_token %}
+    {{- bos_token }}
+{%- endif %}
+@SYSTEM@
+{%- if tools or system is not none %}
+    {{- '<|start_header_id|>system<|end_header_id|>\n\n' }}
+    {%- if tools %}
+        {{- 'Environment: ipython\n\nYou have access to the following functions. To call a function, ' }}
+        {{- 'please respond with JSON for a function call. Respond in the format {"name": function name, ' }}
+        {{- '"parameters": dictionary of argument name and its value}. Do not use variables.\n\n' }}
+        {%- for tool in tools %}
+            {{- tool | tojson(indent=4) + '\n\n' }}
+        {%- endfor %}
+    {%- endif %}
+    {%- if system is not none %}
+        {{- system | trim }}
+    {%- endif %}
+    {{- '<|eot_id|>' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'assistant' %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+        {%- generation %}
+            {%- if message.content %}
+                {{- message.content | trim }}
+            {%- endif %}
+            {%- for tool_call in message.tool_calls or [] %}
+                {%- set call = tool_call.function if tool_call.function is defined else tool_call %}
+                {%- if message.content or not loop.first %}
+                    {{- '\n' }}
+                {%- endif %}
+                {{- '{"name": "' + call.name + '", "parameters": ' }}
+                @ARGUMENTS@
+                {{- '}' }}
+            {%- endfor %}
+            {{- '<|eot_id|>' }}
+        {%- endgeneration %}
+    {%- elif message.role == 'tool' %}
+        {{- '<|start_header_id|>ipython<|end_header_id|>\n\n' + message.content | trim + '<|eot_id|>' }}
+    {%- elif not (loop.first and message.role == 'system') %}
+        {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\n\n' + message.content | trim }}
+        {{- '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
+
+# Alpaca instruction / response blocks; every response ends with the tokenizer's eos_token.
+_ALPACA = r"""
+{%- if tools %}
+    {{- raise_exception('the alpaca template cannot render tools or tool calls') }}
+{%- endif %}
+@SYSTEM@
+{%- if system is not none %}
+    {{- system + '\n\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'user' %}
+        {{- '### Instruction:\n' + message.content + '\n\n' }}
+    {%- elif message.role == 'assistant' and not message.tool_calls %}
+        {{- '### Response:\n' }}
+        {%- generation %}
+            {{- message.content + eos_token }}
+        {%- endgeneration %}
+        {{- '\n\n' }}
+    {%- elif message.tool_calls or message.role == 'tool' %}
+        {{- raise_exception('the alpaca template cannot render tools or tool calls') }}
+    {%- elif not (loop.first and message.role == 'system') %}
+        {{- raise_exception('the alpaca template cannot render a ' + message.role + ' message here') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '### Response:\n' }}
+{%- endif %}
+"""
+
+
+def _literal(text: str | None) -> str:
+    """A Jinja expression for `text`: Python's repr escapes are exactly the ones Jinja's lexer undoes."""
+    return "none" if text is None else repr(text)
+
+
+def _build(body: str, default_system: str | None) -> str:
+    """A template's Jinja text with the default system prompt baked in."""
+    system = _SYSTEM.strip().replace("@DEFAULT_SYSTEM@", _literal(default_system))
+    return body.strip().replace("@SYSTEM@", system).replace("@ARGUMENTS@", _ARGUMENTS.strip())
+
+
+def chatml_jinja(default_system: str | None = None) -> str:
+    """ChatML (Qwen2.5 layout, Hermes tool calls) with an optional default system prompt."""
+    return _build(_CHATML, default_system)
+
+
+def llama3_jinja(default_system: str | None = None) -> str:
+    """Llama 3 (Llama 3.1-style tools) with an optional default system prompt."""
+    return _build(_LLAMA3, default_system)
+
+
+def alpaca_jinja(default_system: str | None = None) -> str:
+    """Alpaca (no tools) with an optional default system prompt at the top."""
+    return _build(_ALPACA, default_system)
+
+
+# ChatML without a default system prompt (the byte tokenizer in sft/model.py carries it).
+CHATML = chatml_jinja()
 
 
 @dataclass(frozen=True)
 class Template:
-    """A named Jinja chat template, its stop string and its default system prompt."""
+    """A named Jinja chat template, its stop string, its default system prompt and tool support."""
 
     name: str
     jinja: str
     stop: str
     default_system: str | None = None
+    supports_tools: bool = True
 
 
-_BUILTIN = {
-    "chatml": Template("chatml", CHATML, "<|im_end|>"),
-    "llama3": Template("llama3", LLAMA3, "<|eot_id|>"),
-}
+BUILTIN = ("chatml", "qwen", "llama3", "alpaca")
 
 
 def get_template(name: str, tokenizer, default_system: str | None = None) -> Template:
-    """Look up a template by name; `auto` wraps the tokenizer's own chat template."""
+    """Look up a template by name; a non-None `default_system` replaces the template's own default."""
     if name == "auto":
-        if not tokenizer.chat_template:
+        jinja = tokenizer.chat_template
+        if not jinja or not isinstance(jinja, str):
             raise ValueError(
-                "data.template=auto, but the tokenizer has no chat template; pick one of chatml, llama3"
+                "data.template=auto, but the tokenizer has no (single) chat template; "
+                f"pick one of {', '.join(BUILTIN)}"
             )
-        stop = tokenizer.eos_token or ""
-        return Template("auto", tokenizer.chat_template, stop, default_system)
-    if name not in _BUILTIN:
-        raise ValueError(f"data.template={name!r}: unknown; available: {', '.join([*_BUILTIN, 'auto'])}")
-    base = _BUILTIN[name]
-    return Template(base.name, base.jinja, base.stop, default_system)
+        # A tokenizer's own template that never mentions tool calls would silently drop them.
+        return Template("auto", jinja, tokenizer.eos_token or "", default_system, "tool_calls" in jinja)
+    if name == "qwen":
+        system = QWEN_SYSTEM if default_system is None else default_system
+        return Template("qwen", chatml_jinja(system or None), "<|im_end|>", system or None)
+    if name == "chatml":
+        return Template("chatml", chatml_jinja(default_system or None), "<|im_end|>", default_system or None)
+    if name == "llama3":
+        return Template("llama3", llama3_jinja(default_system or None), "<|eot_id|>", default_system or None)
+    if name == "alpaca":
+        if not tokenizer.eos_token:
+            raise ValueError("data.template=alpaca ends each response with eos_token; the tokenizer has none")
+        jinja = alpaca_jinja(default_system or None)
+        return Template("alpaca", jinja, tokenizer.eos_token, default_system or None, supports_tools=False)
+    raise ValueError(f"data.template={name!r}: unknown; available: {', '.join([*BUILTIN, 'auto'])}")
 
 
-def render(tokenizer, template: Template, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """Render messages (system first, if any) to the template's text."""
+def render(
+    tokenizer,
+    template: Template,
+    messages: list[dict],
+    tools: list[dict] | None = None,
+    add_generation_prompt: bool = False,
+) -> str:
+    """Render messages (system first, if any) and tool schemas to the template's text."""
     return tokenizer.apply_chat_template(
-        messages, chat_template=template.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages,
+        tools=tools or None,
+        chat_template=template.jinja,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )
 
 

@@ -1,0 +1,5 @@
+"""`python -m sft.data data=<...> model=<...>`: preview rendered examples and data statistics."""
+
+from .preview import main
+
+main()

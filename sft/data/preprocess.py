@@ -1,0 +1,191 @@
+"""Conversations → token ids and labels through `datasets.map`, cached on disk.
+
+The cache key covers everything the result depends on: the content of every data file, the
+tokenizer, the template, every data option, the seed and this package's data code. A hit skips
+reading, mixing and tokenizing; `data.overwrite_cache=true` rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from datasets import Dataset, disable_progress_bars, load_from_disk
+from datasets.fingerprint import Hasher
+
+from ..config import DataConfig, to_plain
+from ..io import publish_dir
+from .formats import source_files
+from .loading import DataError, read_dataset, split_and_mix
+from .stats import KEPT, DatasetStats, DataStats
+from .templates import Template
+from .tokenize import IGNORE_INDEX, encode
+
+log = logging.getLogger(__name__)
+disable_progress_bars()  # the counts are logged once per dataset instead
+
+_CODE = ("builtin.py", "formats.py", "loading.py", "preprocess.py", "templates.py", "tokenize.py")
+
+
+class Encoder:
+    """Batched `datasets.map` function: encodes each conversation and records its status (picklable)."""
+
+    def __init__(self, tokenizer, template: Template, cfg: DataConfig):
+        self.tokenizer, self.template = tokenizer, template
+        self.options = {
+            "cutoff_len": cfg.cutoff_len,
+            "truncation": cfg.truncation,
+            "train_on_prompt": cfg.train_on_prompt,
+            "mask_history": cfg.mask_history,
+        }
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        """Token ids, labels, status, length and trained-token count for every row of the batch."""
+        out: dict[str, list] = {"input_ids": [], "labels": [], "status": [], "length": [], "trained": []}
+        for text in batch["conversation"]:
+            conversation = json.loads(text)
+            options = self.options
+            encoded = encode(
+                conversation,
+                self.tokenizer,
+                self.template,
+                options["cutoff_len"],
+                truncation=options["truncation"],
+                train_on_prompt=options["train_on_prompt"],
+                mask_history=options["mask_history"],
+            )
+            out["input_ids"].append(encoded["input_ids"])
+            out["labels"].append(encoded["labels"])
+            out["status"].append(encoded["status"])
+            out["length"].append(len(encoded["input_ids"]))
+            out["trained"].append(sum(1 for t in encoded["labels"] if t != IGNORE_INDEX))
+        return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(cfg: DataConfig) -> dict[str, str]:
+    """sha256 of every local data file the run reads (hub datasets are named by id, subset and split)."""
+    hashes = {}
+    for spec in cfg.datasets.values():
+        if spec.source == "file":
+            hashes.update({str(p): _sha256(p) for p in source_files(spec.path)})
+        elif spec.source == "hub":
+            hashes[f"hub:{spec.path}"] = f"{spec.subset}/{spec.split}"
+    return hashes
+
+
+def cache_key(cfg: DataConfig, tokenizer, template: Template, seed: int, files: dict[str, str]) -> str:
+    """A digest of everything the tokenized data depends on."""
+    code_dir = Path(__file__).parent
+    options = {
+        k: v for k, v in to_plain(cfg).items() if k not in ("num_proc", "num_workers", "overwrite_cache")
+    }
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = {
+        "files": files,
+        "options": options,
+        "seed": seed,
+        "template": [template.name, template.jinja, template.stop, template.default_system],
+        "tokenizer": backend.to_str() if backend is not None else Hasher.hash(tokenizer),
+        "special": str(tokenizer.special_tokens_map),
+        "code": [(code_dir / f).read_text() for f in _CODE],
+    }
+    return Hasher.hash(json.dumps(parts, sort_keys=True, default=str))
+
+
+@dataclass
+class Prepared:
+    """Tokenized training and validation rows plus the statistics of how they were made."""
+
+    train: Dataset
+    val: Dataset
+    stats: DataStats
+
+
+def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats, what: str) -> Dataset:
+    """Encode every row, count and report the ones that cannot be trained on, keep the rest."""
+    if not len(ds):
+        return ds
+    ds = ds.map(
+        encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=f"tokenizing {what}"
+    )
+    keep = []
+    for i, (status, source, location) in enumerate(
+        zip(ds["status"], ds["source"], ds["location"], strict=True)
+    ):
+        stats.count_status(source, status)
+        if status in KEPT:
+            keep.append(i)
+            continue
+        problem = f"{location}: {status.replace('_', ' ')}"
+        if status == "too_long":
+            problem += (
+                f" (longer than data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
+            )
+        stats.problems.append(problem)
+        if cfg.strict or (status == "too_long" and cfg.truncation == "error"):
+            raise DataError(problem)
+    return ds.select(keep) if len(keep) < len(ds) else ds
+
+
+def build(cfg: DataConfig, tokenizer, template: Template, seed: int) -> Prepared:
+    """Read, mix, split and tokenize the configured datasets (no cache)."""
+    stats = DataStats()
+    records = {name: read_dataset(name, spec, cfg, stats) for name, spec in cfg.datasets.items()}
+    weights = {name: spec.weight for name, spec in cfg.datasets.items()}
+    train, val = split_and_mix(records, weights, cfg, seed, stats)
+    encoder = Encoder(tokenizer, template, cfg)
+    train = _tokenize(train, encoder, cfg, stats, "train").remove_columns(["conversation", "status"])
+    val = _tokenize(val, encoder, cfg, stats, "val")
+    if not len(train):
+        raise DataError("no training examples left after tokenization; see the skipped rows above")
+    for name, d in stats.datasets.items():
+        d.train = sum(1 for s in train["source"] if s == name)
+        d.val = sum(1 for s in val["source"] if s == name) if len(val) else 0
+    stats.train, stats.val = len(train), len(val)
+    stats.describe_lengths(train["length"], train["trained"], train["category"])
+    return Prepared(train, val, stats)
+
+
+def prepare(cfg: DataConfig, tokenizer, template: Template, seed: int, cache_dir: str | None) -> Prepared:
+    """Tokenized data from the cache when its key matches, else built (and cached if a cache dir is set)."""
+    files = file_hashes(cfg)
+    if cache_dir is None:
+        prepared = build(cfg, tokenizer, template, seed)
+        prepared.stats.files = files
+        return prepared
+    target = Path(cache_dir).expanduser() / "data" / cache_key(cfg, tokenizer, template, seed, files)
+    if target.exists() and not cfg.overwrite_cache:
+        return _load(target, "hit")
+
+    def store(tmp: Path) -> None:
+        prepared = build(cfg, tokenizer, template, seed)
+        prepared.stats.files = files
+        prepared.train.save_to_disk(str(tmp / "train"))
+        if len(prepared.val):  # an empty dataset saves no shard and cannot be loaded back
+            prepared.val.save_to_disk(str(tmp / "val"))
+        (tmp / "stats.json").write_text(json.dumps(asdict(prepared.stats), indent=1))
+
+    publish_dir(store, target, overwrite=True)
+    return _load(target, "built")
+
+
+def _load(target: Path, how: str) -> Prepared:
+    """Open a cached preparation (memory-mapped Arrow files)."""
+    raw = json.loads((target / "stats.json").read_text())
+    raw["datasets"] = {k: DatasetStats(**v) for k, v in raw["datasets"].items()}
+    stats = DataStats(**raw)
+    stats.cache = f"{how}: {target}"
+    log.info("tokenized data %s %s", "loaded from cache" if how == "hit" else "cached in", target)
+    val = load_from_disk(str(target / "val")) if (target / "val").exists() else Dataset.from_dict({})
+    return Prepared(load_from_disk(str(target / "train")), val, stats)

@@ -1,0 +1,109 @@
+"""`python -m sft.data`: a few examples with their trained tokens highlighted, and the data statistics.
+
+Uses the same config, tokenizer, template and cached preprocessing as training, so what it shows
+is exactly what the model will be trained on; no model weights are loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, open_dict
+
+from ..config import ConfigError, validate
+from ..model import load_tokenizer
+from .loading import DataError
+from .preprocess import prepare
+from .registry import CONF_DATA
+from .stats import DataStats
+from .templates import get_template
+from .tokenize import IGNORE_INDEX
+
+_ON, _OFF = "\033[1;32m", "\033[0m"
+
+
+def highlight(tokenizer, input_ids: list[int], labels: list[int], color: bool) -> str:
+    """The decoded example with each run of trained tokens coloured (or wrapped in «»)."""
+    start, end = (_ON, _OFF) if color else ("«", "»")
+    pieces, run, trained = [], [], None
+    for token, label in [*zip(input_ids, labels, strict=True), (None, None)]:
+        is_trained = label is not None and label != IGNORE_INDEX
+        if run and (token is None or is_trained != trained):
+            text = tokenizer.decode(run)
+            pieces.append(f"{start}{text}{end}" if trained else text)
+            run = []
+        run.append(token)
+        trained = is_trained
+    return "".join(pieces)
+
+
+def report(stats: DataStats) -> str:
+    """A plain-text table of the data statistics."""
+    cols = (
+        "rows",
+        "malformed",
+        "used",
+        "train",
+        "val",
+        "truncated",
+        "too_long",
+        "no_trained_token",
+        "invalid",
+    )
+    width = max([len(n) for n in stats.datasets] + [7])
+    lines = ["dataset".ljust(width) + "".join(f"{c:>17}" for c in cols)]
+    for name, d in stats.datasets.items():
+        lines.append(name.ljust(width) + "".join(f"{getattr(d, c):>17}" for c in cols))
+    lines.append("total".ljust(width) + "".join(f"{stats.total(c):>17}" for c in cols))
+    lines.append(
+        f"train tokens {stats.train_tokens} ({stats.train_trained_tokens} trained); "
+        f"lengths {stats.length_percentiles}"
+    )
+    if stats.categories:
+        total = sum(stats.categories.values())
+        mix = ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in stats.categories.items())
+        lines.append(f"categories: {mix}")
+    if stats.cache:
+        lines.append(f"cache {stats.cache}")
+    lines += [f"skipped {p}" for p in stats.problems[:10]]
+    if len(stats.problems) > 10:
+        lines.append(f"... and {len(stats.problems) - 10} more skipped rows")
+    return "\n".join(lines)
+
+
+def preview(cfg: DictConfig) -> str:
+    """The preview text for a composed `preview` config."""
+    options = cfg.preview
+    with open_dict(cfg):
+        cfg.pop("preview")
+    typed = validate(cfg)
+    tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
+    template = get_template(typed.data.template, tokenizer, typed.data.system)
+    prepared = prepare(typed.data, tokenizer, template, typed.seed, typed.paths.cache_dir)
+    rows = prepared.train if options.split == "train" else prepared.val
+    color = sys.stdout.isatty() if options.color == "auto" else bool(options.color)
+    out = []
+    for i in range(min(options.rows, len(rows))):
+        row = rows[i]
+        out += [
+            f"--- {options.split} example {i} ({row['source']}, {row['length']} tokens, "
+            f"{row['trained']} trained) ---",
+            highlight(tokenizer, row["input_ids"], row["labels"], color),
+        ]
+    out += [
+        "",
+        f"template {template.name}, cutoff_len {typed.data.cutoff_len}, truncation {typed.data.truncation}",
+        report(prepared.stats),
+    ]
+    return "\n".join(out)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DATA.parent), config_name="preview")
+def main(cfg: DictConfig) -> None:
+    """Print the preview; a config or data mistake exits 2 with its message."""
+    try:
+        print(preview(cfg))
+    except (ConfigError, DataError) as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,111 @@
+"""What happened to the rows on their way to the batches: counts per dataset, lengths, problems."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+# Encoder statuses that keep a row; every other status skips it and is reported.
+KEPT = ("ok", "truncated")
+
+
+@dataclass
+class DatasetStats:
+    """Counts for one dataset: rows read, malformed, kept after tokenization and why others were not."""
+
+    rows: int = 0
+    malformed: int = 0
+    used: int = 0
+    train: int = 0
+    val: int = 0
+    truncated: int = 0
+    too_long: int = 0
+    no_trained_token: int = 0
+    invalid: int = 0
+
+
+@dataclass
+class DataStats:
+    """Counts for the whole run plus token-length percentiles and the category mix."""
+
+    datasets: dict[str, DatasetStats] = field(default_factory=dict)
+    train: int = 0
+    val: int = 0
+    train_tokens: int = 0
+    train_trained_tokens: int = 0
+    length_percentiles: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    packed_rows: int | None = None
+    packing_efficiency: float | None = None
+    cache: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def dataset(self, name: str) -> DatasetStats:
+        """The counters of one dataset (created on first use)."""
+        return self.datasets.setdefault(name, DatasetStats())
+
+    def total(self, counter: str) -> int:
+        """A counter summed over all datasets."""
+        return sum(getattr(d, counter) for d in self.datasets.values())
+
+    def count_status(self, name: str, status: str) -> None:
+        """Count one encoder status for dataset `name`."""
+        d = self.dataset(name)
+        if status == "truncated":
+            d.truncated += 1
+        elif status.startswith("invalid"):
+            d.invalid += 1
+        elif status in ("too_long", "no_trained_token"):
+            setattr(d, status, getattr(d, status) + 1)
+
+    def describe_lengths(self, lengths: list[int], trained: list[int], categories: list[str | None]) -> None:
+        """Fill token totals, length percentiles and the category mix from the training rows."""
+        self.train_tokens, self.train_trained_tokens = sum(lengths), sum(trained)
+        ordered = sorted(lengths)
+        if ordered:
+            pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+            self.length_percentiles = {
+                "min": ordered[0],
+                "p50": pick(0.5),
+                "p90": pick(0.9),
+                "p99": pick(0.99),
+                "max": ordered[-1],
+            }
+        self.categories = dict(Counter(c for c in categories if c).most_common())
+
+    def log(self, cutoff_len: int) -> None:
+        """One line per dataset and one for the total, plus the first problems."""
+        for name, d in self.datasets.items():
+            log.info(
+                "data %s: %d rows, %d malformed, %d used -> %d train / %d val; %d truncated, "
+                "%d too long for cutoff_len=%d, %d with no trained token, %d the template cannot render",
+                name,
+                d.rows,
+                d.malformed,
+                d.used,
+                d.train,
+                d.val,
+                d.truncated,
+                d.too_long,
+                cutoff_len,
+                d.no_trained_token,
+                d.invalid,
+            )
+        log.info(
+            "data: %d train / %d val examples; %d train tokens, %d of them trained; lengths %s",
+            self.train,
+            self.val,
+            self.train_tokens,
+            self.train_trained_tokens,
+            self.length_percentiles,
+        )
+        for problem in self.problems[:20]:
+            log.warning("skipped %s", problem)
+        if len(self.problems) > 20:
+            log.warning(
+                "... and %d more skipped rows (all listed in data_problems.txt)", len(self.problems) - 20
+            )
