@@ -17,7 +17,6 @@ class ThroughputMonitor(Callback):
         self.train_seconds = 0.0
         self.tokens = 0
         self.trained_tokens = 0
-        self.slots = 0
         self._mark: tuple[float, int, int, int] | None = None
         self._last_step = -1
 
@@ -48,7 +47,6 @@ class ThroughputMonitor(Callback):
         self.train_seconds += seconds
         self.tokens += tokens - tokens0
         self.trained_tokens += trained - trained0
-        self.slots += slots - slots0
         pl_module.log("train/tokens_per_sec", (tokens - tokens0) / seconds)
         pl_module.log("train/padding_fraction", 1 - (tokens - tokens0) / max(slots - slots0, 1))
         pl_module.log("train/trained_tokens_per_sec", (trained - trained0) / seconds)
@@ -62,5 +60,4 @@ class ThroughputMonitor(Callback):
             "train_seconds": round(self.train_seconds, 2),
             "tokens_per_sec": round(self.tokens / seconds, 1),
             "trained_tokens_per_sec": round(self.trained_tokens / seconds, 1),
-            "padding_fraction": round(1 - self.tokens / max(self.slots, 1), 4),
         }

@@ -7,23 +7,29 @@ and what is allowed, before any model or data is loaded.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import datetime
 from typing import Any, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 
+from .data.formats import FORMATS, mapping_problems
+from .data.templates import BUILTIN as BUILTIN_TEMPLATES
 from .data.tokenize import TRUNCATION
 
-TEMPLATES = ("chatml", "qwen", "llama3", "alpaca", "auto")
+TEMPLATES = (*BUILTIN_TEMPLATES, "auto")
 DATA_SOURCES = ("file", "hub", "builtin")
-DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 LORA_BIAS = ("none", "all", "lora_only")
 DIRECTIONS = ("minimize", "maximize")
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP")
+REDUCE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # Names users bring from PEFT, TRL and LLaMA-Factory, mapped to ours for "did you mean" hints.
@@ -43,9 +49,33 @@ ALIASES = {
     "max_seq_length": "cutoff_len",
 }
 
+# Keys that moved to another group: the message says where they live now.
+MOVED = {"trainer.strategy": "the strategy group: strategy=ddp (options in conf/strategy/)"}
+
 
 class ConfigError(ValueError):
     """A user mistake in the composed config; the message lists every problem found."""
+
+
+@functools.cache
+def run_name(pattern: str) -> str:
+    """The run directory's name: the time now, or a job id every rank shares.
+
+    torchrun and srun start all ranks at once and each composes the config itself: their clocks
+    could name two directories. (Lightning's own launcher passes rank 0's directory to the others.)
+    """
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    if int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return datetime.now().strftime(pattern)
+
+
+def on_rank_zero(value: Any) -> Any:
+    """`value` on the first process of a torchrun/srun launch (and alone), None on the others."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0
+    return value if int(rank) == 0 else None
 
 
 def _register_resolvers() -> None:
@@ -54,6 +84,10 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("sft.mul", lambda a, b: a * b)
     if not OmegaConf.has_resolver("sft.env_unset"):
         OmegaConf.register_new_resolver("sft.env_unset", lambda name: not os.environ.get(name))
+    if not OmegaConf.has_resolver("sft.run_name"):
+        OmegaConf.register_new_resolver("sft.run_name", run_name)
+    if not OmegaConf.has_resolver("sft.on_rank_zero"):
+        OmegaConf.register_new_resolver("sft.on_rank_zero", on_rank_zero)
 
 
 _register_resolvers()
@@ -157,7 +191,6 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
-    strategy: Any = "auto"
     precision: str = "32-true"
     gradient_checkpointing: bool = False
     max_epochs: int = 3
@@ -173,6 +206,26 @@ class TrainerConfig:
     restore_best: bool = True
     limit_val_batches: float = 1.0
     deterministic: bool = False
+
+
+@dataclass
+class StrategyConfig:
+    """How training spreads over devices: one of Lightning's strategies, with its settings.
+
+    `process_group_backend` applies to ddp and fsdp; `find_unused_parameters` to ddp;
+    `sharding_strategy`, `wrap_layers`, `activation_checkpointing`, `reduce_dtype` and `cpu_offload`
+    to fsdp; `deepspeed_config` (a JSON under conf/deepspeed/ or a path) to deepspeed.
+    """
+
+    name: str = "auto"
+    process_group_backend: str | None = None
+    find_unused_parameters: bool = False
+    sharding_strategy: str = "FULL_SHARD"
+    wrap_layers: Any = "auto"
+    activation_checkpointing: bool = False
+    reduce_dtype: str = "float32"
+    cpu_offload: bool = False
+    deepspeed_config: str | None = None
 
 
 @dataclass
@@ -217,6 +270,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     preset: PresetConfig = field(default_factory=PresetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: dict[str, Any] | None = None
     callbacks: dict[str, Any] | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -230,6 +284,9 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
     problems = []
     known = {f.name: f for f in fields(schema)}
     for key in node.keys():
+        if f"{prefix}{key}" in MOVED:
+            problems.append(f"{prefix}{key}: moved to {MOVED[f'{prefix}{key}']}")
+            continue
         if key not in known:
             alias = ALIASES.get(str(key))
             close = [alias] if alias in known else difflib.get_close_matches(str(key), list(known), n=1)
@@ -254,12 +311,11 @@ def _check(problems: list[str], ok: bool, key: str, value: Any, allowed: str) ->
 
 def _dataset_problems(key: str, d: DatasetConfig) -> list[str]:
     """Problems with one dataset entry: source, format, path, column and role-tag mapping."""
-    from .data.formats import mapping_problems
-    from .data.registry import missing_path
+    from .data.registry import missing_path  # the registry imports this module
 
     p: list[str] = []
     _check(p, d.source in DATA_SOURCES, f"{key}.source", d.source, f"one of {DATA_SOURCES}")
-    _check(p, d.format in DATA_FORMATS, f"{key}.format", d.format, f"one of {DATA_FORMATS}")
+    _check(p, d.format in FORMATS, f"{key}.format", d.format, f"one of {FORMATS}")
     _check(p, d.weight > 0, f"{key}.weight", d.weight, "a positive number")
     _check(p, d.num_rows > 0, f"{key}.num_rows", d.num_rows, "a positive integer")
     _check(p, d.max_samples is None or d.max_samples > 0, f"{key}.max_samples", d.max_samples, "null or > 0")
@@ -359,6 +415,7 @@ def _range_problems(c: TrainConfig) -> list[str]:
         v = getattr(t, key)
         _check(p, v is None or v > 0, f"trainer.{key}", v, "null or a positive integer")
     _check(p, t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
+    p += _strategy_problems(c)
     _check(
         p,
         c.objective.direction in DIRECTIONS,
@@ -366,6 +423,61 @@ def _range_problems(c: TrainConfig) -> list[str]:
         c.objective.direction,
         f"one of {DIRECTIONS}",
     )
+    return p
+
+
+def _strategy_problems(c: TrainConfig) -> list[str]:
+    """Problems with the strategy group and its fit with the model, precision and accelerator."""
+    from .strategy import find_deepspeed_config
+
+    s, p = c.strategy, []
+    _check(p, s.name in STRATEGIES, "strategy.name", s.name, f"one of {STRATEGIES}")
+    if s.name in ("fsdp", "deepspeed"):
+        _check(p, c.trainer.accelerator != "cpu", "trainer.accelerator", "cpu", f"gpu for strategy {s.name}")
+    if s.name == "fsdp":
+        _check(
+            p,
+            s.sharding_strategy in FSDP_SHARDING,
+            "strategy.sharding_strategy",
+            s.sharding_strategy,
+            f"one of {FSDP_SHARDING}",
+        )
+        _check(
+            p,
+            s.reduce_dtype in REDUCE_DTYPES,
+            "strategy.reduce_dtype",
+            s.reduce_dtype,
+            f"one of {REDUCE_DTYPES}",
+        )
+        _check(
+            p,
+            s.wrap_layers == "auto" or isinstance(s.wrap_layers, list) and bool(s.wrap_layers),
+            "strategy.wrap_layers",
+            s.wrap_layers,
+            "'auto' (the model's _no_split_modules) or a list of layer class names",
+        )
+        _check(
+            p,
+            not (c.lora.enabled and c.model.dtype != "float32"),
+            "model.dtype",
+            c.model.dtype,
+            "float32 for LoRA under FSDP (each wrapped layer is flattened into one dtype and LoRA weights "
+            "are float32); compute in bf16 with trainer.precision=bf16-mixed",
+        )
+        _check(
+            p,
+            not (s.activation_checkpointing and c.trainer.gradient_checkpointing),
+            "strategy.activation_checkpointing",
+            True,
+            "false when trainer.gradient_checkpointing is true (choose one)",
+        )
+    if s.name == "deepspeed":
+        if not s.deepspeed_config:
+            p.append("strategy.deepspeed_config: missing; a JSON name from conf/deepspeed/ or a path")
+        elif find_deepspeed_config(s.deepspeed_config) is None:
+            p.append(
+                f"strategy.deepspeed_config={s.deepspeed_config!r}: no such file (here or in conf/deepspeed/)"
+            )
     return p
 
 

@@ -10,12 +10,15 @@ from .data.templates import Template
 from .io import publish_dir
 
 
-def save_final(model, tokenizer, template: Template, run_dir: Path) -> Path:
-    """Save `adapter/` (LoRA) or `model/` (full fine-tuning) atomically and return its path."""
+def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: dict | None = None) -> Path:
+    """Save `adapter/` (LoRA) or `model/` (full fine-tuning) atomically and return its path.
+
+    `state_dict` holds the weights when the strategy sharded them (gathered by sft.strategy.full_state_dict).
+    """
     is_adapter = isinstance(model, PeftModel)
 
     def build(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         # The template the model was trained with is the one generation must use.
         tokenizer.chat_template = template.jinja
         tokenizer.save_pretrained(tmp)

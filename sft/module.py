@@ -11,6 +11,7 @@ from transformers import get_scheduler
 
 from .config import SchedulerConfig
 from .loss import token_loss
+from .strategy import at_step_boundary, clean_name, finish_gradients, gradient_divisor, shard_model
 
 
 class SFTModule(L.LightningModule):
@@ -19,12 +20,16 @@ class SFTModule(L.LightningModule):
     Each micro-batch backpropagates its summed loss; before the optimizer step the gradients are
     rescaled by 1 / (trained tokens in the whole accumulation window, over all devices), so
     accumulation gives the same update as one large batch regardless of padding and masking.
+    Clipping to `gradient_clip_val` follows that rescaling, wherever the strategy keeps gradients.
     """
 
-    def __init__(self, model, optimizer: dict, scheduler: SchedulerConfig):
+    def __init__(
+        self, model, optimizer: dict, scheduler: SchedulerConfig, gradient_clip_val: float | None = None
+    ):
         super().__init__()
         self.model = model
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        self.gradient_clip_val = gradient_clip_val
         # Checkpoints keep only trainable weights; the frozen base comes from the model config.
         self.strict_loading = False
         self.tokens_seen = torch.zeros((), dtype=torch.long)
@@ -33,6 +38,10 @@ class SFTModule(L.LightningModule):
         self.empty_windows = torch.zeros((), dtype=torch.long)  # steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
+
+    def configure_model(self) -> None:
+        """Under FSDP, wrap the model as its own root unit, once (sft.strategy.shard_model)."""
+        self.model = shard_model(self.model, self.trainer.strategy)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits for a padded batch (attention_mask) or a packed one (position_ids restarting per sample)."""
@@ -53,17 +62,15 @@ class SFTModule(L.LightningModule):
         return loss_sum
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Rescale gradients to a per-trained-token mean over the window, then log loss, lr and grad norm."""
+        """Rescale gradients to a per-token mean over the window, clip, then log loss, lr and grad norm."""
+        if not at_step_boundary(self.trainer):  # DeepSpeed calls this on every micro-batch
+            return
         window = self.trainer.strategy.reduce(self._window, reduce_op="sum")
         loss_sum, n_tokens = window[0], window[1]
         # Counted on the device: a host sync per step would stall GPU training.
         self.empty_windows = self.empty_windows.to(n_tokens.device) + (n_tokens == 0)
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / n_tokens.clamp(min=1)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.zeros(())
-        if grads:
-            torch._foreach_mul_(grads, scale.to(grads[0].device))
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        scale = gradient_divisor(self.trainer) / n_tokens.clamp(min=1)
+        grad_norm = finish_gradients(self.trainer, self.model, scale, self.gradient_clip_val)
         self.log("train/loss", loss_sum / n_tokens.clamp(min=1), prog_bar=True)
         self.log("train/grad_norm", grad_norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True)
@@ -106,7 +113,7 @@ class SFTModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights and the token counters in Lightning checkpoints."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["sft_counters"] = {
             "tokens_seen": int(self.tokens_seen),

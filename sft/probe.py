@@ -12,9 +12,9 @@ def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tok
     """Greedy completions of each single-turn prompt, rendered with the training template."""
     was_training = model.training
     model.eval()
-    stop_ids = [
-        i for i in {tokenizer.convert_tokens_to_ids(template.stop), tokenizer.eos_token_id} if i is not None
-    ]
+    # A stop string that is not one token of this vocabulary would map to the unknown-token id.
+    stop = tokenizer.convert_tokens_to_ids(template.stop) if template.stop in tokenizer.get_vocab() else None
+    stop_ids = [i for i in {stop, tokenizer.eos_token_id} if i is not None]
     device = next(model.parameters()).device
     answers = []
     for prompt in prompts:

@@ -15,17 +15,19 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import ThroughputMonitor
 from .config import ConfigError, to_plain, validate
 from .data.datamodule import SFTDataModule
-from .data.loading import DataError
+from .data.loading import DataError, system_prompt
 from .data.templates import get_template
 from .export import save_final
 from .model import apply_peft, count_parameters, load_model, load_tokenizer
 from .module import SFTModule
 from .probe import answer
+from .strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters
 from .summary import write_summary
 from .trainer import build_trainer, resolve_resume
 
@@ -37,16 +39,13 @@ def _metric(metrics: dict, name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _restore_best(module: SFTModule, best_path: str) -> None:
-    """Load the trainable weights of the best evaluation back into the module."""
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state, strict=False)
-    log.info("restored the best weights from %s", best_path)
+def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule, ckpt_path=None) -> dict:
+    """Validation metrics, or {} when the run has no validation rows.
 
-
-def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule) -> dict:
-    """Validation metrics, or {} when the run has no validation rows."""
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    With `ckpt_path`, Lightning first loads that checkpoint's weights (whatever the strategy's
+    checkpoint format), and they stay in the module afterwards.
+    """
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     return dict(results[0]) if results else {}
 
 
@@ -60,6 +59,8 @@ def train(cfg: DictConfig) -> float:
 
 
 def _run(cfg: DictConfig) -> float:
+    # Ranks > 0 run this script too (Lightning's launcher, torchrun, srun): they log warnings only.
+    quiet_other_ranks(rank_zero_only.rank)
     typed = validate(cfg)
     out = Path(typed.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,9 +69,7 @@ def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
 
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
-    template = get_template(typed.data.template, tokenizer, typed.data.system)
-    built = build_trainer(typed, cfg)
-    trainer = built.trainer
+    template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
     datamodule = SFTDataModule(
         typed.data,
         tokenizer,
@@ -78,20 +77,27 @@ def _run(cfg: DictConfig) -> float:
         typed.trainer.micro_batch_size,
         typed.seed,
         typed.paths.cache_dir,
-        group_size=built.plan.effective_batch_size // built.plan.world_size,
-        flatten_packed=typed.model.attn_implementation == "flash_attention_2",
+        # Length-grouped per optimizer step over all devices: each rank takes every world_size-th
+        # example of a sorted step, so its share stays sorted.
+        group_size=typed.trainer.effective_batch_size,
+        flatten_packed="flash" in (typed.model.attn_implementation or ""),
     )
-    datamodule.prepare_data()  # data problems surface before the model weights are loaded
+    if local_rank() == 0:  # data problems surface before the model weights are loaded
+        datamodule.prepare_data()
     model = apply_peft(
         load_model(typed.model, typed.paths.cache_dir), typed.lora, typed.trainer.gradient_checkpointing
     )
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    module = SFTModule(model, typed.optimizer, typed.scheduler)
+    built = build_trainer(typed, cfg, model)  # FSDP wraps the model's own layer classes
+    trainer = built.trainer
+    quiet_other_ranks(trainer.global_rank)  # now known on every node
+    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer.gradient_clip_val)
 
     run_info = {
         "batch": asdict(built.plan),
         "parameters": {"trainable": trainable, "total": total},
+        "strategy": type(trainer.strategy).__name__,
         "versions": {
             m.__name__: m.__version__ for m in (torch, L, sys.modules["transformers"], sys.modules["peft"])
         },
@@ -101,22 +107,28 @@ def _run(cfg: DictConfig) -> float:
     if trainer.is_global_zero:
         OmegaConf.save(OmegaConf.create(to_plain(typed)), out / "config.yaml")
 
-    probes = typed.probe.prompts if typed.probe.enabled else []
+    probes = typed.probe.prompts if typed.probe.enabled and trainer.is_global_zero else []
     before = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
     initial = {} if ckpt_path else _validate(trainer, module, datamodule)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if typed.trainer.restore_best and built.best.best_model_path:
-        _restore_best(module, built.best.best_model_path)
-    final = _validate(trainer, module, datamodule)
-    after = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
+    best = built.best.best_model_path if typed.trainer.restore_best else ""
+    if best:
+        log.info("restoring the best weights from %s", best)
+    final = _validate(trainer, module, datamodule, ckpt_path=best or None)
+    if probes and shards_parameters(trainer.strategy):
+        log.info("probes after training skipped: %s keeps weights sharded", type(trainer.strategy).__name__)
+        after = [None] * len(probes)
+    else:
+        after = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
 
     throughput = next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), {})
     summary = {
         "output_dir": str(out),
         "global_step": trainer.global_step,
         "empty_steps": int(module.empty_windows),
+        "padding_fraction": round(1 - int(module.tokens_seen) / max(int(module.slots_seen), 1), 4),
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
         "val_loss": _metric(final, "val/loss"),
@@ -124,6 +136,9 @@ def _run(cfg: DictConfig) -> float:
         "val_token_accuracy": _metric(final, "val/token_accuracy"),
         "best_checkpoint": built.best.best_model_path or None,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "peak_cuda_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if torch.cuda.is_available()
+        else None,
         **throughput,
         "data": {k: v for k, v in asdict(datamodule.stats).items() if k != "problems"},
         "probes": [
@@ -131,8 +146,9 @@ def _run(cfg: DictConfig) -> float:
         ],
         **run_info,
     }
+    weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
     if trainer.is_global_zero:
-        summary["saved"] = str(save_final(model, tokenizer, template, out))
+        summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
         write_summary(summary, out, datamodule.stats.problems)
     value = _metric(final, typed.objective.metric)
     if value is None:

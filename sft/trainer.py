@@ -1,4 +1,4 @@
-"""Build the Lightning Trainer: loggers, callbacks, checkpointing, and the batch arithmetic."""
+"""Build the Lightning Trainer: strategy, loggers, callbacks, checkpointing, and the batch arithmetic."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
 from .config import ConfigError, TrainConfig, accumulation_steps
+from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,14 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
-def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
-    """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts)."""
+def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer:
+    """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts).
+
+    `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes.
+    """
     t = cfg.trainer
+    if cfg.strategy.name in ("fsdp", "deepspeed") and not torch.cuda.is_available():
+        raise ConfigError(f"strategy {cfg.strategy.name} needs a CUDA GPU, and none is visible here")
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     last = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -70,11 +77,12 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(cfg.strategy, t.precision, model),
         precision=t.precision,
         max_epochs=t.max_epochs if t.max_steps <= 0 else -1,
         max_steps=t.max_steps,
-        gradient_clip_val=t.gradient_clip_val,
+        # Clipping happens in SFTModule after the per-token gradient scaling (sft.strategy.finish_gradients).
+        gradient_clip_val=None,
         log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=t.limit_val_batches,
         deterministic=t.deterministic,
@@ -82,6 +90,9 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
         callbacks=callbacks,
         default_root_dir=cfg.paths.output_dir,
         num_sanity_val_steps=0,
+        # The data module deals each rank its share itself (the same examples per step on any number
+        # of devices); Lightning's sampler would reshuffle the training order.
+        use_distributed_sampler=False,
         enable_model_summary=False,
     )
     # The world size is only known once Lightning has resolved accelerator and devices, so the
@@ -91,19 +102,33 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig) -> BuiltTrainer:
     if t.eval_steps:
         trainer.val_check_interval = t.eval_steps * accumulate
         trainer.check_val_every_n_epoch = None
+    if is_deepspeed(trainer.strategy):
+        trainer.strategy.config = fill_deepspeed_config(
+            trainer.strategy.config,
+            micro_batch_size=t.micro_batch_size,
+            effective_batch_size=t.effective_batch_size,
+            gradient_clip_val=t.gradient_clip_val,
+            precision=t.precision,
+        )
+    check_launch(trainer)
     plan = BatchPlan(t.effective_batch_size, t.micro_batch_size, trainer.world_size, accumulate)
     log.info(
-        "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps",
+        "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps (%s, %d node(s))",
         plan.effective_batch_size,
         plan.micro_batch_size,
         plan.world_size,
         plan.accumulate_grad_batches,
+        type(trainer.strategy).__name__,
+        trainer.num_nodes,
     )
     return BuiltTrainer(trainer, plan, best)
 
 
 def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | None:
-    """Turn `resume` (null, `last`, a run directory or a .ckpt path) into a checkpoint path."""
+    """Turn `resume` (null, `last`, a run directory or a .ckpt path) into a checkpoint path.
+
+    A checkpoint is a file, or a directory named *.ckpt under DeepSpeed (its engine saves shards).
+    """
     if not resume:
         return None
     if resume == "last":
@@ -116,9 +141,9 @@ def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | N
         path = max(candidates, key=lambda p: p.stat().st_mtime)
     else:
         path = Path(resume)
-        if path.is_dir():
+        if path.is_dir() and path.suffix != ".ckpt":
             path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"resume={resume}: no checkpoint at {path}")
     log.info("resuming from %s", path)
     return str(path)

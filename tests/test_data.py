@@ -92,6 +92,14 @@ def test_config_mistakes_name_the_key_before_anything_loads(make_cfg, overrides,
     assert message in str(err.value)
 
 
+def test_a_dataset_info_entry_wins_over_a_same_named_conf_file(make_cfg, tmp_path):
+    write_jsonl(tmp_path / "mine.jsonl", [GOOD])
+    info = tmp_path / "dataset_info.json"
+    info.write_text(json.dumps({"alpaca_en": {"file_name": "mine.jsonl"}}))
+    cfg = data_cfg(make_cfg, "data=llamafactory", f"data.dataset_info={info}", "data.datasets=[alpaca_en]")
+    assert cfg.datasets["alpaca_en"].path == str(tmp_path / "mine.jsonl")
+
+
 def test_dataset_info_entries_we_cannot_train_on_are_refused(make_cfg, tmp_path):
     info = tmp_path / "dataset_info.json"
     info.write_text(json.dumps({"prefs": {"file_name": "p.json", "ranking": True}}))
@@ -106,21 +114,31 @@ def test_bad_rows_are_reported_with_file_and_line_counted_and_skipped(make_cfg, 
             GOOD,
             "{not json",
             {"instruction": "x", "output": ""},
-            {"instruction": "Hi {{who}}", "output": "Hi"},
+            {"instruction": "I am {{ name }}; keep <p>{{message}}</p>", "output": "Hi"},
             {"messages": [{"role": "robot", "content": "x"}]},
             GOOD,
         ],
     )
     prepared = run(make_cfg, tok, "data=mix", f"data.datasets=[{path}]", "data.val_size=0")
     d = prepared.stats.datasets["rows"]
-    assert (d.rows, d.malformed, d.used, prepared.stats.train) == (6, 4, 2, 2)
+    assert (d.rows, d.malformed, d.used, prepared.stats.train) == (6, 3, 3, 3)
     problems = prepared.stats.problems
-    assert [p.split(": ")[0] for p in problems] == [f"{path}:{n}" for n in (2, 3, 4, 5)]
-    assert (
-        "invalid JSON" in problems[0] and "{{who}}" in problems[2] and "data.placeholders.who" in problems[2]
-    )
+    assert [p.split(": ")[0] for p in problems] == [f"{path}:{n}" for n in (2, 3, 5)]
+    assert "invalid JSON" in problems[0] and "robot" in problems[2]
+    # Only configured placeholders are filled; other braces (code, templates) are data.
+    texts = [tok.decode(ids) for ids in prepared.train["input_ids"]]
+    assert any("I am Nova; keep <p>{{message}}</p>" in t for t in texts)
     with pytest.raises(DataError, match=f"{path}:2"):
         run(make_cfg, tok, "data=mix", f"data.datasets=[{path}]", "data.strict=true")
+
+
+def test_a_dataset_with_no_usable_row_or_a_column_no_row_has_stops_the_run(make_cfg, tok, tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [GOOD] * 3)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}] * 3)
+    with pytest.raises(DataError, match=r"dataset 'bad': none of its 3 rows is usable\n  .*bad.jsonl:1"):
+        run(make_cfg, tok, "data=mix", f"data.datasets=[{good},{bad}]")
+    with pytest.raises(DataError, match=r"columns: \{'system': 'persona'\} name columns no row has"):
+        run(make_cfg, tok, "data=mix", f"data.datasets=[{{path: {good}, columns: {{system: persona}}}}]")
 
 
 def test_truncation_policies_are_explicit_and_counted(make_cfg, tok, tmp_path):
@@ -130,7 +148,10 @@ def test_truncation_policies_are_explicit_and_counted(make_cfg, tok, tmp_path):
     kept = run(make_cfg, tok, *common)
     d = kept.stats.datasets["long"]
     assert (d.truncated, d.too_long, kept.stats.train) == (1, 1, 2)
-    assert "too long" in kept.stats.problems[0] and f"{path}:3" in kept.stats.problems[0]
+    assert (
+        "too long (over data.cutoff_len=96" in kept.stats.problems[0]
+        and f"{path}:3" in kept.stats.problems[0]
+    )
     dropped = run(make_cfg, tok, *common, "data.truncation=drop")
     assert (dropped.stats.datasets["long"].too_long, dropped.stats.train) == (2, 1)
     with pytest.raises(DataError, match=f"{path}:2.*cutoff_len=96"):
@@ -144,13 +165,17 @@ def test_validation_split_is_seeded_per_dataset_and_accepts_counts(make_cfg, tok
     b = run(make_cfg, tok, *mix, "data.val_size=0.1")
     assert a.val["location"] == b.val["location"]
     assert not set(a.val["location"]) & set(a.train["location"])
-    counted = run(make_cfg, tok, *mix, "data.val_size=15")
-    assert counted.stats.val == 15
+    for count in (15, 1, 10):  # apportioned by largest remainder: the total is what was asked
+        assert run(make_cfg, tok, *mix, f"data.val_size={count}").stats.val == count
 
 
 def test_mixing_weights_and_interleaving(make_cfg, tok):
     mix = ("data=mix", "data.datasets={self_cognition: {}, builtin: {num_rows: 40}}", "data.val_size=0")
     plain = run(make_cfg, tok, *mix).stats
+    tenth = run(
+        make_cfg, tok, "data=mix", "data.datasets={builtin: {num_rows: 4, weight: 0.1}}", "data.val_size=0"
+    )
+    assert tenth.stats.train == 1  # a small fractional weight still keeps a row
     weighted = run(
         make_cfg,
         tok,
@@ -160,6 +185,7 @@ def test_mixing_weights_and_interleaving(make_cfg, tok):
     ).stats
     assert (plain.datasets["self_cognition"].train, plain.datasets["builtin"].train) == (91, 40)
     assert (weighted.datasets["self_cognition"].train, weighted.datasets["builtin"].train) == (182, 20)
+    assert weighted.datasets["self_cognition"].rows == 91  # repeats are counted once, not per copy
     under = run(make_cfg, tok, *mix, "data.mix=interleave_under").stats
     over = run(make_cfg, tok, *mix, "data.mix=interleave_over").stats
     assert under.datasets["builtin"].train <= 40 and under.train < 131
@@ -179,6 +205,14 @@ def test_tokenized_data_is_cached_by_content_and_options(make_cfg, tok, tmp_path
     assert run(
         make_cfg, tok, *common, "data.overwrite_cache=true", cache=tmp_path / "c"
     ).stats.cache.startswith("built")
+    other = write_jsonl(tmp_path / "other.jsonl", [GOOD] * 3)
+    ab = run(
+        make_cfg, tok, "data=mix", f"data.datasets=[{path},{other}]", "data.val_size=0", cache=tmp_path / "c"
+    )
+    ba = run(
+        make_cfg, tok, "data=mix", f"data.datasets=[{other},{path}]", "data.val_size=0", cache=tmp_path / "c"
+    )
+    assert ba.stats.cache.startswith("built") and ab.train["source"] != ba.train["source"]
     write_jsonl(path, [GOOD] * 6)  # new content, same name: a new key
     changed = run(make_cfg, tok, *common, cache=tmp_path / "c")
     assert changed.stats.cache.startswith("built") and changed.stats.train == 5
@@ -227,3 +261,10 @@ def test_length_grouping_sorts_within_each_step_and_keeps_the_step_contents():
         assert [lengths[i] for i in block] == sorted((lengths[i] for i in block), reverse=True)
     grouped.set_epoch(1)
     assert list(grouped) != b and list(EpochShuffleSampler(lengths, seed=3, group_size=8)) == b
+
+
+def test_parallel_tokenization_gives_the_same_rows(make_cfg, tok):
+    common = ("data=self_cognition", "data.val_size=0")
+    one = run(make_cfg, tok, *common)
+    two = run(make_cfg, tok, *common, "data.num_proc=2")
+    assert two.train["input_ids"] == one.train["input_ids"] and two.train["labels"] == one.train["labels"]

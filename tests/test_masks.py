@@ -8,6 +8,8 @@ import pickle
 import pytest
 from conftest import SHARED_DATA
 
+from sft.data.formats import read_source, to_conversation
+from sft.data.loading import fill_placeholders
 from sft.data.templates import CHATML, QWEN_SYSTEM, Template, get_template, render, with_system
 from sft.data.tokenize import IGNORE_INDEX, encode, overlap_labels, trained_spans
 from sft.model import byte_tokenizer, package_dir
@@ -423,38 +425,6 @@ def hf_mask(tokenizer, template: Template, conv: dict) -> dict:
     )
 
 
-def from_alpaca(row: dict, fill: dict[str, str] | None = None) -> dict:
-    """Alpaca row -> canonical conversation (instruction + input as the user turn)."""
-    row = {k: _fill(v, fill or {}) for k, v in row.items()}
-    user = row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
-    return {
-        "system": None,
-        "tools": None,
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}],
-    }
-
-
-def _fill(text: str, fill: dict[str, str]) -> str:
-    """Replace `{{key}}` placeholders."""
-    for key, value in fill.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text
-
-
-def from_sharegpt(row: dict) -> dict:
-    """Glaive ShareGPT row -> canonical conversation with HF tool calls and tool schemas."""
-    roles = {"human": "user", "gpt": "assistant", "observation": "tool"}
-    messages = []
-    for turn in row["conversations"]:
-        if turn["from"] == "function_call":
-            fn = json.loads(turn["value"])
-            messages.append(call(fn["name"], **fn["arguments"]))
-        else:
-            messages.append({"role": roles[turn["from"]], "content": turn["value"]})
-    tools = [{"type": "function", "function": schema} for schema in json.loads(row.get("tools") or "[]")]
-    return {"system": None, "tools": tools or None, "messages": messages}
-
-
 # Edges a real BPE tokenizer merges across: whitespace, emoji, marker-like text. In the last one the
 # generation prompt's "\n" and the answer's " " merge into one token, which HF (and so we) train.
 EDGES = [
@@ -500,13 +470,19 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def real_conversations():
-    def load(name: str) -> list[dict]:
-        return json.loads((SHARED_DATA / name).read_text())
+    """The shared files through the production path: reader, normalisation, placeholders."""
+    info = json.loads((SHARED_DATA / "dataset_info.json").read_text())
 
-    plain = [from_alpaca(r) for r in load("alpaca_en_demo.json")]
-    plain += [from_alpaca(r, {"name": "Nova", "author": "Ada"}) for r in load("identity.json")]
-    tools = [from_sharegpt(r) for r in load("glaive_toolcall_en_demo.json")]
-    return plain + EDGES, tools
+    def load(name: str) -> list[dict]:
+        entry = info[name]
+        fmt, columns, tags = entry.get("formatting", "alpaca"), entry.get("columns"), entry.get("tags")
+        return [
+            fill_placeholders(to_conversation(row, fmt, columns, tags), {"name": "Nova", "author": "Ada"})
+            for _, row in read_source(SHARED_DATA / entry["file_name"])
+        ]
+
+    plain = load("alpaca_en_demo") + load("identity")
+    return plain + EDGES, load("glaive_toolcall_en_demo")
 
 
 @pytest.mark.slow  # the SmolLM2 tokenizer takes ~10 s to load from GGUF; the comparison ~5 s per template

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 
 import lightning as L
 import torch
@@ -20,16 +20,23 @@ log = logging.getLogger(__name__)
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), grouped by length within each optimizer step.
+    """A shuffle that depends only on (seed, epoch), grouped by length within each optimizer step,
+    and dealt out over `num_replicas` devices.
 
-    Each consecutive block of `group_size` indices (one effective batch) is sorted longest first,
-    so its micro-batches need little padding while every step still sees the same examples as
-    without grouping. A resumed run sees the same order, since Lightning calls `set_epoch` on
-    samplers that have it, as it does for DistributedSampler.
+    Each consecutive block of `group_size` indices (one effective batch, all devices together) is
+    sorted longest first, so its micro-batches need little padding while every step still sees the
+    same examples as without grouping. Rank r takes every num_replicas-th index from r (the order
+    padded with its own start to a multiple, as DistributedSampler does), so each optimizer step
+    trains on the same examples on any number of devices, and each rank's share stays sorted.
+    (Lightning's DistributedSampler would reshuffle this order: the trainer turns it off.) A resumed
+    run sees the same order, since Lightning calls `set_epoch` on samplers that have it.
     """
 
-    def __init__(self, lengths: list[int], seed: int, group_size: int = 1):
+    def __init__(
+        self, lengths: list[int], seed: int, group_size: int = 1, rank: int = 0, num_replicas: int = 1
+    ):
         self.lengths, self.seed, self.group_size, self.epoch = lengths, seed, max(group_size, 1), 0
+        self.rank, self.num_replicas = rank, num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation for this epoch."""
@@ -38,18 +45,24 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        for start in range(0, len(order), self.group_size):
-            yield from sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
+        grouped = [
+            i
+            for start in range(0, len(order), self.group_size)
+            for i in sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
+        ]
+        grouped += grouped[: len(self) * self.num_replicas - len(grouped)]
+        return iter(grouped[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return math.ceil(len(self.lengths) / self.num_replicas)
 
 
 class SFTDataModule(L.LightningDataModule):
     """Prepares the tokenized data once (cached on disk), then serves padded or packed micro-batches.
 
-    `prepare_data` (rank 0 only, per Lightning's contract) builds the cache; `setup` on every rank
-    then opens the same cached rows, so devices never tokenize twice or disagree about the data.
+    `prepare_data` (local rank 0 only, followed by a barrier, per Lightning's contract) builds the
+    cache; `setup` on every rank then opens the same cached rows, so devices never tokenize twice
+    or disagree about the data.
     """
 
     def __init__(
@@ -80,11 +93,6 @@ class SFTDataModule(L.LightningDataModule):
         """Counts, lengths and problems of the prepared data."""
         return self.prepared.stats if self.prepared else DataStats()
 
-    @property
-    def val_conversations(self) -> list[dict]:
-        """The held-out conversations, as canonical dicts."""
-        return [json.loads(c) for c in self.prepared.val["conversation"]] if self.prepared else []
-
     def prepare_data(self) -> None:
         """Build (or find) the tokenized cache; runs on one process per node."""
         if self.prepared is None:
@@ -94,8 +102,8 @@ class SFTDataModule(L.LightningDataModule):
         """Open the prepared rows and pack them when `data.packing` is on (once)."""
         if self.train_set is not None:
             return
-        if self.prepared is None:
-            self._prepare()
+        if self.prepared is None:  # built by local rank 0 in prepare_data; here it is only read
+            self._prepare(rebuild=False)
         lengths = self.prepared.train["length"]
         rows = self.prepared.train.with_format(columns=["input_ids", "labels"])
         if self.cfg.packing:
@@ -113,12 +121,16 @@ class SFTDataModule(L.LightningDataModule):
             lengths = rows.lengths
         self.train_set, self.train_lengths = rows, lengths
 
-    def _prepare(self) -> None:
-        self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir)
+    def _prepare(self, rebuild: bool | None = None) -> None:
+        self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)
         self.prepared.stats.log(self.cfg.cutoff_len)
 
+    def _shard(self) -> tuple[int, int]:
+        """(rank, number of ranks) of this process; (0, 1) outside a Trainer."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
-        """Micro-batches in a (seed, epoch)-determined order (Lightning shards it across devices)."""
+        """Micro-batches in a (seed, epoch)-determined order, this rank's share of it."""
         if self.cfg.packing:
             collate = PackedCollator(self.pad_id, flatten=self.flatten_packed)
         else:
@@ -126,18 +138,24 @@ class SFTDataModule(L.LightningDataModule):
         return DataLoader(
             self.train_set,
             batch_size=self.micro_batch_size,
-            sampler=EpochShuffleSampler(self.train_lengths, self.seed, self.group_size),
+            sampler=EpochShuffleSampler(self.train_lengths, self.seed, self.group_size, *self._shard()),
             collate_fn=collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:
-        """Validation micro-batches in a fixed order, never packed, so val loss compares across runs."""
+        """Validation micro-batches in a fixed order, never packed, so val loss compares across runs.
+
+        Each rank takes every world_size-th row, none twice (unlike DistributedSampler's padding), so
+        the loss summed over ranks counts every row once; a rank left without rows repeats one.
+        """
         val = self.prepared.val
+        rank, replicas = self._shard()
         return DataLoader(
             val.with_format(columns=["input_ids", "labels"]) if len(val) else [],
             batch_size=self.micro_batch_size,
+            sampler=(range(rank, len(val), replicas) or [rank % len(val)]) if len(val) else None,
             collate_fn=PadCollator(self.pad_id),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,

@@ -19,31 +19,39 @@ from .stats import DataStats
 
 # One schema for every dataset, so rows of different formats (and all-null categories) concatenate.
 FEATURES = Features({k: Value("string") for k in ("conversation", "source", "location", "category")})
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
 class DataError(ValueError):
-    """Data the run must not train on: strict-mode problems, too-long rows under truncation=error."""
+    """Data the run must not train on: strict-mode problems, too-long rows under truncation=error, no rows."""
+
+
+def with_problems(message: str, problems: list[str], limit: int = 5) -> str:
+    """An error message followed by the first few row problems that explain it."""
+    shown = "".join(f"\n  {p}" for p in problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return message + shown + more
+
+
+def fill_text(text: str | None, values: dict[str, str]) -> str | None:
+    """Replace each configured `{{key}}` (spaces inside the braces allowed); other braces stay as they are."""
+    if not text or not values:
+        return text
+    pattern = re.compile(r"\{\{\s*(" + "|".join(re.escape(k) for k in values) + r")\s*\}\}")
+    return pattern.sub(lambda m: str(values[m.group(1)]), text)
 
 
 def fill_placeholders(conversation: dict, values: dict[str, str]) -> dict:
-    """Replace `{{key}}` in the system prompt and every message; a placeholder left unfilled is an error."""
-
-    def fill(text: str | None) -> str | None:
-        if not text:
-            return text
-        text = _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), text)
-        if left := _PLACEHOLDER.search(text):
-            raise MalformedRow(
-                f"placeholder {left.group(0)} has no value; set data.placeholders.{left.group(1)}"
-            )
-        return text
-
+    """Fill placeholders in the system prompt and every message."""
     return {
         **conversation,
-        "system": fill(conversation.get("system")),
-        "messages": [{**m, "content": fill(m.get("content"))} for m in conversation["messages"]],
+        "system": fill_text(conversation.get("system"), values),
+        "messages": [{**m, "content": fill_text(m.get("content"), values)} for m in conversation["messages"]],
     }
+
+
+def system_prompt(cfg: DataConfig) -> str | None:
+    """The configured system prompt with its placeholders filled."""
+    return fill_text(cfg.system, cfg.placeholders)
 
 
 def _rows(spec: DatasetConfig) -> Iterator[tuple[str, object]]:
@@ -63,11 +71,15 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
     placeholders = {**cfg.placeholders, **spec.placeholders}
     limit = spec.max_samples or cfg.max_samples
     records: list[dict] = []
+    seen: set[str] = set()
+    first_problem = len(stats.problems)
     try:
         for location, row in _rows(spec):
             if limit and len(records) >= limit:
                 break
             counts.rows += 1
+            if isinstance(row, dict):
+                seen.update(row)
             try:
                 conversation = to_conversation(row, spec.format, spec.columns, spec.tags)
                 conversation = fill_placeholders(conversation, placeholders)
@@ -90,62 +102,66 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
     except DataFileError as err:  # the rest of the file cannot be read: never train on a silent prefix
         raise DataError(str(err)) from None
     counts.used = len(records)
+    unused = {k: v for k, v in spec.columns.items() if v and v not in seen}
+    if unused and counts.rows:
+        raise DataError(
+            f"data.datasets.{name}.columns: {unused} name columns no row has (columns seen: {sorted(seen)})"
+        )
+    if not records:
+        problems = stats.problems[first_problem:]
+        raise DataError(
+            with_problems(f"dataset {name!r}: none of its {counts.rows} rows is usable", problems)
+        )
     return records
 
 
-def _val_counts(sizes: dict[str, int], val_size: float) -> dict[str, int]:
-    """Validation rows per dataset: the same fraction of each, or a total count spread by size."""
+def val_counts(sizes: dict[str, int], val_size: float) -> dict[str, int]:
+    """Validation rows per dataset: the same fraction of each, or a total count spread by size.
+
+    A count is apportioned by largest remainder, so the parts add up to it exactly; every dataset
+    keeps at least one training row.
+    """
     total = sum(sizes.values())
-    counts = {}
-    for name, n in sizes.items():
-        want = round(n * val_size) if val_size < 1 else round(val_size * n / max(total, 1))
-        counts[name] = min(want, n - 1) if n > 1 else 0
-    return counts
+    if val_size < 1:
+        return {name: min(round(n * val_size), max(n - 1, 0)) for name, n in sizes.items()}
+    want = min(int(val_size), max(total - len(sizes), 0))
+    shares = {name: want * n / max(total, 1) for name, n in sizes.items()}
+    counts = {name: int(share) for name, share in shares.items()}
+    for name in sorted(shares, key=lambda k: counts[k] - shares[k])[: want - sum(counts.values())]:
+        counts[name] += 1
+    return {name: min(c, max(sizes[name] - 1, 0)) for name, c in counts.items()}
+
+
+def split(rows: list[dict], n_val: int, seed: int) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split of one dataset's records."""
+    ds = Dataset.from_list(rows, features=FEATURES)
+    if not n_val:
+        return ds, ds.select([])
+    parts = ds.train_test_split(test_size=n_val, seed=seed)
+    return parts["train"], parts["test"]
 
 
 def _weighted(ds: Dataset, weight: float, seed: int) -> Dataset:
-    """Repeat a dataset `int(weight)` times plus a seeded random share of the fractional part."""
+    """Repeat a dataset `int(weight)` times plus a seeded random share (at least a row) of the fraction."""
     whole, frac = int(weight), weight - int(weight)
     parts = [ds] * whole
-    extra = round(frac * len(ds))
-    if extra:
+    if frac:
+        extra = max(round(frac * len(ds)), 0 if whole else 1)
         parts.append(ds.shuffle(seed=seed).select(range(extra)))
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def split_and_mix(
-    records: dict[str, list[dict]], weights: dict[str, float], cfg: DataConfig, seed: int, stats: DataStats
-) -> tuple[Dataset, Dataset]:
-    """Seeded per-dataset train/validation split, then the training parts mixed by `data.mix`."""
-    present = {name: rows for name, rows in records.items() if rows}
-    if not present:
-        raise DataError(
-            f"no usable rows in any dataset ({stats.total('malformed')} malformed); see the problems above"
-        )
-    n_val = _val_counts({n: len(r) for n, r in present.items()}, cfg.val_size)
-    train_parts, val_parts, probs = [], [], []
-    for name, rows in present.items():
-        ds = Dataset.from_list(rows, features=FEATURES)
-        if n_val[name]:
-            parts = ds.train_test_split(test_size=n_val[name], seed=seed)
-            ds, val = parts["train"], parts["test"]
-            val_parts.append(val)
-        stats.dataset(name).val = n_val[name]
-        if cfg.mix == "concat":
-            ds = _weighted(ds, weights[name], seed)
-        train_parts.append(ds)
-        probs.append(weights[name])
-    if cfg.mix == "concat" or len(train_parts) == 1:
-        train = concatenate_datasets(train_parts)
-    else:
-        strategy = "first_exhausted" if cfg.mix == "interleave_under" else "all_exhausted"
-        total = sum(probs)
-        train = interleave_datasets(
-            train_parts, probabilities=[p / total for p in probs], seed=seed, stopping_strategy=strategy
-        )
-    val = (
-        concatenate_datasets(val_parts)
-        if val_parts
-        else Dataset.from_dict({k: [] for k in FEATURES}, FEATURES)
+def mix(parts: dict[str, Dataset], weights: dict[str, float], strategy: str, seed: int) -> Dataset:
+    """Combine the (tokenized) training parts: weighted concatenation or weighted interleaving."""
+    names = [n for n in parts if len(parts[n])]
+    if strategy == "concat":
+        return concatenate_datasets([_weighted(parts[n], weights[n], seed) for n in names])
+    if len(names) == 1:
+        return parts[names[0]]
+    total = sum(weights[n] for n in names)
+    return interleave_datasets(
+        [parts[n] for n in names],
+        probabilities=[weights[n] / total for n in names],
+        seed=seed,
+        stopping_strategy="first_exhausted" if strategy == "interleave_under" else "all_exhausted",
     )
-    return train, val

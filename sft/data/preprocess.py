@@ -13,13 +13,16 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datasets import Dataset, disable_progress_bars, load_from_disk
+import datasets
+import tokenizers
+import transformers
+from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_from_disk
 from datasets.fingerprint import Hasher
 
 from ..config import DataConfig, to_plain
 from ..io import publish_dir
 from .formats import source_files
-from .loading import DataError, read_dataset, split_and_mix
+from .loading import DataError, mix, read_dataset, split, val_counts, with_problems
 from .stats import KEPT, DatasetStats, DataStats
 from .templates import Template
 from .tokenize import IGNORE_INDEX, encode
@@ -27,7 +30,16 @@ from .tokenize import IGNORE_INDEX, encode
 log = logging.getLogger(__name__)
 disable_progress_bars()  # the counts are logged once per dataset instead
 
-_CODE = ("builtin.py", "formats.py", "loading.py", "preprocess.py", "templates.py", "tokenize.py")
+_CODE = (
+    "builtin.py",
+    "formats.py",
+    "loading.py",
+    "preprocess.py",
+    "registry.py",
+    "stats.py",
+    "templates.py",
+    "tokenize.py",
+)
 
 
 class Encoder:
@@ -35,27 +47,21 @@ class Encoder:
 
     def __init__(self, tokenizer, template: Template, cfg: DataConfig):
         self.tokenizer, self.template = tokenizer, template
-        self.options = {
-            "cutoff_len": cfg.cutoff_len,
-            "truncation": cfg.truncation,
-            "train_on_prompt": cfg.train_on_prompt,
-            "mask_history": cfg.mask_history,
-        }
+        self.cutoff_len, self.truncation = cfg.cutoff_len, cfg.truncation
+        self.train_on_prompt, self.mask_history = cfg.train_on_prompt, cfg.mask_history
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """Token ids, labels, status, length and trained-token count for every row of the batch."""
         out: dict[str, list] = {"input_ids": [], "labels": [], "status": [], "length": [], "trained": []}
         for text in batch["conversation"]:
-            conversation = json.loads(text)
-            options = self.options
             encoded = encode(
-                conversation,
+                json.loads(text),
                 self.tokenizer,
                 self.template,
-                options["cutoff_len"],
-                truncation=options["truncation"],
-                train_on_prompt=options["train_on_prompt"],
-                mask_history=options["mask_history"],
+                self.cutoff_len,
+                truncation=self.truncation,
+                train_on_prompt=self.train_on_prompt,
+                mask_history=self.mask_history,
             )
             out["input_ids"].append(encoded["input_ids"])
             out["labels"].append(encoded["labels"])
@@ -93,7 +99,9 @@ def cache_key(cfg: DataConfig, tokenizer, template: Template, seed: int, files: 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = {
         "files": files,
+        "order": list(cfg.datasets),  # the key's JSON is sorted, but dataset order changes the mix
         "options": options,
+        "versions": [datasets.__version__, transformers.__version__, tokenizers.__version__],
         "seed": seed,
         "template": [template.name, template.jinja, template.stop, template.default_system],
         "tokenizer": backend.to_str() if backend is not None else Hasher.hash(tokenizer),
@@ -112,13 +120,11 @@ class Prepared:
     stats: DataStats
 
 
-def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats, what: str) -> Dataset:
+def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats) -> Dataset:
     """Encode every row, count and report the ones that cannot be trained on, keep the rest."""
     if not len(ds):
         return ds
-    ds = ds.map(
-        encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=f"tokenizing {what}"
-    )
+    ds = ds.map(encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None)
     keep = []
     for i, (status, source, location) in enumerate(
         zip(ds["status"], ds["source"], ds["location"], strict=True)
@@ -129,9 +135,7 @@ def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats, 
             continue
         problem = f"{location}: {status.replace('_', ' ')}"
         if status == "too_long":
-            problem += (
-                f" (longer than data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
-            )
+            problem += f" (over data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
         stats.problems.append(problem)
         if cfg.strict or (status == "too_long" and cfg.truncation == "error"):
             raise DataError(problem)
@@ -139,33 +143,54 @@ def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats, 
 
 
 def build(cfg: DataConfig, tokenizer, template: Template, seed: int) -> Prepared:
-    """Read, mix, split and tokenize the configured datasets (no cache)."""
+    """Read, split and tokenize each dataset, then mix the training parts (no cache).
+
+    Each row is tokenized and counted once, before weights repeat it.
+    """
     stats = DataStats()
     records = {name: read_dataset(name, spec, cfg, stats) for name, spec in cfg.datasets.items()}
-    weights = {name: spec.weight for name, spec in cfg.datasets.items()}
-    train, val = split_and_mix(records, weights, cfg, seed, stats)
+    n_val = val_counts({name: len(rows) for name, rows in records.items()}, cfg.val_size)
     encoder = Encoder(tokenizer, template, cfg)
-    train = _tokenize(train, encoder, cfg, stats, "train").remove_columns(["conversation", "status"])
-    val = _tokenize(val, encoder, cfg, stats, "val")
+    train_parts, val_parts = {}, []
+    for name, rows in records.items():
+        train, val = split(rows, n_val[name], seed)
+        train_parts[name] = _tokenize(train, encoder, cfg, stats).remove_columns(["conversation", "status"])
+        val = _tokenize(val, encoder, cfg, stats)
+        stats.dataset(name).val = len(val)
+        if len(val):
+            val_parts.append(val)
+    train = mix(train_parts, {name: spec.weight for name, spec in cfg.datasets.items()}, cfg.mix, seed)
     if not len(train):
-        raise DataError("no training examples left after tokenization; see the skipped rows above")
+        raise DataError(with_problems("no training examples left after tokenization", stats.problems))
+    val = concatenate_datasets(val_parts) if val_parts else Dataset.from_dict({})
     for name, d in stats.datasets.items():
         d.train = sum(1 for s in train["source"] if s == name)
-        d.val = sum(1 for s in val["source"] if s == name) if len(val) else 0
     stats.train, stats.val = len(train), len(val)
     stats.describe_lengths(train["length"], train["trained"], train["category"])
     return Prepared(train, val, stats)
 
 
-def prepare(cfg: DataConfig, tokenizer, template: Template, seed: int, cache_dir: str | None) -> Prepared:
-    """Tokenized data from the cache when its key matches, else built (and cached if a cache dir is set)."""
+def prepare(
+    cfg: DataConfig,
+    tokenizer,
+    template: Template,
+    seed: int,
+    cache_dir: str | None,
+    rebuild: bool | None = None,
+) -> Prepared:
+    """Tokenized data from the cache when its key matches, else built (and cached if a cache dir is set).
+
+    `rebuild` (default: `data.overwrite_cache`) rebuilds an existing cache entry; processes that
+    only need to read what another process built pass False.
+    """
+    rebuild = cfg.overwrite_cache if rebuild is None else rebuild
     files = file_hashes(cfg)
     if cache_dir is None:
         prepared = build(cfg, tokenizer, template, seed)
         prepared.stats.files = files
         return prepared
     target = Path(cache_dir).expanduser() / "data" / cache_key(cfg, tokenizer, template, seed, files)
-    if target.exists() and not cfg.overwrite_cache:
+    if target.exists() and not rebuild:
         return _load(target, "hit")
 
     def store(tmp: Path) -> None:
@@ -176,7 +201,7 @@ def prepare(cfg: DataConfig, tokenizer, template: Template, seed: int, cache_dir
             prepared.val.save_to_disk(str(tmp / "val"))
         (tmp / "stats.json").write_text(json.dumps(asdict(prepared.stats), indent=1))
 
-    publish_dir(store, target, overwrite=True)
+    publish_dir(store, target, overwrite=rebuild)
     return _load(target, "built")
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 
 from ..config import ConfigError, validate
 from ..model import load_tokenizer
-from .loading import DataError
+from .loading import DataError, system_prompt
 from .preprocess import prepare
 from .registry import CONF_DATA
 from .stats import DataStats
@@ -79,7 +79,7 @@ def preview(cfg: DictConfig) -> str:
         cfg.pop("preview")
     typed = validate(cfg)
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
-    template = get_template(typed.data.template, tokenizer, typed.data.system)
+    template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
     prepared = prepare(typed.data, tokenizer, template, typed.seed, typed.paths.cache_dir)
     rows = prepared.train if options.split == "train" else prepared.val
     color = sys.stdout.isatty() if options.color == "auto" else bool(options.color)

@@ -2,10 +2,10 @@
 
 `data.datasets` may be a list (`[alpaca_en, self_cognition, path/to/rows.jsonl]`, or dicts such as
 `{name: alpaca_en, weight: 2}`) or a mapping `{name: {overrides}}`. Every name is looked up in
-this order: a path to local data, a data config `conf/data/<name>.yaml` (each one is a runnable
-data config that also serves as a registry entry), then `data.dataset_info`. The result is always
-a mapping name → entry, so a single dataset's setting can be overridden from the command line
-(`data.datasets.builtin.num_rows=40`).
+this order: a path to local data, an entry of `data.dataset_info` (when set), then a data config
+`conf/data/<name>.yaml` (each is a runnable data config that also serves as a registry entry).
+The result is always a mapping name → entry, so a single dataset's setting can be overridden
+from the command line (`data.datasets.builtin.num_rows=40`).
 """
 
 from __future__ import annotations
@@ -132,12 +132,9 @@ def _lookup(name: str, info: dict[str, dict] | None, info_dir: Path | None) -> l
     """Registry entries for a name, or None when it is unknown."""
     if _looks_like_path(name):
         return [(Path(name).stem.split("*")[0] or "files", {"source": "file", "path": name})]
-    found = _from_conf(name)
-    if found is not None:
-        return found
-    if info is not None and name in info:
+    if info is not None and name in info:  # the user's own registry wins over a same-named conf/data file
         return [(name, from_dataset_info(name, info[name], info_dir))]
-    return None
+    return _from_conf(name)
 
 
 def expand_datasets(cfg: DictConfig) -> DictConfig:
