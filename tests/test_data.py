@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import run_module
 
 from sft.config import ConfigError, validate
 from sft.data.datamodule import EpochShuffleSampler
@@ -220,33 +218,19 @@ def test_tokenized_data_is_cached_by_content_and_options(make_cfg, tok, tmp_path
 
 
 def test_preview_shows_trained_spans_and_statistics(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sft.data",
-            "model=tiny",
-            "data=self_cognition",
-            "preview.rows=1",
-            "preview.color=false",
-            f"paths.cache_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_module(
+        "sft.data",
+        "model=tiny",
+        "data=self_cognition",
+        "preview.rows=1",
+        "preview.color=false",
+        f"paths.cache_dir={tmp_path}",
     )
     assert out.returncode == 0, out.stderr
     assert "--- train example 0 (self_cognition" in out.stdout
     assert "<|im_start|>assistant\n«" in out.stdout and "<|im_end|>»" in out.stdout
     assert "self_cognition" in out.stdout and " 91 " in out.stdout and "lengths {'min'" in out.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "sft.data", "model=tiny", "data=mix", "data.datasets=[nope]"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_module("sft.data", "model=tiny", "data=mix", "data.datasets=[nope]")
     assert bad.returncode == 2 and "unknown dataset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, ROOT, TINY
+from conftest import CONF, ROOT, TINY, run_module
 
 from sft.config import ConfigError, on_rank_zero, run_name, validate
 from sft.model import apply_peft, load_model
@@ -345,14 +345,7 @@ def _cli(root: Path, cache_dir: Path, *overrides: str) -> Path:
     env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(root)}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    done = subprocess.run(
-        [sys.executable, "-m", "sft.train", *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_module("sft.train", *overrides, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     runs = list((root / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a second one

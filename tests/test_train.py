@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY
+from conftest import TINY, run_module
 
 from sft.train import train
 
@@ -178,14 +176,7 @@ def test_full_fine_tuning_saves_a_whole_model(make_cfg, tmp_path):
 
 def test_cli_runs_and_reports_config_mistakes_without_a_traceback(tmp_path, cache_dir):
     env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(tmp_path)}
-    ok = subprocess.run(
-        [sys.executable, "-m", "sft.train", *TINY, "trainer.max_steps=2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ok = run_module("sft.train", *TINY, "trainer.max_steps=2", env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "=== sft run summary ===" in ok.stdout
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
@@ -195,14 +186,7 @@ def test_cli_runs_and_reports_config_mistakes_without_a_traceback(tmp_path, cach
         "train.log",
         "adapter/adapter_config.json",
     } <= files_under(run)
-    bad = subprocess.run(
-        [sys.executable, "-m", "sft.train", "lora.dropout=2", "preset=huge"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_module("sft.train", "lora.dropout=2", "preset=huge", env=env)
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr
     assert "preset" in bad.stderr and "balanced" in bad.stderr  # unknown option lists the available ones
