@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data.formats import FORMATS, mapping_problems
 from .data.templates import BUILTIN as BUILTIN_TEMPLATES
 from .data.tokenize import TRUNCATION
+from .provenance import literal_secrets, redact
 
 TEMPLATES = (*BUILTIN_TEMPLATES, "auto")
 DATA_SOURCES = ("file", "hub", "builtin")
@@ -206,6 +207,7 @@ class TrainerConfig:
     restore_best: bool = True
     limit_val_batches: float = 1.0
     deterministic: bool = False
+    max_nonfinite_steps: int = 5
 
 
 @dataclass
@@ -262,6 +264,7 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = 42
     resume: str | None = None
+    overwrite: bool = False
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -415,6 +418,9 @@ def _range_problems(c: TrainConfig) -> list[str]:
         v = getattr(t, key)
         _check(p, v is None or v > 0, f"trainer.{key}", v, "null or a positive integer")
     _check(p, t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
+    _check(
+        p, t.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", t.max_nonfinite_steps, "an integer >= 1"
+    )
     p += _strategy_problems(c)
     _check(
         p,
@@ -487,6 +493,11 @@ def validate(cfg: DictConfig) -> TrainConfig:
 
     cfg = expand_datasets(cfg)
     problems = _unknown_keys(cfg, TrainConfig, "")
+    problems += [
+        f"{key}: a secret typed into the config; set it in the environment instead (configs are saved "
+        "with every run), e.g. WANDB_API_KEY, or refer to one with ${oc.env:NAME}"
+        for key in literal_secrets(cfg)
+    ]
     if problems:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
     try:
@@ -514,3 +525,8 @@ def accumulation_steps(effective_batch: int, micro_batch: int, world_size: int) 
 def to_plain(obj: Any) -> Any:
     """A typed config as plain dicts and lists, for YAML/JSON output."""
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+def to_record(obj: Any) -> Any:
+    """A typed config as plain dicts and lists with secrets redacted: what runs save and log."""
+    return redact(to_plain(obj))

@@ -29,3 +29,33 @@ def publish_dir(build: Callable[[Path], None], target: Path, overwrite: bool = F
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+# What a run directory holds that a new run must not silently mix with or destroy.
+FINISHED_MARK = "summary.json"
+KEEP_ON_OVERWRITE = (".hydra", "train.log")
+
+
+def claim_output_dir(out: Path, overwrite: bool, resume_from: str | None) -> None:
+    """Refuse an output directory that holds a finished run, or an unfinished one's checkpoints.
+
+    Resuming from a checkpoint inside `out` continues that run in place. With `overwrite`, the old
+    outputs are deleted (Hydra's record and log of this launch stay).
+    """
+    from .config import ConfigError  # config imports this package's modules
+
+    out = Path(out)
+    finished = (out / FINISHED_MARK).exists()
+    checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
+    in_place = resume_from is not None and out.resolve() in Path(resume_from).resolve().parents
+    if not (finished or checkpoints) or in_place:
+        return
+    if not overwrite:
+        what = "a finished run (summary.json)" if finished else "checkpoints of an unfinished run"
+        raise ConfigError(
+            f"paths.output_dir={out} already holds {what}; choose another directory, "
+            f"resume it with resume={out}, or set overwrite=true to delete it"
+        )
+    for entry in out.iterdir():
+        if entry.name not in KEEP_ON_OVERWRITE:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -104,6 +104,8 @@ def resolve_source(cfg: ModelConfig, cache_dir: str) -> str:
 def load_tokenizer(cfg: ModelConfig, cache_dir: str):
     """The base model's tokenizer (converting or building the model once if it is not cached yet)."""
     source = resolve_source(cfg, cache_dir)
+    if cfg.trust_remote_code:
+        log.warning("model.trust_remote_code=true: Python code shipped with %s will run here", source)
     tokenizer = AutoTokenizer.from_pretrained(
         source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
     )

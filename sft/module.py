@@ -11,7 +11,16 @@ from transformers import get_scheduler
 
 from .config import SchedulerConfig
 from .loss import token_loss
-from .strategy import at_step_boundary, clean_name, finish_gradients, gradient_divisor, shard_model
+from .resilience import NonFiniteGuard
+from .strategy import (
+    at_step_boundary,
+    clean_name,
+    drop_gradients,
+    finish_gradients,
+    gradient_divisor,
+    shard_model,
+    uses_grad_scaler,
+)
 
 
 class SFTModule(L.LightningModule):
@@ -21,15 +30,22 @@ class SFTModule(L.LightningModule):
     rescaled by 1 / (trained tokens in the whole accumulation window, over all devices), so
     accumulation gives the same update as one large batch regardless of padding and masking.
     Clipping to `gradient_clip_val` follows that rescaling, wherever the strategy keeps gradients.
+    A step whose loss or gradient norm is not finite updates nothing (see NonFiniteGuard).
     """
 
     def __init__(
-        self, model, optimizer: dict, scheduler: SchedulerConfig, gradient_clip_val: float | None = None
+        self,
+        model,
+        optimizer: dict,
+        scheduler: SchedulerConfig,
+        gradient_clip_val: float | None = None,
+        max_nonfinite_steps: int = 5,
     ):
         super().__init__()
         self.model = model
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.gradient_clip_val = gradient_clip_val
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
         # Checkpoints keep only trainable weights; the frozen base comes from the model config.
         self.strict_loading = False
         self.tokens_seen = torch.zeros((), dtype=torch.long)
@@ -38,6 +54,10 @@ class SFTModule(L.LightningModule):
         self.empty_windows = torch.zeros((), dtype=torch.long)  # steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
+
+    def on_fit_start(self) -> None:
+        """A gradient scaler skips overflowing fp16 steps itself: the guard then watches the loss only."""
+        self.guard.check_gradients = not uses_grad_scaler(self.trainer)
 
     def configure_model(self) -> None:
         """Under FSDP, wrap the model as its own root unit, once (sft.strategy.shard_model)."""
@@ -71,10 +91,14 @@ class SFTModule(L.LightningModule):
         self.empty_windows = self.empty_windows.to(n_tokens.device) + (n_tokens == 0)
         scale = gradient_divisor(self.trainer) / n_tokens.clamp(min=1)
         grad_norm = finish_gradients(self.trainer, self.model, scale, self.gradient_clip_val)
-        self.log("train/loss", loss_sum / n_tokens.clamp(min=1), prog_bar=True)
+        loss, lr = loss_sum / n_tokens.clamp(min=1), optimizer.param_groups[0]["lr"]
+        if not self.guard.ok(loss, grad_norm, self.trainer.global_step, lr):
+            drop_gradients(self.trainer, optimizer)
+        self.log("train/loss", loss, prog_bar=True)
         self.log("train/grad_norm", grad_norm)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True)
+        self.log("train/lr", lr, prog_bar=True)
         self.log("train/window_tokens", n_tokens)
+        self.log("train/skipped_steps", float(self.guard.skipped))
         self._window = torch.zeros_like(self._window)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -119,6 +143,7 @@ class SFTModule(L.LightningModule):
             "tokens_seen": int(self.tokens_seen),
             "trained_tokens_seen": int(self.trained_tokens_seen),
             "slots_seen": int(self.slots_seen),
+            "skipped_steps": self.guard.skipped,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -127,3 +152,4 @@ class SFTModule(L.LightningModule):
         self.tokens_seen = torch.tensor(counters.get("tokens_seen", 0))
         self.trained_tokens_seen = torch.tensor(counters.get("trained_tokens_seen", 0))
         self.slots_seen = torch.tensor(counters.get("slots_seen", 0))
+        self.guard.skipped = counters.get("skipped_steps", 0)

@@ -281,6 +281,21 @@ def finish_gradients(
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
 
 
+def drop_gradients(trainer, optimizer) -> None:
+    """Make the coming optimizer step update nothing: parameters without a gradient are left alone.
+
+    DeepSpeed's engine owns its gradient partitions and steps regardless; there the bad step is
+    only counted (and the run stopped after too many).
+    """
+    if not is_deepspeed(trainer.strategy):
+        optimizer.zero_grad(set_to_none=True)
+
+
+def uses_grad_scaler(trainer) -> bool:
+    """Whether the precision plugin scales the loss (16-mixed) and skips overflowing steps itself."""
+    return getattr(trainer.precision_plugin, "scaler", None) is not None
+
+
 def _scale_deepspeed_gradients(model: torch.nn.Module, scale: torch.Tensor) -> torch.Tensor:
     """Scale DeepSpeed's reduced gradients (every rank, same order: the accessors communicate)."""
     from deepspeed.utils import safe_get_full_grad, safe_set_full_grad

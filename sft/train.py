@@ -19,17 +19,24 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import ThroughputMonitor
-from .config import ConfigError, to_plain, validate
+from .checkpoint import CheckpointWriteError, resolve_resume
+from .config import ConfigError, TrainConfig, to_record, validate
 from .data.datamodule import SFTDataModule
 from .data.loading import DataError, system_prompt
 from .data.templates import get_template
+from .data.tokenize import template_overhead
 from .export import save_final
+from .io import claim_output_dir
 from .model import apply_peft, count_parameters, load_model, load_tokenizer
 from .module import SFTModule
 from .probe import answer
+from .provenance import hydra_overrides, run_record, write_json
+from .resilience import Diverged, Preempted
 from .strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters
 from .summary import write_summary
-from .trainer import build_trainer, resolve_resume
+from .trainer import build_trainer
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +70,16 @@ def _run(cfg: DictConfig) -> float:
     quiet_other_ranks(rank_zero_only.rank)
     typed = validate(cfg)
     out = Path(typed.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_resume(typed.resume, typed.paths.log_dir, typed.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        claim_output_dir(out, typed.overwrite, ckpt_path)
+    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()
 
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
+    _check_cutoff(typed, tokenizer, template)
     datamodule = SFTDataModule(
         typed.data,
         tokenizer,
@@ -84,6 +94,17 @@ def _run(cfg: DictConfig) -> float:
     )
     if local_rank() == 0:  # data problems surface before the model weights are loaded
         datamodule.prepare_data()
+    if rank_zero_only.rank == 0:  # written before training, so even a crashed run can be repeated
+        write_json(
+            run_record(
+                argv=sys.argv,
+                overrides=hydra_overrides(),
+                seed=typed.seed,
+                data_files=datamodule.stats.files,
+                project_dir=PROJECT_DIR,
+            ),
+            out / "run_record.json",
+        )
     model = apply_peft(
         load_model(typed.model, typed.paths.cache_dir), typed.lora, typed.trainer.gradient_checkpointing
     )
@@ -92,7 +113,13 @@ def _run(cfg: DictConfig) -> float:
     built = build_trainer(typed, cfg, model)  # FSDP wraps the model's own layer classes
     trainer = built.trainer
     quiet_other_ranks(trainer.global_rank)  # now known on every node
-    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer.gradient_clip_val)
+    module = SFTModule(
+        model,
+        typed.optimizer,
+        typed.scheduler,
+        typed.trainer.gradient_clip_val,
+        typed.trainer.max_nonfinite_steps,
+    )
 
     run_info = {
         "batch": asdict(built.plan),
@@ -102,10 +129,11 @@ def _run(cfg: DictConfig) -> float:
             m.__name__: m.__version__ for m in (torch, L, sys.modules["transformers"], sys.modules["peft"])
         },
     }
+    record = to_record(typed)
     for logger in trainer.loggers:
-        logger.log_hyperparams({**to_plain(typed), **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
+        logger.log_hyperparams({**record, **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
     if trainer.is_global_zero:
-        OmegaConf.save(OmegaConf.create(to_plain(typed)), out / "config.yaml")
+        OmegaConf.save(OmegaConf.create(record), out / "config.yaml")
 
     probes = typed.probe.prompts if typed.probe.enabled and trainer.is_global_zero else []
     before = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
@@ -128,6 +156,7 @@ def _run(cfg: DictConfig) -> float:
         "output_dir": str(out),
         "global_step": trainer.global_step,
         "empty_steps": int(module.empty_windows),
+        "skipped_steps": module.guard.skipped,
         "padding_fraction": round(1 - int(module.tokens_seen) / max(int(module.slots_seen), 1), 4),
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
@@ -156,15 +185,33 @@ def _run(cfg: DictConfig) -> float:
     return math.nan if value is None else value
 
 
+def _check_cutoff(cfg: TrainConfig, tokenizer, template) -> None:
+    """A cutoff that the template's markup alone fills would leave no room for any text."""
+    overhead = template_overhead(tokenizer, template)
+    if cfg.data.cutoff_len <= overhead:
+        raise ConfigError(
+            f"Invalid config:\n  data.cutoff_len={cfg.data.cutoff_len}: must exceed {overhead} tokens, "
+            f"which the {template.name} template's markup and default system prompt take with no text at all"
+        )
+
+
+# How each expected way of stopping early is reported: exit code, and whether it is an error.
+EXIT_CODES = {ConfigError: 2, DataError: 2, Diverged: 3, CheckpointWriteError: 4}
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point; a config mistake exits with the message, not a traceback."""
+    """Hydra entry point; a user mistake or an expected stop exits with a message, not a traceback."""
     try:
         return train(cfg)
-    except (ConfigError, DataError) as err:
+    except Preempted as stop:  # the conventional 128 + signal number tells schedulers it was a signal
+        log.warning("%s", stop)
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except tuple(EXIT_CODES) as err:
         log.error("%s", err)
         print(err, file=sys.stderr)
-        sys.exit(2)
+        sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
+from .checkpoint import AtomicCheckpointIO
 from .config import ConfigError, TrainConfig, accumulation_steps
+from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,18 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [last, best, *_instantiate_all(raw.get("callbacks"))]
+    callbacks = [last, best, GracefulStop(ckpt_dir / "last.ckpt"), RngCheckpoint()]
+    callbacks += _instantiate_all(raw.get("callbacks"))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
+    strategy = build_strategy(cfg.strategy, t.precision, model)
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(cfg.strategy, t.precision, model),
+        strategy=strategy,
+        # DeepSpeed's engine writes its own sharded checkpoints; every other strategy goes through this.
+        plugins=[] if is_deepspeed(strategy) else [AtomicCheckpointIO()],
         precision=t.precision,
         max_epochs=t.max_epochs if t.max_steps <= 0 else -1,
         max_steps=t.max_steps,
@@ -122,28 +128,3 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer
         trainer.num_nodes,
     )
     return BuiltTrainer(trainer, plan, best)
-
-
-def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | None:
-    """Turn `resume` (null, `last`, a run directory or a .ckpt path) into a checkpoint path.
-
-    A checkpoint is a file, or a directory named *.ckpt under DeepSpeed (its engine saves shards).
-    """
-    if not resume:
-        return None
-    if resume == "last":
-        candidates = [
-            *Path(output_dir).glob("checkpoints/last.ckpt"),
-            *Path(log_dir).glob("**/checkpoints/last.ckpt"),
-        ]
-        if not candidates:
-            raise ConfigError(f"resume=last: no checkpoints/last.ckpt under {log_dir}")
-        path = max(candidates, key=lambda p: p.stat().st_mtime)
-    else:
-        path = Path(resume)
-        if path.is_dir() and path.suffix != ".ckpt":
-            path = path / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        raise ConfigError(f"resume={resume}: no checkpoint at {path}")
-    log.info("resuming from %s", path)
-    return str(path)

@@ -21,6 +21,29 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def start_module(module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m <module> <args>` from the project root without waiting; text output is piped."""
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def compose_train(out: Path, log_dir: Path, cache: Path, *overrides: str):
+    """Compose `train.yaml` with outputs in `out`, run directories under `log_dir` and models in `cache`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={out}",
+                f"paths.log_dir={log_dir}",
+                f"paths.cache_dir={cache}",
+                *overrides,
+            ],
+        )
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One model cache for the session, so the tiny model is built once."""
@@ -33,18 +56,7 @@ def make_cfg(tmp_path, cache_dir):
     counter = iter(range(1000))
 
     def _make(*overrides: str, run: str | None = None):
-        out = tmp_path / (run or f"run{next(counter)}")
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(
-                "train",
-                overrides=[
-                    f"paths.output_dir={out}",
-                    f"paths.log_dir={tmp_path}",
-                    f"paths.cache_dir={cache_dir}",
-                    *overrides,
-                ],
-            )
+        return compose_train(tmp_path / (run or f"run{next(counter)}"), tmp_path, cache_dir, *overrides)
 
     yield _make
     GlobalHydra.instance().clear()

@@ -102,3 +102,26 @@ def test_hub_models_do_not_trust_remote_code(make_cfg):
     typed = validate(make_cfg("model=qwen2_5_0_5b"))
     assert typed.model.name_or_path == "Qwen/Qwen2.5-0.5B"
     assert typed.model.trust_remote_code is False
+
+
+def test_trusting_remote_code_is_logged(make_cfg, caplog):
+    from sft.model import load_tokenizer
+
+    typed = validate(make_cfg("model=tiny", "model.trust_remote_code=true"))
+    load_tokenizer(typed.model, typed.paths.cache_dir)
+    assert "trust_remote_code=true" in caplog.text
+
+
+def test_a_cutoff_the_template_alone_fills_is_refused_before_training(make_cfg, tmp_path):
+    from sft.train import train
+
+    with pytest.raises(ConfigError, match=r"data.cutoff_len=20: must exceed 21 tokens.*chatml"):
+        train(make_cfg("model=tiny", "logger=csv", "data.cutoff_len=20", run="cut"))
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+
+
+def test_resilience_settings_are_range_checked(make_cfg):
+    with pytest.raises(ConfigError, match=r"trainer.max_nonfinite_steps=0: an integer >= 1"):
+        validate(make_cfg("trainer.max_nonfinite_steps=0"))
+    with pytest.raises(ConfigError, match=r"overwrite"):
+        validate(make_cfg("overwrite=maybe"))

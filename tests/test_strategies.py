@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import CONF, ROOT, TINY, run_module
 
+from sft.checkpoint import resolve_resume
 from sft.config import ConfigError, on_rank_zero, run_name, validate
 from sft.model import apply_peft, load_model
 from sft.strategy import (
@@ -31,7 +32,7 @@ from sft.strategy import (
     is_deepspeed,
     load_deepspeed_config,
 )
-from sft.trainer import build_trainer, resolve_resume
+from sft.trainer import build_trainer
 
 STRATEGY_OPTIONS = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
 DEEPSPEED_JSONS = sorted((CONF / "deepspeed").glob("*.json"))
@@ -400,6 +401,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
         ".hydra/overrides.yaml",
         "train.log",
         "config.yaml",
+        "run_record.json",
         "summary.json",
         "csv/metrics.csv",
         "csv/hparams.yaml",

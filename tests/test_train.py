@@ -34,6 +34,7 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
     run = tmp_path / "run"
     assert files_under(run) == {
         "config.yaml",
+        "run_record.json",
         "summary.json",
         "csv/metrics.csv",
         "csv/hparams.yaml",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -29,7 +30,8 @@ class EpochShuffleSampler(Sampler[int]):
     padded with its own start to a multiple, as DistributedSampler does), so each optimizer step
     trains on the same examples on any number of devices, and each rank's share stays sorted.
     (Lightning's DistributedSampler would reshuffle this order: the trainer turns it off.) A resumed
-    run sees the same order, since Lightning calls `set_epoch` on samplers that have it.
+    run sees the same order, since Lightning calls `set_epoch` on samplers that have it, and
+    `resume_at` skips what this rank had already trained on in the interrupted epoch.
     """
 
     def __init__(
@@ -37,10 +39,15 @@ class EpochShuffleSampler(Sampler[int]):
     ):
         self.lengths, self.seed, self.group_size, self.epoch = lengths, seed, max(group_size, 1), 0
         self.rank, self.num_replicas = rank, num_replicas
+        self._resume: tuple[int, int] | None = None  # (epoch, indices of this rank to skip)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation for this epoch."""
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        """Make the next pass over `epoch` start after the first `consumed` indices of this rank."""
+        self.epoch, self._resume = epoch, (epoch, consumed)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -51,10 +58,36 @@ class EpochShuffleSampler(Sampler[int]):
             for i in sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
         ]
         grouped += grouped[: len(self) * self.num_replicas - len(grouped)]
-        return iter(grouped[self.rank :: self.num_replicas])
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+        self._resume = None
+        return iter(grouped[self.rank :: self.num_replicas][start:])
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.num_replicas)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position in the epoch travels with Lightning checkpoints.
+
+    Lightning saves `state_dict()` of stateful loaders in every checkpoint and hands it back to
+    `load_state_dict` on resume (before the first batch is drawn). The position is the number of
+    micro-batches the training loop has processed this epoch, read from `position`: counting what
+    the iterator yielded would include batches that workers prefetched but training never saw.
+    """
+
+    def __init__(self, *args, position: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict:
+        """The epoch and how many micro-batches of it this rank has trained on."""
+        return {"epoch": self.sampler.epoch, "batches": int(self.position())}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the saved epoch after the micro-batches it had already trained on."""
+        self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -135,14 +168,19 @@ class SFTDataModule(L.LightningDataModule):
             collate = PackedCollator(self.pad_id, flatten=self.flatten_packed)
         else:
             collate = PadCollator(self.pad_id)
-        return DataLoader(
+        return ResumableLoader(
             self.train_set,
             batch_size=self.micro_batch_size,
             sampler=EpochShuffleSampler(self.train_lengths, self.seed, self.group_size, *self._shard()),
             collate_fn=collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            position=self._batches_trained,
         )
+
+    def _batches_trained(self) -> int:
+        """Micro-batches the training loop has processed in the current epoch."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         """Validation micro-batches in a fixed order, never packed, so val loss compares across runs.

@@ -19,6 +19,7 @@ from .templates import Template, render, with_system
 
 IGNORE_INDEX = -100
 TRUNCATION = ("keep_response", "drop", "error")
+EMPTY_EXCHANGE = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
 
 # Errors a template may raise while rendering one row (a refused role, a missing field, ...).
 _RENDER_ERRORS = (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError)
@@ -63,6 +64,11 @@ def _length(tokenizer, template: Template, messages: list[dict], tools: list[dic
     """Number of tokens the rendered conversation takes."""
     text = render(tokenizer, template, messages, tools)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def template_overhead(tokenizer, template: Template) -> int:
+    """Tokens an exchange with empty user and assistant turns takes: markup plus the default system prompt."""
+    return _length(tokenizer, template, with_system({"messages": EMPTY_EXCHANGE}, template), None)
 
 
 def _labelled(tokenizer, template, messages, tools, train_on_prompt: bool, mask_history: bool) -> dict:
