@@ -280,6 +280,63 @@ class TrainConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
+@functools.cache
+def _homes() -> dict[str, str]:
+    """Setting name -> its full key, for names that live in exactly one group (to point across groups)."""
+    homes: dict[str, list[str]] = {"lr": ["optimizer.lr"], "weight_decay": ["optimizer.weight_decay"]}
+    for group in fields(TrainConfig):
+        schema = get_type_hints(TrainConfig)[group.name]
+        for f in fields(schema) if is_dataclass(schema) else ():
+            homes.setdefault(f.name, []).append(f"{group.name}.{f.name}")
+    return {name: keys[0] for name, keys in homes.items() if len(keys) == 1}
+
+
+def _unknown(key: str, known: dict, prefix: str) -> str:
+    """The message for an unknown key: the closest valid name (or the PEFT/TRL alias) and the allowed ones."""
+    alias = ALIASES.get(key, key)
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if alias in known:
+        hint = f"; did you mean '{prefix}{alias}'?"
+    elif alias in _homes():  # a setting of another group, e.g. trainer.learning_rate
+        hint = f"; did you mean '{_homes()[alias]}'?"
+    else:
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+    return f"{prefix}{key}: unknown key{hint} (allowed: {', '.join(known)})"
+
+
+def override_problems(args: list[str]) -> list[str]:
+    """Unknown keys among command-line overrides, checked against the schemas before Hydra composes.
+
+    Hydra would refuse them too, but without naming the closest valid key. Group choices (`preset=x`),
+    additions (`+key=`), deletions and keys under free-form groups (optimizer, logger, ...) are left
+    to Hydra and to `validate`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception:  # Hydra reports syntax errors itself
+        return []
+    problems = []
+    for override in overrides:
+        key = override.key_or_group
+        if override.type.name != "CHANGE" or "/" in key or "@" in key or key.startswith("hydra."):
+            continue
+        schema, prefix, parts = TrainConfig, "", key.split(".")
+        if parts[0] not in {f.name for f in fields(TrainConfig)} and len(parts) == 1:
+            continue  # a config group choice, e.g. preset=balanced
+        while parts and is_dataclass(schema):
+            known = {f.name: f for f in fields(schema)}
+            key, parts = parts[0], parts[1:]
+            if key not in known:
+                problems.append(_unknown(key, known, prefix))
+                break
+            schema, prefix = get_type_hints(schema)[key], f"{prefix}{key}."
+            if get_origin(schema) is dict and is_dataclass(get_args(schema)[1]) and parts:
+                schema, prefix, parts = get_args(schema)[1], f"{prefix}{parts[0]}.", parts[1:]
+    return problems
+
+
 def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
     """List keys of `node` that `schema` does not define, each with the closest valid name."""
     if not isinstance(node, DictConfig):
@@ -291,10 +348,7 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
             problems.append(f"{prefix}{key}: moved to {MOVED[f'{prefix}{key}']}")
             continue
         if key not in known:
-            alias = ALIASES.get(str(key))
-            close = [alias] if alias in known else difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            problems.append(f"{prefix}{key}: unknown key{hint} (allowed: {', '.join(known)})")
+            problems.append(_unknown(str(key), known, prefix))
             continue
         sub_schema = get_type_hints(schema)[key]
         if is_dataclass(sub_schema):

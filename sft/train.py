@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import ThroughputMonitor
 from .checkpoint import CheckpointWriteError, resolve_resume
-from .config import ConfigError, TrainConfig, to_record, validate
+from .config import ConfigError, TrainConfig, override_problems, to_record, validate
 from .data.datamodule import SFTDataModule
 from .data.loading import DataError, system_prompt
 from .data.templates import get_template
@@ -97,7 +97,7 @@ def _run(cfg: DictConfig) -> float:
     if rank_zero_only.rank == 0:  # written before training, so even a crashed run can be repeated
         write_json(
             run_record(
-                argv=sys.argv,
+                argv=[Path(sys.executable).name, "-m", "sft.train", *sys.argv[1:]],
                 overrides=hydra_overrides(),
                 seed=typed.seed,
                 data_files=datamodule.stats.files,
@@ -214,5 +214,14 @@ def main(cfg: DictConfig) -> float:
         sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind)))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m sft.train`: command-line keys are checked against the schemas, then Hydra runs."""
+    problems = override_problems([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    if problems:
+        print("Invalid config:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

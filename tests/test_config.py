@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF
+from conftest import CONF, run_module
 
 from sft.config import ConfigError, accumulation_steps, validate
 
@@ -125,3 +125,28 @@ def test_resilience_settings_are_range_checked(make_cfg):
         validate(make_cfg("trainer.max_nonfinite_steps=0"))
     with pytest.raises(ConfigError, match=r"overwrite"):
         validate(make_cfg("overwrite=maybe"))
+
+
+def test_command_line_typos_name_the_closest_key_even_across_groups():
+    from sft.config import override_problems
+
+    problems = override_problems(
+        ["lora.rank=8", "trainer.learning_rate=1e-4", "data.datasets.builtin.num_row=4", "data.cutof_len=9"]
+    )
+    assert [p.split(" (allowed")[0] for p in problems] == [
+        "lora.rank: unknown key; did you mean 'lora.r'?",
+        "trainer.learning_rate: unknown key; did you mean 'optimizer.lr'?",
+        "data.datasets.builtin.num_row: unknown key; did you mean 'data.datasets.builtin.num_rows'?",
+        "data.cutof_len: unknown key; did you mean 'data.cutoff_len'?",
+    ]
+    valid = ["preset=aggressive", "trainer.max_steps=1,2", "hydra.run.dir=x", "+extra=1", "optimizer.lr=1e-4"]
+    assert (
+        override_problems([*valid, "data.datasets.builtin.num_rows=4", "model.random_init.hidden_size=8"])
+        == []
+    )
+
+
+def test_the_cli_reports_a_mistyped_key_without_a_traceback():
+    result = run_module("sft.train", "trainer.learning_rate=1e-4")
+    assert result.returncode == 2
+    assert "did you mean 'optimizer.lr'?" in result.stderr and "Traceback" not in result.stderr
