@@ -75,7 +75,7 @@ class GracefulStop(Callback):
         self._last_step = trainer.global_step
         if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             return
-        trainer.save_checkpoint(self.checkpoint)
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the full state, to resume from
         signum = self.signum if self.signum is not None else signal.SIGTERM
         raise Preempted(signum, trainer.global_step, self.checkpoint)
 
@@ -112,22 +112,30 @@ def set_rng_state(state: dict) -> None:
 
 
 class RngCheckpoint(Callback):
-    """Saves the random generators with each checkpoint and restores them at the first resumed step.
+    """Saves every rank's random generators with each checkpoint and restores them at the first resumed step.
 
-    Restoring on load would be too early: building the data iterator draws from torch's generator,
-    and LoRA dropout must continue from where the interrupted step left off.
+    Each rank draws its own amount (dropout masks follow its batch shapes), so all ranks' states are
+    gathered. Restoring on load would be too early: building the data iterator draws from torch's
+    generator, and LoRA dropout must continue from where the interrupted step left off.
     """
 
     def __init__(self) -> None:
         self._pending: dict | None = None
 
-    def state_dict(self) -> dict:
-        """The generators' state at the moment the checkpoint is written."""
-        return rng_state()
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Add the generators of every rank (collective: every rank saves the checkpoint together)."""
+        state = rng_state()
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            states: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["rng_states"] = states
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Hold the saved state until training resumes."""
-        self._pending = state_dict
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Hold this rank's saved state (rank 0's when the world size changed) until training resumes."""
+        states = checkpoint.get("rng_states") or [None]
+        self._pending = states[trainer.global_rank] if len(states) == trainer.world_size else states[0]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Restore the saved generators just before the first resumed micro-batch."""

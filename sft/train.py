@@ -205,13 +205,18 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except Preempted as stop:  # the conventional 128 + signal number tells schedulers it was a signal
-        log.warning("%s", stop)
-        print(stop, file=sys.stderr)
+        _report(stop)
         sys.exit(128 + stop.signum)
     except tuple(EXIT_CODES) as err:
+        _report(err)
+        sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind)))
+
+
+def _report(err: Exception) -> None:
+    """Log and print why the run stopped, once (every rank of a multi-process run stops alike)."""
+    if rank_zero_only.rank == 0:
         log.error("%s", err)
         print(err, file=sys.stderr)
-        sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind)))
 
 
 def cli() -> None:

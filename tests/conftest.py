@@ -21,12 +21,14 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def start_module(module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-    """Start `python -m <module> <args>` from the project root without waiting; text output is piped."""
+def start_module(module: str, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m <module> <args>` from the project root without waiting; its output goes to `log`.
+
+    A file rather than a pipe: a pipe nobody reads while the test waits would fill and stall the run.
+    """
     command = [sys.executable, "-m", module, *args]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def compose_train(out: Path, log_dir: Path, cache: Path, *overrides: str):

@@ -39,17 +39,25 @@ def uninterrupted(tmp_path_factory, cache_dir) -> Path:
     return root / "run"
 
 
-def env_for(cache_dir: Path, root: Path) -> dict:
-    """Environment of a CLI run: the shared model cache, runs under `root`."""
-    return {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(root)}
+def launch(run: Path, overrides: list[str], cache_dir: Path, *extra: str):
+    """Start `python -m sft.train` writing to `run`; its output goes to `run`.log beside it."""
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(run.parent)}
+    log = run.with_suffix(".log")
+    return start_module("sft.train", *overrides, f"paths.output_dir={run}", *extra, log=log, env=env), log
 
 
-def wait_for(path: Path, process, timeout: float = 240) -> None:
+def finish(process, log: Path, timeout: float = 300) -> str:
+    """Wait for a launched run and return its output."""
+    process.wait(timeout=timeout)
+    return log.read_text()
+
+
+def wait_for(path: Path, process, log: Path, timeout: float = 240) -> None:
     """Block until `path` exists, failing if the process ends or time runs out first."""
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            pytest.fail(f"the run ended before {path.name} appeared:\n{process.stderr.read()[-3000:]}")
+            pytest.fail(f"the run ended before {path.name} appeared:\n{log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"{path.name} did not appear in {timeout} s")
@@ -71,16 +79,14 @@ def assert_continues_exactly(resumed: Path, reference: Path, first_step: int) ->
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_or_preempted_run_resumes_where_it_stopped(signum, uninterrupted, tmp_path, cache_dir):
     killed = tmp_path / "killed"
-    process = start_module(
-        "sft.train", *RESUMABLE, f"paths.output_dir={killed}", env=env_for(cache_dir, tmp_path)
-    )
-    wait_for(killed / "checkpoints" / "step-000006.ckpt", process)
+    process, log = launch(killed, [*RESUMABLE, "trainer.save_total_limit=100"], cache_dir)
+    wait_for(killed / "checkpoints" / "step-000006.ckpt", process, log)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    output = finish(process, log)
     assert not (killed / "summary.json").exists()  # it really died mid-training
     if signum == signal.SIGTERM:
         assert process.returncode == 128 + signal.SIGTERM
-        assert "stopped by SIGTERM at step" in stderr and "resume=" in stderr
+        assert "stopped by SIGTERM at step" in output and "resume=" in output
     else:
         assert process.returncode == -signal.SIGKILL
     saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
@@ -90,6 +96,36 @@ def test_a_killed_or_preempted_run_resumes_where_it_stopped(signum, uninterrupte
     resumed = tmp_path / "resumed"
     train(compose_train(resumed, tmp_path, cache_dir, *RESUMABLE, "resume=last"))
     assert_continues_exactly(resumed, uninterrupted, first_step=saved["global_step"])
+
+
+@pytest.mark.slow  # three two-process runs: about a minute on 2 cores
+def test_a_preempted_ddp_run_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, cache_dir):
+    ddp = [
+        *RESUMABLE,
+        "trainer.micro_batch_size=2",
+        "trainer.devices=2",
+        "strategy=ddp",
+        "trainer.max_steps=12",
+    ]
+    ddp += ["trainer.save_total_limit=100"]  # step checkpoints stay, so waiting for one cannot miss it
+    reference = tmp_path / "reference"
+    process, log = launch(reference, ddp, cache_dir)
+    assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
+
+    stopped = tmp_path / "stopped"
+    process, log = launch(stopped, ddp, cache_dir)
+    wait_for(stopped / "checkpoints" / "step-000005.ckpt", process, log)
+    process.send_signal(signal.SIGTERM)  # the launching process only, as a scheduler's first notice
+    output = finish(process, log)
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert output.count("\nstopped by SIGTERM at step") == 1  # printed once, not per rank
+    saved = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)
+    assert len(saved["rng_states"]) == 2  # each rank's generators
+
+    resumed = tmp_path / "resumed"
+    process, log = launch(resumed, ddp, cache_dir, f"resume={stopped / 'checkpoints' / 'last.ckpt'}")
+    assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
+    assert_continues_exactly(resumed, reference, first_step=saved["global_step"])
 
 
 def test_ctrl_c_checkpoints_after_the_current_step(make_cfg, tmp_path):
