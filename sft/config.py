@@ -242,10 +242,23 @@ class PathsConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The metric `train()` returns to a sweeper, and which way is better."""
+    """What `train()` returns to a sweeper: logged metrics or summary values, and which way is better.
 
-    metric: str = "val/loss"
-    direction: str = "minimize"
+    One metric gives a float; several give a tuple (a multi-objective Optuna study).
+    """
+
+    metrics: list[str] = field(default_factory=lambda: ["val/loss"])
+    directions: list[str] = field(default_factory=lambda: ["minimize"])
+
+
+@dataclass
+class TrialConfig:
+    """The Optuna trial a sweep job belongs to (set by the sweeper): reported to for pruning."""
+
+    study_name: str = "sft"
+    storage: str = "sqlite:///optuna.db"
+    id: int = 0
+    number: int = 0
 
 
 @dataclass
@@ -277,6 +290,7 @@ class TrainConfig:
     logger: dict[str, Any] | None = None
     callbacks: dict[str, Any] | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    trial: TrialConfig | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
@@ -476,12 +490,15 @@ def _range_problems(c: TrainConfig) -> list[str]:
         p, t.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", t.max_nonfinite_steps, "an integer >= 1"
     )
     p += _strategy_problems(c)
+    o = c.objective
+    for i, direction in enumerate(o.directions):
+        _check(p, direction in DIRECTIONS, f"objective.directions[{i}]", direction, f"one of {DIRECTIONS}")
     _check(
         p,
-        c.objective.direction in DIRECTIONS,
-        "objective.direction",
-        c.objective.direction,
-        f"one of {DIRECTIONS}",
+        len(o.metrics) == len(o.directions) > 0,
+        "objective.directions",
+        o.directions,
+        f"one direction per metric of objective.metrics ({len(o.metrics)})",
     )
     return p
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,7 +58,7 @@ def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule, 
     return dict(results[0]) if results else {}
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run one fine-tuning job and return its objective metric; loggers are closed even on failure."""
     try:
         return _run(cfg)
@@ -65,7 +67,7 @@ def train(cfg: DictConfig) -> float:
             sys.modules["wandb"].finish()
 
 
-def _run(cfg: DictConfig) -> float:
+def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     # Ranks > 0 run this script too (Lightning's launcher, torchrun, srun): they log warnings only.
     quiet_other_ranks(rank_zero_only.rank)
     typed = validate(cfg)
@@ -179,10 +181,20 @@ def _run(cfg: DictConfig) -> float:
     if trainer.is_global_zero:
         summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
         write_summary(summary, out, datamodule.stats.problems)
-    value = _metric(final, typed.objective.metric)
-    if value is None:
-        value = _metric(train_metrics, typed.objective.metric)
-    return math.nan if value is None else value
+    return _objective(typed, final, train_metrics, summary)
+
+
+def _objective(cfg: TrainConfig, final: dict, train_metrics: dict, summary: dict) -> float | tuple:
+    """The objective metrics: from the final validation, else the last logged values, else the summary."""
+    values = []
+    for name in cfg.objective.metrics:
+        value = _metric(final, name)
+        if value is None:
+            value = _metric(train_metrics, name)
+        if value is None and isinstance(summary.get(name), (int, float)):
+            value = float(summary[name])
+        values.append(math.nan if value is None else value)
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _check_cutoff(cfg: TrainConfig, tokenizer, template) -> None:
@@ -200,8 +212,11 @@ EXIT_CODES = {ConfigError: 2, DataError: 2, Diverged: 3, CheckpointWriteError: 4
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; a user mistake or an expected stop exits with a message, not a traceback."""
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Hydra entry point; a user mistake or an expected stop exits with a message, not a traceback.
+
+    In a multirun the error is raised instead, so the sweeper records that job as failed and goes on.
+    """
     try:
         return train(cfg)
     except Preempted as stop:  # the conventional 128 + signal number tells schedulers it was a signal
@@ -209,6 +224,8 @@ def main(cfg: DictConfig) -> float:
         sys.exit(128 + stop.signum)
     except tuple(EXIT_CODES) as err:
         _report(err)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
         sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind)))
 
 

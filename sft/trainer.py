@@ -16,6 +16,7 @@ from .checkpoint import AtomicCheckpointIO
 from .config import ConfigError, TrainConfig, accumulation_steps
 from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
+from .sweep.pruning import TrialPruning
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer
     )
     callbacks = [last, best, GracefulStop(ckpt_dir / "last.ckpt"), RngCheckpoint()]
     callbacks += _instantiate_all(raw.get("callbacks"))
+    if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
+        callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0]))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
     strategy = build_strategy(cfg.strategy, t.precision, model)

@@ -7,7 +7,10 @@ from conftest import CONF, run_module
 
 from sft.config import ConfigError, accumulation_steps, validate
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "local"})
+# experiment/ and sweep/ hold multirun grids and search spaces, composed in test_sweep.py.
+GROUPS = sorted(
+    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "local", "experiment", "sweep"}
+)
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).rglob("*.yaml"))]
 
 
