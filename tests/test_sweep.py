@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import CONF, ROOT, TINY, compose_train, run_module
+from conftest import CONF, ROOT, TINY, compose_train, run_module, start_module
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -165,3 +165,28 @@ def test_wandb_groups_the_trials_of_a_study(make_cfg):
     assert cfg.logger.wandb.group == "abc"
     assert make_cfg("logger=wandb").logger.wandb.group is None
     assert Path(ROOT / "conf" / "sweep").resolve() == ROOT / "sweeps"
+
+
+def test_two_workers_share_one_study_and_a_multi_objective_one_keeps_both_values(tmp_path, cache_dir):
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(tmp_path)}
+    args = [
+        "-m",
+        "hydra/sweeper=optuna",
+        *TINY,
+        "trainer.max_steps=1",
+        "trainer.eval_steps=1",
+        "optimizer.lr=tag(log,interval(1e-6,1e-2))",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.study_name=shared",
+        "objective.metrics=[val/loss,wall_seconds]",  # quality and cost: a Pareto front
+        "objective.directions=[minimize,minimize]",
+    ]
+    workers = [start_module("sft.train", *args, log=tmp_path / f"worker{i}.log", env=env) for i in range(2)]
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}")
+    assert len(study.directions) == 2
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
+    job_dirs = [p for p in (tmp_path / "outputs" / "train" / "multiruns").glob("*/[0-9]*")]
+    assert sorted(p.name for p in job_dirs) == ["0", "1", "2", "3"]  # named by trial: never shared

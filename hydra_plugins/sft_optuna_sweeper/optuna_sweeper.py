@@ -106,7 +106,11 @@ class OptunaSweeper(Sweeper):
         while done < self.n_trials:
             size = min(self.n_jobs, self.n_trials - done)
             trials = [study.ask(fixed_distributions=space) for _ in range(size)]
-            batch = [fixed + as_overrides(t.params) + [self._identity(t)] for t in trials]
+            # Job directories are named by trial number: workers sharing a study never share a directory.
+            batch = [
+                [*fixed, *as_overrides(t.params), self._identity(t), f"hydra.sweep.subdir={t.number}"]
+                for t in trials
+            ]
             try:
                 self.validate_batch_is_legal(batch)
             except Exception:
