@@ -1,10 +1,14 @@
-"""Lightning callbacks: throughput measurement."""
+"""Lightning callbacks: throughput measurement and the overfitting watch."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 
 from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
 
 
 class ThroughputMonitor(Callback):
@@ -61,3 +65,44 @@ class ThroughputMonitor(Callback):
             "tokens_per_sec": round(self.tokens / seconds, 1),
             "trained_tokens_per_sec": round(self.trained_tokens / seconds, 1),
         }
+
+
+class OverfittingWatch(Callback):
+    """Warns when the run starts to overfit: val loss rising for `patience` evaluations in a row while
+    the train loss (mean over the steps since the previous evaluation) keeps falling.
+
+    The train side is read back from `val/gap` (val loss minus that mean), which SFTModule logs at every
+    evaluation. Each warning says what to try; `warnings` counts them for the run summary.
+    """
+
+    def __init__(self, patience: int = 2):
+        self.patience = patience
+        self.history: list[tuple[float, float]] = []  # (train loss since last evaluation, val loss)
+        self.warnings = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Check the trend after each evaluation during fitting."""
+        val, gap = trainer.callback_metrics.get("val/loss"), trainer.callback_metrics.get("val/gap")
+        if trainer.sanity_checking or trainer.state.fn != "fit" or val is None or gap is None:
+            return
+        if warning := self.observe(float(val) - float(gap), float(val)):
+            self.warnings += 1
+            log.warning("step %d: %s", trainer.global_step, warning)
+
+    def observe(self, train_loss: float, val_loss: float) -> str | None:
+        """Record one evaluation; the warning text when val loss rose while train loss fell, else None."""
+        self.history.append((train_loss, val_loss))
+        recent = self.history[-(self.patience + 1) :]
+        if len(recent) <= self.patience:
+            return None
+        trains, vals = [t for t, _ in recent], [v for _, v in recent]
+        rising = all(b > a for a, b in itertools.pairwise(vals))
+        falling = all(b < a for a, b in itertools.pairwise(trains))
+        if not (rising and falling):
+            return None
+        arrow = " -> ".join
+        return (
+            f"overfitting: val loss rose {arrow(f'{v:.3f}' for v in vals)} over the last {self.patience} "
+            f"evaluations while train loss fell {arrow(f'{t:.3f}' for t in trains)}. Try fewer epochs or "
+            "trainer.early_stopping_patience, a lower optimizer.lr, more lora.dropout, or more data"
+        )

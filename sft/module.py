@@ -54,6 +54,7 @@ class SFTModule(L.LightningModule):
         self.empty_windows = torch.zeros((), dtype=torch.long)  # steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
+        self._since_eval = torch.zeros(2)  # summed step losses, steps since the last evaluation
 
     def on_fit_start(self) -> None:
         """A gradient scaler skips overflowing fp16 steps itself: the guard then watches the loss only."""
@@ -94,6 +95,9 @@ class SFTModule(L.LightningModule):
         loss, lr = loss_sum / n_tokens.clamp(min=1), optimizer.param_groups[0]["lr"]
         if not self.guard.ok(loss, grad_norm, self.trainer.global_step, lr):
             drop_gradients(self.trainer, optimizer)
+        self._since_eval = self._since_eval.to(loss.device) + torch.stack(
+            [loss.detach(), torch.ones_like(loss)]
+        )
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/grad_norm", grad_norm)
         self.log("train/lr", lr, prog_bar=True)
@@ -117,6 +121,9 @@ class SFTModule(L.LightningModule):
         self.log("val/loss", val_loss, prog_bar=True)
         self.log("val/ppl", torch.exp(val_loss.clamp(max=50)))
         self.log("val/token_accuracy", correct / n_tokens.clamp(min=1))
+        if self.trainer.state.fn == "fit" and self._since_eval[1] > 0:  # the train/val gap since the last one
+            self.log("val/gap", val_loss - self._since_eval[0] / self._since_eval[1])
+            self._since_eval = torch.zeros_like(self._since_eval)
 
     def configure_optimizers(self):
         """The configured optimizer over trainable parameters (no decay on biases and norms) and schedule."""

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import ThroughputMonitor
+from .callbacks import OverfittingWatch, ThroughputMonitor
 from .checkpoint import CheckpointWriteError, resolve_resume
 from .config import ConfigError, TrainConfig, override_problems, to_record, validate
 from .data.datamodule import SFTDataModule
@@ -154,11 +154,13 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
         after = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
 
     throughput = next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), {})
+    watch = next((c for c in trainer.callbacks if isinstance(c, OverfittingWatch)), None)
     summary = {
         "output_dir": str(out),
         "global_step": trainer.global_step,
         "empty_steps": int(module.empty_windows),
         "skipped_steps": module.guard.skipped,
+        "overfitting_warnings": watch.warnings if watch else None,
         "padding_fraction": round(1 - int(module.tokens_seen) / max(int(module.slots_seen), 1), 4),
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),

@@ -117,6 +117,34 @@ def test_loss_falls_when_overfitting_a_handful_of_examples(make_cfg, tmp_path):
     assert loss[29] < 0.5 * loss[0], loss
 
 
+def test_the_train_val_gap_is_logged_and_overfitting_is_called_out(make_cfg, tmp_path, caplog):
+    from sft.callbacks import OverfittingWatch
+
+    # Eight rows to memorise, a high learning rate and an evaluation every step: val loss turns up.
+    train(
+        make_cfg(
+            *TINY,
+            "data.datasets.builtin.num_rows=24",
+            "data.val_size=8",
+            "trainer.max_steps=16",
+            "trainer.eval_steps=2",
+            "optimizer.lr=3e-2",
+            "lora.dropout=0",
+            "trainer.effective_batch_size=4",
+            "scheduler=constant",
+            run="gap",
+        )
+    )
+    gap, val = series(tmp_path / "gap", "val/gap"), series(tmp_path / "gap", "val/loss")
+    assert set(gap) == set(sorted(val)[1:-1])  # every evaluation during training (not before, not after)
+    summary = json.loads((tmp_path / "gap" / "summary.json").read_text())
+    assert summary["overfitting_warnings"] == caplog.text.count("overfitting: val loss rose")
+    watch = OverfittingWatch(patience=2)
+    assert watch.observe(3.0, 2.0) is None and watch.observe(2.5, 2.1) is None
+    assert "val loss rose 2.000 -> 2.100 -> 2.200" in watch.observe(2.0, 2.2)
+    assert watch.observe(1.9, 2.1) is None  # val fell again
+
+
 def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     common = [
         *TINY,
