@@ -16,6 +16,9 @@ def publish_dir(build: Callable[[Path], None], target: Path, overwrite: bool = F
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the published directory should not be
     old = target.with_name(f".{target.name}.old")
     try:
         build(tmp)
