@@ -252,6 +252,20 @@ class ObjectiveConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Generation-based evaluation (sft.eval): which suites, how many prompts, the base-model comparison."""
+
+    enabled: bool = False
+    suites: list[str] = field(default_factory=lambda: ["ifeval", "exact"])
+    references: str | None = None
+    limit: int | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    base: bool = True
+    tolerance: float = 0.02
+
+
+@dataclass
 class TrialConfig:
     """The Optuna trial a sweep job belongs to (set by the sweeper): reported to for pruning."""
 
@@ -290,6 +304,7 @@ class TrainConfig:
     logger: dict[str, Any] | None = None
     callbacks: dict[str, Any] | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trial: TrialConfig | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 

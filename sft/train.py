@@ -27,6 +27,7 @@ from .data.datamodule import SFTDataModule
 from .data.loading import DataError, system_prompt
 from .data.templates import get_template
 from .data.tokenize import template_overhead
+from .eval.run import evaluate
 from .export import save_final
 from .io import claim_output_dir
 from .model import apply_peft, count_parameters, load_model, load_tokenizer
@@ -183,6 +184,8 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     if trainer.is_global_zero:
         summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
         write_summary(summary, out, datamodule.stats.problems)
+        if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would
+            evaluate(out, typed.evaluation, typed.paths.cache_dir)
     return _objective(typed, final, train_metrics, summary)
 
 

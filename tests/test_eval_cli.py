@@ -17,7 +17,12 @@ def test_eval_scores_tuned_and_base_and_feeds_the_human_sheet(make_cfg, tmp_path
     env = {**os.environ, "SFT_CACHE": str(cache_dir)}
     references = SHARED_DATA / "alpaca_en_demo.json"
     result = run_module(
-        "sft.eval", f"run={run}", "limit=3", "max_new_tokens=8", f"references={references}", env=env
+        "sft.eval",
+        f"run={run}",
+        "evaluation.limit=3",
+        "evaluation.max_new_tokens=8",
+        f"evaluation.references={references}",
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((run / "eval" / "scores.json").read_text())
@@ -45,3 +50,14 @@ def test_eval_scores_tuned_and_base_and_feeds_the_human_sheet(make_cfg, tmp_path
 def test_eval_names_a_missing_run(tmp_path):
     result = run_module("sft.eval", f"run={tmp_path / 'nope'}")
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_training_can_end_with_the_evaluation(make_cfg, tmp_path):
+    overrides = ["evaluation.enabled=true", "evaluation.limit=2", "evaluation.max_new_tokens=4"]
+    train(
+        make_cfg(
+            *TINY, "trainer.max_steps=1", "trainer.eval_steps=1", *overrides, "evaluation.base=false", run="r"
+        )
+    )
+    scores = json.loads((tmp_path / "r" / "eval" / "scores.json").read_text())
+    assert set(scores) == {"tuned"} and len(scores["tuned"]["ifeval"]["rows"]) == 2

@@ -7,99 +7,23 @@ and `generations.jsonl` (prompt, tuned answer, base answer per row), which is wh
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
-from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ..data.formats import MalformedRow, read_source, to_conversation
-from ..export import ExportError, load_run, model_config, run_config, stop_token_ids
-from ..model import load_model
-from ..provenance import write_json
-from .generate import generate
-from .suite import SuiteError, compare, load_suite, score_exact, score_ifeval, score_rouge, to_markdown
-
-log = logging.getLogger(__name__)
-
-
-def reference_rows(path: str, limit: int | None) -> list[dict]:
-    """Single-turn rows of a data file as {id, category, prompt, reference}; other rows are skipped."""
-    rows = []
-    for location, row in read_source(path):
-        try:
-            conversation = to_conversation(row)
-        except MalformedRow:
-            continue
-        turns = conversation["messages"]
-        if len(turns) == 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant":
-            category = conversation.get("category") or "reference"
-            rows.append({"id": location, "category": category, "prompt": turns[0]["content"]})
-            rows[-1]["reference"] = turns[1]["content"]
-        if limit and len(rows) >= limit:
-            break
-    return rows
-
-
-def score(suite: str, rows: list[dict], answers: list[str]) -> dict:
-    """Score one suite's answers with the scorer its rows call for."""
-    if suite == "references":
-        ids = [r["id"] for r in rows]
-        return score_rouge({r["id"]: r["reference"] for r in rows}, dict(zip(ids, answers, strict=True)))
-    return (score_exact if "answer" in rows[0] else score_ifeval)(rows, answers)
-
-
-def evaluate(cfg: DictConfig) -> dict:
-    """Generate and score every suite with the tuned model (and the base); write and return the scores."""
-    run = Path(cfg.run)
-    out = Path(cfg.out) if cfg.out else run / "eval"
-    suites = {Path(str(name)).stem: load_suite(name)[: cfg.limit or None] for name in cfg.suites}
-    if cfg.references:
-        suites["references"] = reference_rows(cfg.references, cfg.limit)
-    tuned, tokenizer = load_run(run, cfg.cache_dir)
-    models = {"tuned": tuned}
-    if cfg.base:
-        base = load_model(model_config(run_config(run), None), cfg.cache_dir).eval()
-        base.generation_config.eos_token_id = stop_token_ids(run_config(run), tokenizer, base)
-        models["base"] = base
-    answers = {
-        name: {
-            suite: generate(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens, cfg.batch_size)
-            for suite, rows in suites.items()
-            if rows
-        }
-        for name, model in models.items()
-    }
-    scores = {
-        name: {s: score(s, suites[s], a) for s, a in by_suite.items()} for name, by_suite in answers.items()
-    }
-    if "base" in scores:
-        scores["compare"] = compare(scores["base"], scores["tuned"], tolerance=cfg.tolerance)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(scores, out / "scores.json")
-    report = [f"# Evaluation of {run}", ""]
-    report += [f"## {name}\n\n{to_markdown(s)}\n" for name, s in scores.items()]
-    (out / "report.md").write_text("\n".join(report))
-    with open(out / "generations.jsonl", "w") as f:
-        for suite, rows in suites.items():
-            for i, row in enumerate(rows):
-                record = {"id": row["id"], "suite": suite, "category": row.get("category"), "model": "tuned"}
-                record |= {"instruction": row["prompt"], "output": answers["tuned"][suite][i]}
-                if "base" in answers:
-                    record |= {"output_b": answers["base"][suite][i], "model_b": "base"}
-                f.write(json.dumps(record) + "\n")
-    print(to_markdown(scores.get("compare") or scores["tuned"]))
-    print(f"written: {out / 'scores.json'}, {out / 'report.md'}, {out / 'generations.jsonl'}")
-    return scores
+from ..config import EvaluationConfig
+from ..export import ExportError
+from .run import evaluate
+from .suite import SuiteError
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing run or a bad suite file exits with the message, not a traceback."""
+    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluationConfig), cfg.evaluation))
     try:
-        evaluate(cfg)
+        evaluate(cfg.run, settings, cfg.cache_dir, cfg.out)
     except (ExportError, SuiteError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
