@@ -1,0 +1,119 @@
+"""`python -m sft.eval.harness run=<run dir> tasks=[...]`: lm-eval-harness benchmarks, tuned and base.
+
+Our own offline tasks (sft/eval/tasks/*.yaml, data beside them) run with no network; standard tasks
+(mmlu, hellaswag, humaneval, ...) are named as lm-eval names them and need their datasets (a network or
+a warm Hugging Face cache); `include_path` adds a directory of your own task YAMLs. The model is the run's
+adapter merged into its base, passed to lm-eval as an already-built model. Writes `<run>/eval/harness.json`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import yaml
+from omegaconf import DictConfig
+
+from ..export import ExportError, load_run, model_config, run_config
+from ..model import load_model
+from ..provenance import write_json
+from .suite import compare
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+class HarnessError(ValueError):
+    """lm-eval is missing, or a task cannot be found."""
+
+
+def local_tasks(into: Path) -> Path:
+    """Copy the shipped task YAMLs into `into`, data_files made absolute (lm-eval reads them from cwd)."""
+    for source in TASKS_DIR.glob("*.yaml"):
+        task = yaml.safe_load(source.read_text())
+        files = task.get("dataset_kwargs", {}).get("data_files", {})
+        for split, name in files.items():
+            files[split] = str((TASKS_DIR / name).resolve())
+        (into / source.name).write_text(yaml.safe_dump(task, sort_keys=False))
+    return into
+
+
+def run_tasks(
+    model, tokenizer, tasks: list[str], include: list[str], limit: int | None, batch_size: int
+) -> dict:
+    """lm-eval's `simple_evaluate` on an in-memory model; returns {task: {metric: value}}."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise HarnessError("lm-eval is not installed: pip install -e '.[benchmarks]'") from err
+    manager = TaskManager(include_path=include or None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise HarnessError(f"tasks={unknown}: unknown to lm-eval (local tasks: {sorted(_local_names())})")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False)
+    return {task: _metrics(values) for task, values in results["results"].items()}
+
+
+def _metrics(values: dict) -> dict[str, float]:
+    """lm-eval's `metric,filter` keys as plain metric names (acc, acc_stderr, ...), numbers only."""
+    return {
+        key.split(",")[0]: float(value)
+        for key, value in values.items()
+        if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def _local_names() -> list[str]:
+    return [yaml.safe_load(p.read_text())["task"] for p in TASKS_DIR.glob("*.yaml")]
+
+
+def benchmark(cfg: DictConfig) -> dict:
+    """Run the tasks on the tuned model (and the base), compare, write harness.json and return it."""
+    run = Path(cfg.run)
+    include = tempfile.mkdtemp(prefix="sft-tasks-")
+    try:
+        paths = [str(local_tasks(Path(include))), *([str(cfg.include_path)] if cfg.include_path else [])]
+        tuned, tokenizer = load_run(run, cfg.cache_dir)
+        tasks = list(cfg.tasks)
+        scores = {"tuned": run_tasks(tuned, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)}
+        if cfg.base:
+            base = load_model(model_config(run_config(run), None), cfg.cache_dir).eval()
+            scores["base"] = run_tasks(base, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)
+            scores["compare"] = compare(_rates(scores["base"]), _rates(scores["tuned"]), cfg.tolerance)
+    finally:
+        shutil.rmtree(include, ignore_errors=True)
+    out = run / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(scores, out / "harness.json")
+    for task, metrics in scores["tuned"].items():
+        base = scores.get("base", {}).get(task, {})
+        shown = ", ".join(
+            f"{k} {v:.4f}" + (f" (base {base[k]:.4f})" if k in base else "") for k, v in metrics.items()
+        )
+        print(f"{task}: {shown}")
+    print(f"written: {out / 'harness.json'}")
+    return scores
+
+
+def _rates(scores: dict) -> dict:
+    """Task metrics in the shape `compare` reads: {task: {acc: ...}} with rate keys named `accuracy`."""
+    return {task: {"accuracy": m.get("acc", m.get("exact_match"))} for task, m in scores.items()}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="harness")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; a missing run, lm-eval or task exits with the message, not a traceback."""
+    try:
+        benchmark(cfg)
+    except (ExportError, HarnessError) as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
