@@ -170,7 +170,7 @@ def check_diversity(ev: Evidence, min_categories: int = 4, min_per_category: int
     if trained:
         item.evidence.append(f"summary.json: training rows by category: {trained}")
     if item.status == FAIL:
-        item.hint = f"evaluate more prompts per category: python -m sft.eval run={ev.run} limit=null"
+        item.hint = f"more prompts per category: python -m sft.eval run={ev.run} evaluation.limit=null"
     return item
 
 
