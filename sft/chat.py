@@ -218,6 +218,13 @@ def load(path: Path, cache_dir: str, dtype: str | None = None, trust_remote_code
     return model, tokenizer
 
 
+def load_on_device(cfg: DictConfig):
+    """(model, tokenizer, device) of `cfg.run` placed on `cfg.device` (auto: the GPU when there is one)."""
+    model, tokenizer = load(Path(cfg.run).expanduser(), cfg.cache_dir, cfg.dtype, cfg.trust_remote_code)
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device), tokenizer, device
+
+
 def option_problems(cfg: DictConfig) -> list[str]:
     """Out-of-range generation settings, each named with its key."""
     problems = []
@@ -239,9 +246,7 @@ def open_chat(cfg: DictConfig) -> Chat:
     problems = option_problems(cfg)
     if problems:
         raise ChatError("\n".join(problems))
-    model, tokenizer = load(Path(cfg.run).expanduser(), cfg.cache_dir, cfg.dtype, cfg.trust_remote_code)
-    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model, tokenizer, device = load_on_device(cfg)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     params = sum(p.numel() for p in model.parameters())

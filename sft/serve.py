@@ -26,7 +26,7 @@ from jinja2 import TemplateError
 from omegaconf import DictConfig, OmegaConf
 from transformers import StoppingCriteria
 
-from .chat import eos_ids, load
+from .chat import eos_ids, load_on_device
 from .export import ExportError
 
 ROLES = ("system", "user", "assistant")
@@ -370,11 +370,9 @@ def open_server(cfg: DictConfig) -> ThreadingHTTPServer:
     problems = option_problems(cfg)
     if problems:
         raise ServeError("\n".join(problems))
-    run = Path(cfg.run).expanduser()
-    model, tokenizer = load(run, cfg.cache_dir, cfg.dtype, cfg.trust_remote_code)
-    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    name = cfg.model_name or run.resolve().name
-    return make_server(model.to(device), tokenizer, name, cfg.host, cfg.port, cfg.api_key_env, cfg.max_tokens)
+    model, tokenizer, _ = load_on_device(cfg)
+    name = cfg.model_name or Path(cfg.run).expanduser().resolve().name
+    return make_server(model, tokenizer, name, cfg.host, cfg.port, cfg.api_key_env, cfg.max_tokens)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
