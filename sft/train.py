@@ -128,10 +128,7 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
         "batch": asdict(built.plan),
         "parameters": {"trainable": trainable, "total": total},
         "strategy": type(trainer.strategy).__name__,
-        "versions": {
-            m.__name__: m.__version__ for m in (torch, L, sys.modules["transformers"], sys.modules["peft"])
-        },
-    }
+    }  # package versions, git commit and data hashes are in run_record.json
     record = to_record(typed)
     for logger in trainer.loggers:
         logger.log_hyperparams({**record, **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
