@@ -23,6 +23,7 @@ from .provenance import literal_secrets, redact
 TEMPLATES = (*BUILTIN_TEMPLATES, "auto")
 DATA_SOURCES = ("file", "hub", "builtin")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+CURRICULA = ("none", "easy_to_hard")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -145,6 +146,8 @@ class DataConfig:
     mask_history: bool = False
     packing: bool = False
     group_by_length: bool = True
+    curriculum: str = "none"
+    curriculum_stages: int = 3
     strict: bool = False
     num_proc: int = 1
     num_workers: int = 0
@@ -421,6 +424,8 @@ def _data_problems(d: DataConfig) -> list[str]:
     _check(p, d.template in TEMPLATES, "data.template", d.template, f"one of {TEMPLATES}")
     _check(p, d.mix in MIX_STRATEGIES, "data.mix", d.mix, f"one of {MIX_STRATEGIES}")
     _check(p, d.truncation in TRUNCATION, "data.truncation", d.truncation, f"one of {TRUNCATION}")
+    _check(p, d.curriculum in CURRICULA, "data.curriculum", d.curriculum, f"one of {CURRICULA}")
+    _check(p, d.curriculum_stages >= 1, "data.curriculum_stages", d.curriculum_stages, "at least 1")
     _check(
         p,
         0 <= d.val_size < 1 or d.val_size >= 1 and float(d.val_size).is_integer(),

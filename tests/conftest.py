@@ -46,6 +46,22 @@ def compose_train(out: Path, log_dir: Path, cache: Path, *overrides: str):
         )
 
 
+def compose_step(step: str, *overrides: str):
+    """Compose `conf/prepare/<step>.yaml` (a `python -m sft.prepare <step>` config) with overrides."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(f"prepare/{step}", overrides=list(overrides))
+
+
+@pytest.fixture
+def scripted():
+    """(server, base URL) of a scripted OpenAI-compatible endpoint on loopback (tests/endpoints.py)."""
+    from endpoints import serve_scripted
+
+    with serve_scripted() as served:
+        yield served
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One model cache for the session, so the tiny model is built once."""

@@ -15,8 +15,8 @@ from conftest import TINY, compose_train, run_module
 from hydra.core.global_hydra import GlobalHydra
 
 from sft.chat import eos_ids, load
+from sft.endpoint import Client, EndpointError
 from sft.eval.judge import (
-    Client,
     JudgeError,
     aggregate_pairwise,
     aggregate_single,
@@ -233,7 +233,7 @@ def test_read_rows_names_what_pairwise_needs(tmp_path):
 
 def test_client_gives_up_on_a_dead_endpoint():
     client = Client("http://127.0.0.1:9/v1", "m", retries=1, backoff=0, timeout=5)
-    with pytest.raises(JudgeError, match="127.0.0.1:9"):
+    with pytest.raises(EndpointError, match="127.0.0.1:9"):
         client.chat(MESSAGES)
 
 

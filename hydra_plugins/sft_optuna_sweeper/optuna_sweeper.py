@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sft.sweep.space import as_overrides, parse
+
+STORAGE_ATTEMPTS = 5
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +72,23 @@ class OptunaSweeper(Sweeper):
         if storage.startswith("sqlite:///"):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.storage = storage
-        return optuna.create_study(
-            study_name=self.study_name,
-            storage=storage,
-            sampler=self.sampler,
-            pruner=self.pruner,
-            directions=list(objective.directions),
-            load_if_exists=True,
-        )
+        for attempt in range(STORAGE_ATTEMPTS):
+            try:
+                return optuna.create_study(
+                    study_name=self.study_name,
+                    storage=storage,
+                    sampler=self.sampler,
+                    pruner=self.pruner,
+                    directions=list(objective.directions),
+                    load_if_exists=True,
+                )
+            except (IntegrityError, OperationalError):
+                # Workers starting together race to create the storage's tables and version stamp;
+                # the loser finds them made when it tries again.
+                if attempt == STORAGE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         """Run `n_trials` more trials of the study, `n_jobs` at a time; failures are recorded, not raised."""

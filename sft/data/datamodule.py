@@ -26,19 +26,27 @@ class EpochShuffleSampler(Sampler[int]):
 
     Each consecutive block of `group_size` indices (one effective batch, all devices together) is
     sorted longest first, so its micro-batches need little padding while every step still sees the
-    same examples as without grouping. Rank r takes every num_replicas-th index from r (the order
-    padded with its own start to a multiple, as DistributedSampler does), so each optimizer step
-    trains on the same examples on any number of devices, and each rank's share stays sorted.
+    same examples as without grouping. With `stages` (a curriculum), the shuffled order is sorted
+    stably by stage, so an epoch trains stage 0 first, shuffled within each stage. Rank r takes
+    every num_replicas-th index from r (the order padded with its own start to a multiple, as
+    DistributedSampler does), so each optimizer step trains on the same examples on any number of
+    devices, and each rank's share stays sorted.
     (Lightning's DistributedSampler would reshuffle this order: the trainer turns it off.) A resumed
     run sees the same order, since Lightning calls `set_epoch` on samplers that have it, and
     `resume_at` skips what this rank had already trained on in the interrupted epoch.
     """
 
     def __init__(
-        self, lengths: list[int], seed: int, group_size: int = 1, rank: int = 0, num_replicas: int = 1
+        self,
+        lengths: list[int],
+        seed: int,
+        group_size: int = 1,
+        rank: int = 0,
+        num_replicas: int = 1,
+        stages: list[int] | None = None,
     ):
         self.lengths, self.seed, self.group_size, self.epoch = lengths, seed, max(group_size, 1), 0
-        self.rank, self.num_replicas = rank, num_replicas
+        self.rank, self.num_replicas, self.stages = rank, num_replicas, stages
         self._resume: tuple[int, int] | None = None  # (epoch, indices of this rank to skip)
 
     def set_epoch(self, epoch: int) -> None:
@@ -52,6 +60,8 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if self.stages is not None:  # curriculum: stage by stage, shuffled within each (a stable sort)
+            order.sort(key=self.stages.__getitem__)
         grouped = [
             i
             for start in range(0, len(order), self.group_size)
@@ -66,6 +76,38 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.num_replicas)
+
+
+def curriculum_stages(scores: list[float], num_stages: int) -> list[int]:
+    """Each row's stage: rows ranked by complexity (ties in row order) and cut into equal-sized stages."""
+    ranked = sorted(range(len(scores)), key=scores.__getitem__)
+    stages = [0] * len(scores)
+    for rank, index in enumerate(ranked):
+        stages[index] = rank * num_stages // max(len(scores), 1)
+    return stages
+
+
+def pack_by_stage(
+    lengths: list[int], capacity: int, seed: int, stages: list[int] | None
+) -> tuple[list[list[int]], list[int] | None]:
+    """Packed bins, and each bin's stage: with a curriculum, rows are packed only with their own stage."""
+    if stages is None:
+        return pack(lengths, capacity, seed), None
+    bins, bin_stages = [], []
+    for stage in sorted(set(stages)):
+        members = [i for i, s in enumerate(stages) if s == stage]
+        for found in pack([lengths[i] for i in members], capacity, seed):
+            bins.append([members[j] for j in found])
+            bin_stages.append(stage)
+    return bins, bin_stages
+
+
+def describe_stages(stages: list[int], scores: list[float], packed: bool) -> str:
+    """Rows (or packed rows) per stage, for the log."""
+    unit = "packed rows" if packed else "rows"
+    counts = {stage: stages.count(stage) for stage in sorted(set(stages))}
+    spread = f"complexity {min(scores):.2f}-{max(scores):.2f}" if scores else "no rows"
+    return ", ".join(f"stage {s}: {n} {unit}" for s, n in counts.items()) + f" ({spread})"
 
 
 class ResumableLoader(DataLoader):
@@ -120,6 +162,7 @@ class SFTDataModule(L.LightningDataModule):
         self.prepared: Prepared | None = None
         self.train_set = None
         self.train_lengths: list[int] = []
+        self.train_stages: list[int] | None = None
 
     @property
     def stats(self) -> DataStats:
@@ -139,8 +182,11 @@ class SFTDataModule(L.LightningDataModule):
             self._prepare(rebuild=False)
         lengths = self.prepared.train["length"]
         rows = self.prepared.train.with_format(columns=["input_ids", "labels"])
+        stages = None
+        if self.cfg.curriculum != "none":
+            stages = curriculum_stages(self.prepared.train["complexity"], self.cfg.curriculum_stages)
         if self.cfg.packing:
-            bins = pack(lengths, self.cfg.cutoff_len, self.seed)
+            bins, stages = pack_by_stage(lengths, self.cfg.cutoff_len, self.seed, stages)
             self.stats.packed_rows = len(bins)
             self.stats.packing_efficiency = round(packing_efficiency(lengths, bins, self.cfg.cutoff_len), 4)
             log.info(
@@ -152,7 +198,10 @@ class SFTDataModule(L.LightningDataModule):
             )
             rows = PackedDataset(rows, bins, lengths)
             lengths = rows.lengths
-        self.train_set, self.train_lengths = rows, lengths
+        if stages is not None:
+            described = describe_stages(stages, self.prepared.train["complexity"], self.cfg.packing)
+            log.info("curriculum %s: %s", self.cfg.curriculum, described)
+        self.train_set, self.train_lengths, self.train_stages = rows, lengths, stages
 
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)
@@ -171,7 +220,9 @@ class SFTDataModule(L.LightningDataModule):
         return ResumableLoader(
             self.train_set,
             batch_size=self.micro_batch_size,
-            sampler=EpochShuffleSampler(self.train_lengths, self.seed, self.group_size, *self._shard()),
+            sampler=EpochShuffleSampler(
+                self.train_lengths, self.seed, self.group_size, *self._shard(), stages=self.train_stages
+            ),
             collate_fn=collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,

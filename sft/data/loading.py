@@ -1,7 +1,8 @@
 """Read each configured dataset into canonical conversations, then split and mix them.
 
 A conversation travels as one JSON string column so that rows of every format share one
-Arrow schema; `source`, `location` and `category` ride beside it for reports and statistics.
+Arrow schema; `source`, `location` and `category` ride beside it for reports and statistics, and
+`complexity` for curriculum ordering.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from datasets import Dataset, Features, Value, concatenate_datasets, interleave_
 
 from ..config import DataConfig, DatasetConfig
 from .builtin import builtin_conversations
+from .complexity import complexity
 from .formats import DataFileError, MalformedRow, read_hub, read_source, to_conversation
 from .stats import DataStats
 
 # One schema for every dataset, so rows of different formats (and all-null categories) concatenate.
-FEATURES = Features({k: Value("string") for k in ("conversation", "source", "location", "category")})
+FEATURES = Features(
+    {
+        **{k: Value("string") for k in ("conversation", "source", "location", "category")},
+        "complexity": Value("float32"),
+    }
+)
 
 
 class DataError(ValueError):
@@ -97,6 +104,7 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
                     "source": name,
                     "location": location,
                     "category": conversation.get("category"),
+                    "complexity": _complexity(row, conversation),
                 }
             )
     except DataFileError as err:  # the rest of the file cannot be read: never train on a silent prefix
@@ -113,6 +121,14 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
             with_problems(f"dataset {name!r}: none of its {counts.rows} rows is usable", problems)
         )
     return records
+
+
+def _complexity(row: object, conversation: dict) -> float:
+    """A row's own `complexity` (`sft.prepare balance` writes one), else the estimate for its conversation."""
+    given = row.get("complexity") if isinstance(row, dict) else None
+    if isinstance(given, (int, float)) and not isinstance(given, bool):
+        return float(given)
+    return complexity(conversation)
 
 
 def val_counts(sizes: dict[str, int], val_size: float) -> dict[str, int]:

@@ -32,6 +32,7 @@ disable_progress_bars()  # the counts are logged once per dataset instead
 
 _CODE = (
     "builtin.py",
+    "complexity.py",
     "formats.py",
     "loading.py",
     "preprocess.py",

@@ -1,4 +1,4 @@
-"""Batched greedy answers to single-turn prompts, rendered with the model's own chat template."""
+"""Batched answers to chat prompts, rendered with the model's own chat template (greedy or sampled)."""
 
 from __future__ import annotations
 
@@ -12,29 +12,40 @@ def _stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def _messages(prompt: str | list[dict], system: str | None) -> list[dict]:
+    """A message list as given, or a text prompt as one user turn after the optional system prompt."""
+    if not isinstance(prompt, str):
+        return prompt
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
 @torch.no_grad()
 def generate(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list[str] | list[list[dict]],
     max_new_tokens: int = 256,
     batch_size: int = 8,
     system: str | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> list[str]:
-    """Greedy completions of each prompt as a one-turn chat (left-padded batches, stopped at end of turn)."""
+    """Replies to each prompt (one-turn text or a message list), greedy at temperature 0, left-padded batches.
+
+    Generation stops at the end of the assistant turn; `system` is prepended to text prompts only.
+    """
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only: pad where nothing follows
     device = next(model.parameters()).device
     answers: list[str] = []
+    greedy = {"do_sample": False}
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else greedy
     try:
         for start in range(0, len(prompts), batch_size):
             texts = [
                 tokenizer.apply_chat_template(
-                    ([{"role": "system", "content": system}] if system else [])
-                    + [{"role": "user", "content": prompt}],
-                    tokenize=False,
-                    add_generation_prompt=True,
+                    _messages(prompt, system), tokenize=False, add_generation_prompt=True
                 )
                 for prompt in prompts[start : start + batch_size]
             ]
@@ -42,7 +53,7 @@ def generate(
             out = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **sampling,
                 eos_token_id=_stop_ids(tokenizer),
                 pad_token_id=tokenizer.pad_token_id,
             )

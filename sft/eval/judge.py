@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,10 +27,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ..endpoint import Client, EndpointError
 from ..provenance import write_json
 
+
+class JudgeError(EndpointError):
+    """A judge setting or generations file that cannot be used; the message names it."""
+
+
 MODES = ("single", "pairwise")
-RETRY_STATUS = (429, 500, 502, 503, 504)
 
 SINGLE_SYSTEM = "You are a helpful assistant."
 SINGLE_PROMPT = (
@@ -65,72 +66,6 @@ PAIR_PROMPT = (
 )
 RATING = re.compile(r"Rating:\s*\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
-
-
-class JudgeError(ValueError):
-    """A judge setting, generations file or endpoint that cannot be used; the message names it."""
-
-
-class Client:
-    """A minimal OpenAI-compatible chat client: bearer key from an env var, timeout, retries with backoff."""
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 120.0,
-        retries: int = 3,
-        backoff: float = 1.0,
-        max_tokens: int = 512,
-        temperature: float = 0.0,
-    ) -> None:
-        self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.max_tokens, self.temperature = max_tokens, temperature
-
-    def headers(self) -> dict:
-        """JSON content type, and the bearer key when its env var is set (read per request, never stored)."""
-        key = os.environ.get(self.api_key_env)
-        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-
-    def request(self, path: str, payload: dict | None = None) -> dict:
-        """GET (no payload) or POST JSON to `base_url + path`, retrying 429/5xx and connection errors."""
-        data = None if payload is None else json.dumps(payload).encode()
-        for attempt in range(self.retries + 1):
-            req = urllib.request.Request(self.base_url + path, data=data, headers=self.headers())
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode(errors="replace")[:500]
-                if err.code not in RETRY_STATUS or attempt == self.retries:
-                    raise JudgeError(f"{self.base_url + path}: HTTP {err.code}: {detail}") from err
-                failure = f"HTTP {err.code}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-                if attempt == self.retries:
-                    raise JudgeError(f"{self.base_url + path}: {err}") from err
-                failure = str(err)
-            delay = self.backoff * 2**attempt
-            print(f"judge: {failure}; retrying in {delay:.1f}s", file=sys.stderr)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def models(self) -> list[str]:
-        """Model ids the endpoint lists."""
-        return [m["id"] for m in self.request("/models").get("data", [])]
-
-    def chat(self, messages: list[dict]) -> str:
-        """The judge's reply text to `messages`."""
-        payload = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens}
-        payload["temperature"] = self.temperature
-        body = self.request("/chat/completions", payload)
-        try:
-            return body["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as err:
-            raise JudgeError(
-                f"{self.base_url}/chat/completions: unexpected response {str(body)[:300]}"
-            ) from err
 
 
 def parse_rating(reply: str) -> float | None:
@@ -295,7 +230,7 @@ def judge_rows(client: Client, rows: list[dict], mode: str, concurrency: int = 4
     def safe(row: dict) -> dict:
         try:
             return judge_one(client, row)
-        except JudgeError as err:  # one failing row must not lose the others' (paid-for) judgements
+        except EndpointError as err:  # one failing row must not lose the others' (paid-for) judgements
             empty = {"winner": None} if mode == "pairwise" else {"rating": None}
             return {"id": row.get("id"), **empty, "error": str(err)}
 
@@ -354,7 +289,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         judge(cfg)
-    except JudgeError as err:
+    except EndpointError as err:
         print(err, file=sys.stderr)
         sys.exit(2)
 

@@ -1,0 +1,47 @@
+"""`python -m sft.prepare <step> key=value ...`: one Hydra-configured data preparation step.
+
+Each step's settings live in conf/prepare/<step>.yaml; `python -m sft.prepare report <file>` takes the
+file as its first argument.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ..endpoint import EndpointError
+from .rows import PrepareError
+from .steps import STEPS
+
+USAGE = (
+    "usage: python -m sft.prepare {"
+    + ",".join(STEPS)
+    + "} key=value ... (settings: conf/prepare/<step>.yaml)"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch to the step named first; a bad setting, input or endpoint exits 2 with its message."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in STEPS:
+        print(USAGE if not args else f"unknown step {args[0]!r}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    step, rest = args[0], args[1:]
+    if rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest[0] = f"input={rest[0]}"  # `report <file>`, `dedup <file> output=...`
+
+    def run(cfg: DictConfig) -> None:
+        try:
+            STEPS[step](cfg)
+        except (PrepareError, EndpointError) as err:
+            print(f"{step}: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [sys.argv[0], *rest]
+    hydra.main(version_base="1.3", config_path="../../conf", config_name=f"prepare/{step}")(run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Where the preparation steps get model text: an OpenAI-compatible endpoint or a local transformers model.
+
+Both take a list of chat prompts and return one reply per prompt, or the error that request ended in, so
+one failed request never loses the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ModelConfig
+from ..endpoint import Client, EndpointError
+from .rows import PrepareError
+
+KINDS = ("endpoint", "local")
+
+
+class EndpointBackend:
+    """Chat completions from a URL, `concurrency` requests in flight, each retried with backoff."""
+
+    def __init__(self, cfg: DictConfig):
+        self.client = Client(
+            cfg.url,
+            cfg.model,
+            cfg.api_key_env,
+            cfg.timeout,
+            cfg.retries,
+            cfg.backoff,
+            cfg.max_tokens,
+            cfg.temperature,
+        )
+        self.concurrency = cfg.concurrency
+        self.batch_size = cfg.concurrency
+        if not self.client.model:
+            models = self.client.models()
+            if not models:
+                raise PrepareError(f"backend.model: not set and {cfg.url}/models lists none")
+            self.client.model = models[0]
+        self.name = f"{self.client.model} at {self.client.base_url}"
+
+    def complete(self, prompts: list[list[dict]], **sampling) -> list[str | Exception]:
+        """One reply (or its EndpointError) per prompt, in order."""
+
+        def one(messages: list[dict]) -> str | Exception:
+            try:
+                return self.client.chat(messages, **sampling)
+            except EndpointError as err:
+                return err
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(one, prompts))
+
+
+class LocalBackend:
+    """Sampled replies from a transformers model (the embedded SmolLM2 by default), in batches."""
+
+    def __init__(self, cfg: DictConfig):
+        import torch  # only a local model needs torch and transformers loaded
+
+        from ..model import load_model, load_tokenizer
+
+        model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+        self.tokenizer = load_tokenizer(model_cfg, cfg.cache_dir)
+        device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(model_cfg, cfg.cache_dir).to(device).eval()
+        self.batch_size, self.max_tokens = cfg.batch_size, cfg.max_tokens
+        self.temperature, self.top_p = cfg.temperature, cfg.top_p
+        self.name = f"{model_cfg.name_or_path or 'random tiny model'} on {device}"
+        if cfg.seed is not None:
+            torch.manual_seed(cfg.seed)
+
+    def complete(self, prompts: list[list[dict]], **sampling) -> list[str | Exception]:
+        """One sampled reply per prompt, in order."""
+        from ..eval.generate import generate
+
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=sampling.get("max_tokens", self.max_tokens),
+            batch_size=self.batch_size,
+            temperature=sampling.get("temperature", self.temperature),
+            top_p=sampling.get("top_p", self.top_p),
+        )
+
+
+def option_problems(cfg: DictConfig) -> list[str]:
+    """Backend settings that cannot work, each named with its key."""
+    problems = []
+    if cfg.kind not in KINDS:
+        problems.append(f"backend.kind={cfg.kind!r}: one of {', '.join(KINDS)} (backend=endpoint|local)")
+    if cfg.kind == "endpoint" and not str(cfg.get("url") or "").startswith(("http://", "https://")):
+        problems.append(f"backend.url={cfg.get('url')!r}: an http(s) URL up to and including /v1")
+    for key in ("max_tokens", "concurrency", "batch_size"):
+        if key in cfg and not cfg[key] >= 1:
+            problems.append(f"backend.{key}={cfg[key]}: a positive integer")
+    if not cfg.temperature >= 0:
+        problems.append(f"backend.temperature={cfg.temperature}: 0 (greedy) or a positive number")
+    return problems
+
+
+def open_backend(cfg: DictConfig) -> EndpointBackend | LocalBackend:
+    """The backend `cfg` describes, checked first."""
+    if problems := option_problems(cfg):
+        raise PrepareError("\n".join(problems))
+    backend = EndpointBackend(cfg) if cfg.kind == "endpoint" else LocalBackend(cfg)
+    print(f"backend: {backend.name}", file=sys.stderr)
+    return backend
