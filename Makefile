@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test bench lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# sft.train against TRL's SFTTrainer, same model/LoRA/data/steps, one session (TRL: the bench extra).
+bench: setup
+	$(PY) -m sft.bench $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check sft tests

@@ -211,6 +211,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     deterministic: bool = False
     max_nonfinite_steps: int = 5
+    trained_logits_only: bool = True
 
 
 @dataclass

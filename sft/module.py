@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from transformers import get_scheduler
 
 from .config import SchedulerConfig
-from .loss import token_loss
+from .loss import split_head, token_loss, trained_token_loss
 from .resilience import NonFiniteGuard
 from .strategy import (
     at_step_boundary,
@@ -40,9 +40,12 @@ class SFTModule(L.LightningModule):
         scheduler: SchedulerConfig,
         gradient_clip_val: float | None = None,
         max_nonfinite_steps: int = 5,
+        trained_logits_only: bool = True,
     ):
         super().__init__()
         self.model = model
+        self.trained_logits_only = trained_logits_only
+        self._head: tuple | None | bool = False  # (decoder, head) once known; None: full logits
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.gradient_clip_val = gradient_clip_val
         self.guard = NonFiniteGuard(max_nonfinite_steps)
@@ -73,9 +76,19 @@ class SFTModule(L.LightningModule):
             use_cache=False,  # a cache would also stop transformers from building the packed-sample mask
         ).logits
 
+    def token_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed loss, trained tokens, correct predictions); the head runs on trained positions only
+        when `trained_logits_only` and the model allows it (not under FSDP, whose root unit must run)."""
+        if self._head is False:
+            sharded = type(self.model).__name__ == "FullyShardedDataParallel"
+            self._head = split_head(self.model) if self.trained_logits_only and not sharded else None
+        if self._head is None:
+            return token_loss(self(batch), batch["labels"])
+        return trained_token_loss(*self._head, batch)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Summed loss of one micro-batch (Lightning divides by the accumulation count)."""
-        loss_sum, n_tokens, _ = token_loss(self(batch), batch["labels"])
+        loss_sum, n_tokens, _ = self.token_loss(batch)
         self._window = self._window.to(loss_sum.device) + torch.stack([loss_sum.detach(), n_tokens.float()])
         self.tokens_seen = self.tokens_seen.to(n_tokens.device) + batch["num_tokens"]
         self.slots_seen = self.slots_seen.to(n_tokens.device) + batch["input_ids"].numel()
@@ -107,7 +120,7 @@ class SFTModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Accumulate summed loss, token count and correct predictions."""
-        loss_sum, n_tokens, correct = token_loss(self(batch), batch["labels"])
+        loss_sum, n_tokens, correct = self.token_loss(batch)
         self._val = self._val.to(loss_sum.device) + torch.stack([loss_sum, n_tokens.float(), correct.float()])
 
     def on_validation_epoch_start(self) -> None:

@@ -122,6 +122,7 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
         typed.scheduler,
         typed.trainer.gradient_clip_val,
         typed.trainer.max_nonfinite_steps,
+        typed.trainer.trained_logits_only,
     )
 
     run_info = {

@@ -7,10 +7,10 @@ from conftest import CONF, run_module
 
 from sft.config import ConfigError, accumulation_steps, validate
 
-# experiment/ and sweep/ hold multirun grids and search spaces, composed in test_sweep.py.
-GROUPS = sorted(
-    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "local", "experiment", "sweep"}
-)
+# experiment/ and sweep/ hold multirun grids and search spaces, composed in test_sweep.py; prepare/ and
+# backend/ configure `python -m sft.prepare`, composed in test_prepare_steps.py.
+NOT_TRAIN = {"hydra", "local", "experiment", "sweep", "prepare", "backend"}
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in NOT_TRAIN)
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).rglob("*.yaml"))]
 
 

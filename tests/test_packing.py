@@ -19,7 +19,7 @@ from transformers.modeling_flash_attention_utils import (
 from sft.data.collate import PackedCollator, PadCollator
 from sft.data.packing import PackedDataset, pack, packing_efficiency
 from sft.data.tokenize import IGNORE_INDEX
-from sft.loss import token_loss
+from sft.loss import split_head, token_loss, trained_token_loss
 
 VOCAB = 64
 EOS = PAD = 1  # pad == eos, as with many tokenizers: padding must still never be a target
@@ -331,3 +331,35 @@ def test_packed_collator_pads_with_its_own_position_run_and_no_mask():
     # Each sample's own labels survive except the first, which the loss never targets anyway.
     trained = sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in examples)
     assert int((batch["labels"] != IGNORE_INDEX).sum()) == trained
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_head_on_trained_positions_gives_the_same_loss_and_gradients(packed):
+    """trained_token_loss (head on kept positions only) equals token_loss on full logits, under LoRA."""
+    model = lora_model("sdpa")
+    examples = make_examples(LENGTHS)
+    batch = packed_batch(examples, BINS) if packed else PadCollator(PAD)(examples)
+    head = split_head(model)
+    assert head is not None and head[1] is model.get_base_model().lm_head
+    results = []
+    for loss_fn in (
+        lambda: token_loss(forward(model, batch), batch["labels"]),
+        lambda: trained_token_loss(*head, batch),
+    ):
+        model.zero_grad()
+        loss, count, correct = loss_fn()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), int(count), int(correct), grads))
+    (full, n_full, c_full, g_full), (fast, n_fast, c_fast, g_fast) = results
+    assert (n_full, c_full) == (n_fast, c_fast)
+    torch.testing.assert_close(full, fast, atol=1e-5, rtol=1e-6)
+    for name in g_full:
+        torch.testing.assert_close(g_full[name], g_fast[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_heads_of_unknown_families_are_not_split():
+    """A family whose logits are more than head(decoder) (e.g. soft-capped) keeps the full-logits path."""
+    model = lora_model("sdpa")
+    model.get_base_model().config.model_type = "gemma2"
+    assert split_head(model) is None

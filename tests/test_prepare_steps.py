@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA, TINY, compose_step, run_module
+from omegaconf import OmegaConf
 
 from sft.config import validate
 from sft.prepare.rows import PrepareError, intact_lines
@@ -21,6 +22,21 @@ ALPACA = SHARED_DATA / "alpaca_en_demo.json"
 def stats_of(output) -> dict:
     """The counts and problems a step wrote beside its output."""
     return json.loads(output.with_name(output.name + ".stats.json").read_text())
+
+
+MODEL_STEPS = ("generate", "score", "augment")  # the steps that can call a model backend
+
+
+@pytest.mark.parametrize(
+    ("step", "backend"),
+    [(s, b) for s in sorted(STEPS) for b in (("local", "endpoint") if s in MODEL_STEPS else (None,))],
+)
+def test_every_step_config_composes(step, backend):
+    cfg = compose_step(step, *([f"backend={backend}"] if backend else []))
+    assert OmegaConf.is_missing(cfg, "seeds" if step == "generate" else "input")
+    assert ("backend" in cfg) == (backend is not None)
+    if backend:
+        assert cfg.backend.kind == backend
 
 
 def test_cli_names_the_steps_and_the_missing_settings(tmp_path):

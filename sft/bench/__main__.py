@@ -1,0 +1,221 @@
+"""`python -m sft.bench` (make bench): run every configured trainer, then print and save the comparison.
+
+Each run trains the same model with the same LoRA on the same rows for the same optimizer steps, in its
+own process (`sft.bench.worker`), so peak memory is its own. Throughput counts only the steps after the
+warm-up. The machine's fp32 and bf16 matmul peaks are measured in the same session, and model-FLOPs
+utilisation (MFU) is each run's model FLOPs per second over the peak of the dtype it trained in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from ..config import ModelConfig
+from ..model import load_tokenizer, resolve_source
+from .clock import rates
+from .flops import flops_per_token, matmul_peak, mean_context
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def row_lengths(model_dir: str, data: Path, cutoff: int) -> list[int]:
+    """Token lengths of the rows as one-exchange chats under the model's template, cut at `cutoff`."""
+    from transformers import AutoTokenizer
+
+    from .worker import alpaca_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = []
+    for row in json.loads(data.read_text()):
+        chat = [
+            {"role": "user", "content": alpaca_prompt(row)},
+            {"role": "assistant", "content": row["output"]},
+        ]
+        lengths.append(
+            min(len(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)), cutoff)
+        )
+    return lengths
+
+
+def run_one(name: str, spec: dict, out: Path, timeout: int) -> dict:
+    """One worker process; its result, or its error and log tail."""
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {**spec, "out_dir": str(run_dir), "result": str(run_dir / "result.json")}
+    (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    with open(run_dir / "log.txt", "w") as log:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "sft.bench.worker", str(run_dir / "spec.json")],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            )
+            failed = done.returncode != 0
+        except subprocess.TimeoutExpired:
+            failed = True
+    if failed or not (run_dir / "result.json").exists():
+        tail = (run_dir / "log.txt").read_text()[-2000:]
+        return {"error": tail}
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def summarise(result: dict, warmup: int, context: float, peak_gflops: float) -> dict:
+    """The table's numbers for one run."""
+    if "error" in result:
+        return {"error": result["error"].strip().splitlines()[-1][:200]}
+    timed = rates(result["steps"], warmup)
+    per_token = flops_per_token(
+        result["frozen_matmul"], result["trainable"], result["layers"], result["width"], context
+    )
+    return {
+        **timed,
+        "peak_rss_gb": result["peak_rss_gb"],
+        "peak_cuda_gb": result.get("peak_cuda_gb"),
+        "prep_seconds": result["prep_seconds"],
+        "prep_cached_seconds": result.get("prep_cached_seconds"),
+        "flops_per_token": per_token,
+        "mfu": timed["tokens_per_sec"] * per_token / (peak_gflops * 1e9),
+        "settings": result.get("settings"),
+    }
+
+
+COLUMNS = (
+    "run",
+    "non-padding tokens/s",
+    "trained tokens/s",
+    "padding",
+    "peak RSS GB",
+    "timed s",
+    "final loss",
+    "MFU",
+    "data prep s",
+    "ours / it",
+)
+
+
+def cells(rows: dict[str, dict], ours: str) -> list[list[str]]:
+    """One row of text cells per run: its numbers and the ratio of `ours` to it (tokens/s)."""
+    mine = rows.get(ours, {}).get("tokens_per_sec")
+    lines = []
+    for name, r in rows.items():
+        if "error" in r:
+            lines.append([name, f"failed: see {name}/log.txt", *[""] * (len(COLUMNS) - 2)])
+            continue
+        cached = r.get("prep_cached_seconds")
+        lines.append(
+            [
+                name,
+                f"{r['tokens_per_sec']:.1f}",
+                f"{r['trained_tokens_per_sec']:.1f}",
+                f"{r['padding_fraction']:.1%}",
+                f"{r['peak_rss_gb']:.2f}",
+                f"{r['seconds']:.1f}",
+                "" if r["loss"] is None else f"{r['loss']:.3f}",
+                f"{r['mfu']:.1%}",
+                f"{r['prep_seconds']:.2f}" + ("" if cached is None else f" ({cached:.2f} cached)"),
+                "" if name == ours or mine is None else f"{mine / r['tokens_per_sec']:.2f}x",
+            ]
+        )
+    return lines
+
+
+def table(rows: dict[str, dict], ours: str) -> Table:
+    """The comparison for the terminal."""
+    out = Table(title="sft.train vs TRL SFTTrainer (timed steps only)")
+    for c in COLUMNS:
+        out.add_column(c, justify="left" if c == "run" else "right")
+    for line in cells(rows, ours):
+        out.add_row(*line)
+    return out
+
+
+def markdown(rows: dict[str, dict], ours: str) -> str:
+    """The comparison as a Markdown table (for BENCHMARKS.md)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells(rows, ours)])
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    """Measure the peaks, run every configured trainer, print the table, save results.json and table.md."""
+    out = Path(HydraConfig.get().runtime.output_dir)
+    data = Path(cfg.data) if Path(cfg.data).is_absolute() else (ROOT / cfg.data).resolve()
+    if not data.is_file():
+        sys.exit(f"data={cfg.data}: no such file ({data})")
+    model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    load_tokenizer(model_cfg, cfg.cache_dir)  # converts or builds the model once, outside every timing
+    model_dir = resolve_source(model_cfg, cfg.cache_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {
+        "fp32_gflops": matmul_peak(torch.float32, device=device),
+        "bf16_gflops": matmul_peak(torch.bfloat16, device=device),
+    }
+    # A CPU may list bf16 instructions yet multiply faster in fp32: the measurement decides.
+    bf16 = peaks["bf16_gflops"] > peaks["fp32_gflops"] if cfg.bf16 == "auto" else bool(cfg.bf16)
+    context = mean_context(row_lengths(model_dir, data, cfg.cutoff))
+    common = {
+        "model_dir": model_dir,
+        "data": str(data),
+        "steps": cfg.steps,
+        "cutoff": cfg.cutoff,
+        "effective_batch": cfg.effective_batch,
+        "rank": cfg.rank,
+        "alpha": cfg.alpha,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "bf16": bf16,
+        "cache_dir": cfg.cache_dir,
+    }
+    results, rows = {}, {}
+    peak = peaks["bf16_gflops" if bf16 else "fp32_gflops"]
+    for name, run in cfg.runs.items():
+        results[name] = run_one(
+            name, {**common, **OmegaConf.to_container(run, resolve=True)}, out, cfg.timeout
+        )
+        rows[name] = summarise(results[name], cfg.warmup, context, peak)
+    machine = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "bf16": bf16,
+        **peaks,
+        "mean_attention_context": context,
+    }
+    (out / "results.json").write_text(
+        json.dumps(
+            {"machine": machine, "config": OmegaConf.to_container(cfg), "runs": rows, "raw": results},
+            indent=1,
+            default=str,
+        )
+    )
+    (out / "table.md").write_text(markdown(rows, cfg.ours) + "\n")
+    console = Console()
+    console.print(table(rows, cfg.ours))
+    console.print(
+        f"matmul peak: fp32 {peaks['fp32_gflops']:.0f} GFLOP/s, bf16 {peaks['bf16_gflops']:.0f} GFLOP/s "
+        f"(trained in {'bf16' if bf16 else 'fp32'}); mean attention context {context:.0f} tokens"
+    )
+    console.print(f"written: {out / 'results.json'}, {out / 'table.md'}")
+
+
+if __name__ == "__main__":
+    main()
