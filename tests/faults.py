@@ -18,6 +18,9 @@ def trainable(pl_module) -> dict[str, torch.Tensor]:
 class InjectNaN(Callback):
     """Turns every logit NaN during the optimizer steps listed in `steps` (as a diverging model would).
 
+    The output head is hooked, so the poison reaches the loss whether logits are computed for every
+    position or only for trained ones.
+
     The trainable weights at the start of each step are recorded in `InjectNaN.weights` (step -> weights),
     so a test can check that a poisoned step changed nothing.
     """
@@ -33,11 +36,8 @@ class InjectNaN(Callback):
         """Record the weights once per step; poison the forward pass during the listed steps."""
         InjectNaN.weights.setdefault(trainer.global_step, trainable(pl_module))
         if trainer.global_step in self.steps and self._hook is None:
-            self._hook = pl_module.model.register_forward_hook(
-                lambda module, args, output: output.__class__(
-                    **{**output, "logits": output.logits * torch.nan}
-                )
-            )
+            head = pl_module.model.get_base_model().get_output_embeddings()
+            self._hook = head.register_forward_hook(lambda module, args, output: output * torch.nan)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Stop poisoning once the step is over."""

@@ -155,9 +155,9 @@ def markdown(rows: dict[str, dict], ours: str) -> str:
 def main(cfg: DictConfig) -> None:
     """Measure the peaks, run every configured trainer, print the table, save results.json and table.md."""
     out = Path(HydraConfig.get().runtime.output_dir)
-    data = Path(cfg.data) if Path(cfg.data).is_absolute() else (ROOT / cfg.data).resolve()
+    data = Path(cfg.data_file) if Path(cfg.data_file).is_absolute() else (ROOT / cfg.data_file).resolve()
     if not data.is_file():
-        sys.exit(f"data={cfg.data}: no such file ({data})")
+        sys.exit(f"data_file={cfg.data_file}: no such file ({data})")
     model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     load_tokenizer(model_cfg, cfg.cache_dir)  # converts or builds the model once, outside every timing
     model_dir = resolve_source(model_cfg, cfg.cache_dir)
@@ -215,6 +215,8 @@ def main(cfg: DictConfig) -> None:
         f"(trained in {'bf16' if bf16 else 'fp32'}); mean attention context {context:.0f} tokens"
     )
     console.print(f"written: {out / 'results.json'}, {out / 'table.md'}")
+    if failed := [name for name, r in rows.items() if "error" in r]:
+        sys.exit(f"failed: {', '.join(failed)} (logs in {out})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""`python -m sft.bench`: the arithmetic of rates and MFU, and one tiny end-to-end comparison with TRL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import SHARED_DATA, run_module
+
+from sft.bench.__main__ import cells, markdown
+from sft.bench.clock import rates
+from sft.bench.flops import flops_per_token, matmul_peak, mean_context, parameter_counts
+
+
+def steps(times, tokens, trained, slots):
+    """Cumulative step records as the clocks write them."""
+    return [
+        {"start": 0.0, "time": t, "tokens": a, "trained": b, "slots": c, "loss": 2.0 - i / 10}
+        for i, (t, a, b, c) in enumerate(zip(times, tokens, trained, slots, strict=True))
+    ]
+
+
+def test_rates_leave_out_the_warm_up_steps():
+    records = steps(
+        [10.0, 12.0, 14.0, 16.0], [100, 300, 500, 700], [50, 150, 250, 350], [200, 500, 800, 1100]
+    )
+    timed = rates(records, warmup=1)
+    assert timed["timed_steps"] == 3 and timed["seconds"] == pytest.approx(6.0)
+    assert timed["tokens_per_sec"] == pytest.approx(600 / 6)
+    assert timed["trained_tokens_per_sec"] == pytest.approx(300 / 6)
+    assert timed["padding_fraction"] == pytest.approx(1 - 600 / 900)
+    assert timed["loss"] == pytest.approx(1.7)
+    assert rates(records, warmup=0)["tokens_per_sec"] == pytest.approx(700 / 16)
+    with pytest.raises(ValueError, match="not more than the 4 warm-up steps"):
+        rates(records, warmup=4)
+
+
+def test_flops_per_token_counts_frozen_trainable_and_attention():
+    assert mean_context([1]) == 1 and mean_context([3]) == pytest.approx((1 + 2 + 3) / 3)
+    assert mean_context([3, 1]) == pytest.approx((6 + 1) / 4)
+    # 4 per frozen weight, 6 per trainable one, 12 * layers * width per attended position.
+    assert flops_per_token(1000, 10, 2, 8, 5.0) == 4000 + 60 + 12 * 2 * 8 * 5.0
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].weight.requires_grad_(False)
+    model.config = type("Config", (), {"num_hidden_layers": 2, "hidden_size": 4})()
+    assert parameter_counts(model) == {"frozen_matmul": 12, "trainable": 3 + 6 + 2, "layers": 2, "width": 4}
+    assert matmul_peak(torch.float32, n=128, seconds=0.05) > 0
+
+
+def test_table_cells_show_ratios_and_failures():
+    row = {
+        "tokens_per_sec": 100.0,
+        "trained_tokens_per_sec": 50.0,
+        "padding_fraction": 0.25,
+        "peak_rss_gb": 1.5,
+        "seconds": 20.0,
+        "loss": 1.234,
+        "mfu": 0.3,
+        "prep_seconds": 2.0,
+        "prep_cached_seconds": None,
+    }
+    rows = {
+        "trl": row,
+        "sft": {**row, "tokens_per_sec": 250.0, "prep_cached_seconds": 0.01},
+        "bad": {"error": "x"},
+    }
+    lines = {line[0]: line for line in cells(rows, "sft")}
+    assert lines["trl"][-1] == "2.50x" and lines["sft"][-1] == ""
+    assert lines["sft"][8] == "2.00 (0.01 cached)" and lines["bad"][1] == "failed: see bad/log.txt"
+    assert (
+        markdown(rows, "sft")
+        .splitlines()[2]
+        .startswith("| trl | 100.0 | 50.0 | 25.0% | 1.50 | 20.0 | 1.234 |")
+    )
+
+
+def test_tiny_comparison_runs_both_trainers_end_to_end(tmp_path, cache_dir):
+    """TRL (the bench extra) and sft.train on a random tiny model, two steps each: the table is complete."""
+    pytest.importorskip("trl", reason="the bench extra (pip install -e '.[bench]') is not installed")
+    done = run_module(
+        "sft.bench",
+        "model=tiny",
+        "steps=2",
+        "warmup=1",
+        "cutoff=128",
+        "effective_batch=2",
+        f"cache_dir={cache_dir}",
+        f"hydra.run.dir={tmp_path}",
+        "~runs.trl_packed_no_gc",
+        f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["runs"]) == {"trl_default", "sft"}
+    for name, run in results["runs"].items():
+        assert run["timed_steps"] == 1 and run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1, name
+    assert results["runs"]["trl_default"]["settings"]["gradient_checkpointing"] is True  # TRL's own default
+    assert results["runs"]["sft"]["prep_cached_seconds"] < results["runs"]["sft"]["prep_seconds"]
+    assert results["machine"]["fp32_gflops"] > 0
+    assert "| sft |" in (tmp_path / "table.md").read_text()
