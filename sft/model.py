@@ -65,18 +65,22 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_random_model(spec: dict, target: Path) -> Path:
-    """Create (once) a randomly initialised Llama model with the byte tokenizer at `target`."""
+    """Create (once) a randomly initialised Llama model with the byte tokenizer at `target`.
+
+    `vocab_size` may exceed the tokenizer's (the extra ids are never produced by it), so a model with a
+    real architecture's shape, output head included, can be benchmarked without downloading anything.
+    """
 
     def build(tmp: Path) -> None:
         params = dict(spec)
         seed = params.pop("seed", 0)
         tokenizer = byte_tokenizer()
+        params["vocab_size"] = max(params.get("vocab_size", 0), len(tokenizer))
+        params.setdefault("tie_word_embeddings", False)
         config = LlamaConfig(
-            vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
-            tie_word_embeddings=False,
             **params,
         )
         with torch.random.fork_rng():  # the run's own seeded RNG stream must not depend on the cache

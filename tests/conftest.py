@@ -90,4 +90,5 @@ TINY = [
     "data.cutoff_len=256",
     "probe.enabled=false",
     "preset=conservative",
+    "trainer.micro_batch_size=4",  # the tests' batch arithmetic (accumulation 2 of effective 8)
 ]

@@ -121,7 +121,6 @@ def run_sft(spec: dict) -> dict:
         "lora.target=all",
         f"trainer.max_steps={spec['steps']}",
         f"trainer.effective_batch_size={spec['effective_batch']}",
-        f"trainer.micro_batch_size={min(spec['effective_batch'], 4)}",  # the framework default, or less
         f"trainer.precision={'bf16-mixed' if spec['bf16'] else '32-true'}",
         f"trainer.eval_steps={spec['steps'] * 10}",
         "trainer.limit_val_batches=2",

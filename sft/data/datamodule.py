@@ -18,6 +18,8 @@ from .stats import DataStats
 from .templates import Template
 
 log = logging.getLogger(__name__)
+# Page-locked batches copy to a GPU asynchronously; on a CPU-only machine pinning only costs.
+PIN_MEMORY = torch.cuda.is_available()
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -226,6 +228,7 @@ class SFTDataModule(L.LightningDataModule):
             collate_fn=collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=PIN_MEMORY,
             position=self._batches_trained,
         )
 
@@ -248,4 +251,5 @@ class SFTDataModule(L.LightningDataModule):
             collate_fn=PadCollator(self.pad_id),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=PIN_MEMORY,
         )
