@@ -182,11 +182,13 @@ class SFTDataModule(L.LightningDataModule):
             return
         if self.prepared is None:  # built by local rank 0 in prepare_data; here it is only read
             self._prepare(rebuild=False)
-        lengths = self.prepared.train["length"]
+        # Plain lists, read once: the sampler indexes lengths row by row, slow on a datasets Column.
+        columns = self.prepared.train.select_columns(["length", "complexity"])[:]
+        lengths = columns["length"]
         rows = self.prepared.train.with_format(columns=["input_ids", "labels"])
         stages = None
         if self.cfg.curriculum != "none":
-            stages = curriculum_stages(self.prepared.train["complexity"], self.cfg.curriculum_stages)
+            stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
         if self.cfg.packing:
             bins, stages = pack_by_stage(lengths, self.cfg.cutoff_len, self.seed, stages)
             self.stats.packed_rows = len(bins)
@@ -201,7 +203,7 @@ class SFTDataModule(L.LightningDataModule):
             rows = PackedDataset(rows, bins, lengths)
             lengths = rows.lengths
         if stages is not None:
-            described = describe_stages(stages, self.prepared.train["complexity"], self.cfg.packing)
+            described = describe_stages(stages, columns["complexity"], self.cfg.packing)
             log.info("curriculum %s: %s", self.cfg.curriculum, described)
         self.train_set, self.train_lengths, self.train_stages = rows, lengths, stages
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,8 +128,10 @@ def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats) 
         return ds
     ds = ds.map(encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None)
     keep = []
+    # One read of the three columns: iterating a datasets Column formats every row on its own.
+    columns = ds.select_columns(["status", "source", "location"])[:]
     for i, (status, source, location) in enumerate(
-        zip(ds["status"], ds["source"], ds["location"], strict=True)
+        zip(columns["status"], columns["source"], columns["location"], strict=True)
     ):
         stats.count_status(source, status)
         if status in KEPT:
@@ -164,10 +167,12 @@ def build(cfg: DataConfig, tokenizer, template: Template, seed: int) -> Prepared
     if not len(train):
         raise DataError(with_problems("no training examples left after tokenization", stats.problems))
     val = concatenate_datasets(val_parts) if val_parts else Dataset.from_dict({})
+    columns = train.select_columns(["source", "length", "trained", "category"])[:]
+    per_source = Counter(columns["source"])
     for name, d in stats.datasets.items():
-        d.train = sum(1 for s in train["source"] if s == name)
+        d.train = per_source[name]
     stats.train, stats.val = len(train), len(val)
-    stats.describe_lengths(train["length"], train["trained"], train["category"])
+    stats.describe_lengths(columns["length"], columns["trained"], columns["category"])
     return Prepared(train, val, stats)
 
 

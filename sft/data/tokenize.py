@@ -39,7 +39,8 @@ def trained_spans(
         if message["role"] != "assistant":
             continue
         prompt = render(tokenizer, template, messages[:i], tools, add_generation_prompt=True)
-        upto = render(tokenizer, template, messages[: i + 1], tools)
+        # The prefix through the last message is the whole conversation, already rendered.
+        upto = text if i + 1 == len(messages) else render(tokenizer, template, messages[: i + 1], tools)
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise TemplateError(
                 f"template {template.name!r} does not render turn {i} as a prefix of the conversation; "
