@@ -7,13 +7,9 @@ import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from transformers import TrainerCallback
 
 from .flops import parameter_counts
-
-try:
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - transformers is a dependency
-    TrainerCallback = object
 
 
 def rates(steps: list[dict], warmup: int) -> dict:
