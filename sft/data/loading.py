@@ -2,7 +2,7 @@
 
 A conversation travels as one JSON string column so that rows of every format share one
 Arrow schema; `source`, `location` and `category` ride beside it for reports and statistics, and
-`complexity` for curriculum ordering.
+`complexity` for curriculum ordering (0 when no curriculum is configured).
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
                     "source": name,
                     "location": location,
                     "category": conversation.get("category"),
-                    "complexity": _complexity(row, conversation),
+                    # Only a curriculum orders by it; the option is in the cache key: turning it on rebuilds.
+                    "complexity": _complexity(row, conversation) if cfg.curriculum != "none" else 0.0,
                 }
             )
     except DataFileError as err:  # the rest of the file cannot be read: never train on a silent prefix
