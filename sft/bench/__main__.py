@@ -35,15 +35,12 @@ def row_lengths(model_dir: str, data: Path, cutoff: int) -> list[int]:
     """Token lengths of the rows as one-exchange chats under the model's template, cut at `cutoff`."""
     from transformers import AutoTokenizer
 
-    from .worker import alpaca_prompt
+    from .worker import alpaca_chat
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lengths = []
     for row in json.loads(data.read_text()):
-        chat = [
-            {"role": "user", "content": alpaca_prompt(row)},
-            {"role": "assistant", "content": row["output"]},
-        ]
+        chat = alpaca_chat(row)
         lengths.append(
             min(len(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)), cutoff)
         )

@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 
 
-def alpaca_prompt(row: dict) -> str:
-    """The user turn of an Alpaca row, as sft.data builds it (instruction, then input when there is one)."""
-    return "\n".join(part for part in (row["instruction"], row.get("input") or "") if part.strip())
+def alpaca_chat(row: dict) -> list[dict]:
+    """An Alpaca row's user and assistant turns, exactly as the training pipeline builds them."""
+    from ..data.formats import to_conversation
+
+    return to_conversation(row, "alpaca")["messages"]
 
 
 def peak_memory() -> dict:
@@ -43,10 +45,10 @@ def run_trl(spec: dict) -> dict:
     chats = Dataset.from_list(
         [
             {
-                "prompt": [{"role": "user", "content": alpaca_prompt(r)}],
-                "completion": [{"role": "assistant", "content": r["output"]}],
+                "prompt": chat[:-1],
+                "completion": chat[-1:],
             }
-            for r in rows
+            for chat in map(alpaca_chat, rows)
         ]
     )
     dtype = torch.bfloat16 if spec["bf16"] else torch.float32

@@ -80,7 +80,7 @@ _CODE = re.compile(
 )
 
 
-def _text(messages: list[dict], role: str) -> str:
+def role_text(messages: list[dict], role: str) -> str:
     """The contents of every `role` turn, joined by newlines."""
     return "\n".join(m.get("content") or "" for m in messages if m.get("role") == role)
 
@@ -93,7 +93,7 @@ def _matches(patterns: list[re.Pattern], text: str) -> int:
 def features(conversation: dict) -> dict[str, float]:
     """The feature values `complexity` weighs, keyed like `WEIGHTS`, for a canonical conversation."""
     messages = conversation.get("messages") or []
-    prompt, response = _text(messages, "user"), _text(messages, "assistant")
+    prompt, response = role_text(messages, "user"), role_text(messages, "assistant")
     tool_calls = sum(len(m.get("tool_calls") or []) for m in messages)
     # Some formats keep a call's output only as a tool turn: count those when no calls are recorded.
     tool_calls = tool_calls or sum(1 for m in messages if m.get("role") == "tool")

@@ -6,6 +6,7 @@ one failed request never loses the rest of a batch.
 
 from __future__ import annotations
 
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,20 @@ from ..endpoint import Client, EndpointError
 from .rows import PrepareError
 
 KINDS = ("endpoint", "local")
+
+
+def reply_objects(text: str) -> list[object]:
+    """Every top-level JSON object that parses in a model's reply, in order (fences and prose ignored)."""
+    decoder, found, pos = json.JSONDecoder(), [], 0
+    while (start := text.find("{", pos)) >= 0:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except (json.JSONDecodeError, RecursionError):  # deep nesting exhausts the decoder's recursion
+            pos = start + 1
+            continue
+        found.append(value)
+        pos = end
+    return found
 
 
 class EndpointBackend:
@@ -32,8 +47,7 @@ class EndpointBackend:
             cfg.max_tokens,
             cfg.temperature,
         )
-        self.concurrency = cfg.concurrency
-        self.batch_size = cfg.concurrency
+        self.batch_size = cfg.concurrency  # prompts per round: all of them in flight at once
         if not self.client.model:
             models = self.client.models()
             if not models:
@@ -50,7 +64,7 @@ class EndpointBackend:
             except EndpointError as err:
                 return err
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
             return list(pool.map(one, prompts))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..eval.rouge import rouge_l
+from .backends import reply_objects
 from .rows import Appender, PrepareError, Tally, finish, intact_lines, load_rows
 
 SYSTEM = "You write training data for an instruction-following AI assistant."
@@ -35,7 +36,6 @@ UNSUITABLE = re.compile(
     r"|music|flowchart|diagram)\b",
     re.IGNORECASE,
 )
-FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
 def _seed_file(path: Path) -> list[dict] | None:
@@ -92,23 +92,9 @@ def build_prompt(rng: random.Random, seeds: list[dict], generated: list[dict], c
     ]
 
 
-def _json_objects(text: str) -> list[object]:
-    """Every JSON value that starts at a `{` of `text` and decodes, in order."""
-    decoder, found, pos = json.JSONDecoder(), [], text.find("{")
-    while pos != -1:
-        try:
-            value, end = decoder.raw_decode(text, pos)
-            found.append(value)
-            pos = text.find("{", end)
-        except json.JSONDecodeError:
-            pos = text.find("{", pos + 1)
-    return found
-
-
 def parse_task(reply: str, max_words: int = 150) -> tuple[dict | None, str]:
     """The task in a reply and "" or (None, why it was rejected)."""
-    text = FENCE.sub("", reply.strip())
-    candidates = [v for v in _json_objects(text) if isinstance(v, dict)]
+    candidates = [v for v in reply_objects(reply) if isinstance(v, dict)]
     if not candidates:
         return None, "no JSON object in the reply"
     task = candidates[0]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .backends import reply_objects
 from .rows import Row
 
 CRITERIA = ("clarity", "helpfulness", "formatting")
@@ -769,24 +770,10 @@ def judge_messages(row: Row) -> list[dict]:
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
 
 
-def _json_objects(text: str) -> list[object]:
-    """Every top-level JSON object that parses in `text`, in order (fences and prose around them ignored)."""
-    decoder, found, pos = json.JSONDecoder(), [], 0
-    while (start := text.find("{", pos)) >= 0:
-        try:
-            value, end = decoder.raw_decode(text, start)
-        except (json.JSONDecodeError, RecursionError):  # deep nesting exhausts the decoder's recursion
-            pos = start + 1
-            continue
-        found.append(value)
-        pos = end
-    return found
-
-
 def parse_judge(reply: str) -> dict | None:
     """The ratings in the reply's last JSON object with a criterion key; None unless all three are in 1-5."""
     # A judge may add an object that is no verdict after the verdict ("notes: {}"), so those are skipped.
-    objects = [o for o in _json_objects(reply or "") if isinstance(o, dict) and any(c in o for c in CRITERIA)]
+    objects = [o for o in reply_objects(reply or "") if isinstance(o, dict) and any(c in o for c in CRITERIA)]
     if not objects:
         return None
     last = objects[-1]

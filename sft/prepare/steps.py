@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from ..data.complexity import DIFFICULTIES, complexity, difficulty
+from ..data.complexity import DIFFICULTIES, complexity, difficulty, role_text
 from ..provenance import write_json
 from . import generate
 from .augment import (
@@ -293,12 +293,6 @@ def run_augment(cfg: DictConfig) -> None:
     finish("augment", tally, output, skipped=dict(skipped.most_common()))
 
 
-def _label(row: Row, key: str, allowed, estimate: Callable[[Row], str]) -> str:
-    """A row's own label under `key` when it is one of `allowed`, else the estimate."""
-    given = row.data.get(key)
-    return given if given in allowed else estimate(row)
-
-
 def run_report(cfg: DictConfig) -> None:
     """Category and difficulty mix, lengths and quality of a file as PNG charts and a JSON summary."""
     missing(cfg)
@@ -307,21 +301,15 @@ def run_report(cfg: DictConfig) -> None:
     out_dir = Path(cfg.out_dir or f"{cfg.input}.report").expanduser()
     targets = _targets(cfg)
     categories = [classify(r) for r in rows]
+    # A row's own difficulty (as `balance` writes it) wins over the estimate, as its category does.
     levels = [
-        _label(r, "difficulty", DIFFICULTIES, lambda r: difficulty(complexity(r.conversation))) for r in rows
-    ]
-    prompt_words = [
-        sum(len(m["content"].split()) for m in r.conversation["messages"] if m["role"] == "user")
+        r.data["difficulty"]
+        if r.data.get("difficulty") in DIFFICULTIES
+        else difficulty(complexity(r.conversation))
         for r in rows
     ]
-    response_words = [
-        sum(
-            len((m.get("content") or "").split())
-            for m in r.conversation["messages"]
-            if m["role"] == "assistant"
-        )
-        for r in rows
-    ]
+    prompt_words = [len(role_text(r.conversation["messages"], "user").split()) for r in rows]
+    response_words = [len(role_text(r.conversation["messages"], "assistant").split()) for r in rows]
     scores = [r.data["quality"]["score"] for r in rows if isinstance(r.data.get("quality"), dict)]
     charts = draw_report(
         out_dir,
