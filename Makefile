@@ -4,10 +4,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The web page's browser tests drive Debian's Chromium: Playwright cannot download its own browser here.
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup train test bench lint clean
+.PHONY: setup train test bench ui lint clean
 
 setup: $(STAMP)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	  || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +27,16 @@ $(STAMP): pyproject.toml
 train: setup
 	$(PY) -m sft.train preset=balanced $(ARGS)
 
-test: setup
+test: setup $(CHROMIUM)
 	$(PY) -m pytest -q $(ARGS)
 
 # sft.train against TRL's SFTTrainer, same model/LoRA/data/steps, one session (TRL: the bench extra).
 bench: setup
 	$(PY) -m sft.bench $(ARGS)
+
+# The web page on http://127.0.0.1:7860 (ARGS="port=8000", or host=0.0.0.0 with SFT_UI_PASSWORD set).
+ui: setup
+	$(PY) -m sft.ui $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check sft tests

@@ -1,10 +1,13 @@
-"""Lightning callbacks: throughput measurement and the overfitting watch."""
+"""Lightning callbacks: throughput measurement, a progress file and the overfitting watch."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import time
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
@@ -65,6 +68,55 @@ class ThroughputMonitor(Callback):
             "tokens_per_sec": round(self.tokens / seconds, 1),
             "trained_tokens_per_sec": round(self.trained_tokens / seconds, 1),
         }
+
+
+class ProgressFile(Callback):
+    """Writes `progress.json` (step, total steps, elapsed seconds, ETA) after every optimizer step.
+
+    Watchers (the web UI, a shell loop) read it instead of parsing the progress bar; it is replaced
+    atomically, so a reader never sees half a file. Only the first process writes it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._start = 0.0
+        self._first_step = 0
+        self._written = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Start the clock at the step training starts (or resumes) from."""
+        self._start, self._first_step = time.monotonic(), trainer.global_step
+        self._write(trainer, "running")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Rewrite the file once per optimizer step (not per micro-batch)."""
+        if trainer.global_step != self._written:
+            self._write(trainer, "running")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Mark the fit as done (the run summary follows)."""
+        self._write(trainer, "trained")
+
+    def _write(self, trainer, state: str) -> None:
+        self._written = trainer.global_step
+        if not trainer.is_global_zero:
+            return
+        total = int(trainer.estimated_stepping_batches)
+        step, elapsed = trainer.global_step, time.monotonic() - self._start
+        done = step - self._first_step
+        eta = elapsed / done * max(total - step, 0) if done > 0 else None
+        record = {
+            "state": state,
+            "step": step,
+            "total_steps": total,
+            "elapsed_seconds": round(elapsed, 2),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "pid": os.getpid(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.path)
 
 
 class OverfittingWatch(Callback):

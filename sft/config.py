@@ -61,12 +61,15 @@ class ConfigError(ValueError):
 
 @functools.cache
 def run_name(pattern: str) -> str:
-    """The run directory's name: the time now, or a job id every rank shares.
+    """The run directory's name: SFT_RUN_NAME when set, a job id every rank shares, or the time now.
 
     torchrun and srun start all ranks at once and each composes the config itself: their clocks
     could name two directories. (Lightning's own launcher passes rank 0's directory to the others.)
+    SFT_RUN_NAME lets a launcher (the web UI) know the directory before the run starts.
     """
     env = os.environ
+    if env.get("SFT_RUN_NAME"):
+        return env["SFT_RUN_NAME"]
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
         return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
     if int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":

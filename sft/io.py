@@ -39,11 +39,11 @@ FINISHED_MARK = "summary.json"
 KEEP_ON_OVERWRITE = (".hydra", "train.log")
 
 
-def claim_output_dir(out: Path, overwrite: bool, resume_from: str | None) -> None:
+def claim_output_dir(out: Path, overwrite: bool, resume_from: str | None) -> bool:
     """Refuse an output directory that holds a finished run, or an unfinished one's checkpoints.
 
-    Resuming from a checkpoint inside `out` continues that run in place. With `overwrite`, the old
-    outputs are deleted (Hydra's record and log of this launch stay).
+    Resuming from a checkpoint inside `out` continues that run in place (returns True). With
+    `overwrite`, the old outputs are deleted (Hydra's record and log of this launch stay).
     """
     from .config import ConfigError  # config imports this package's modules
 
@@ -52,7 +52,7 @@ def claim_output_dir(out: Path, overwrite: bool, resume_from: str | None) -> Non
     checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
     in_place = resume_from is not None and out.resolve() in Path(resume_from).resolve().parents
     if not (finished or checkpoints) or in_place:
-        return
+        return in_place
     if not overwrite:
         what = "a finished run (summary.json)" if finished else "checkpoints of an unfinished run"
         raise ConfigError(
@@ -62,3 +62,4 @@ def claim_output_dir(out: Path, overwrite: bool, resume_from: str | None) -> Non
     for entry in out.iterdir():
         if entry.name not in KEEP_ON_OVERWRITE:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return False

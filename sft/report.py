@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from . import metrics_file
+
 # Optuna trial states as status words; without a study a job dir is finished (summary.json) or failed.
 STATUS = {
     "COMPLETE": "finished",
@@ -111,7 +113,8 @@ def _job_rows(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.concat([rows, overrides[params], metrics], axis=1), params
 
 
-def _trial_rows(study: optuna.Study) -> tuple[pd.DataFrame, list[str]]:
+def trial_rows(study: optuna.Study) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per trial: number, state, parameters, objective value(s), error; the parameter names)."""
     trials = study.trials_dataframe(attrs=("number", "value", "params", "state", "user_attrs"))
     if trials.empty:
         return pd.DataFrame({"trial": pd.array([], dtype="Int64"), "state": []}), []
@@ -124,7 +127,7 @@ def _trial_rows(study: optuna.Study) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _join_study(jobs: pd.DataFrame, params: list[str], study: optuna.Study) -> tuple[pd.DataFrame, list[str]]:
-    trials, space = _trial_rows(study)
+    trials, space = trial_rows(study)
     df = jobs.merge(trials, on="trial", how="outer", suffixes=("", "_study"))
     for name in space:  # a trial without a job dir here has its parameters only in the study
         if f"{name}_study" in df:
@@ -215,10 +218,9 @@ def plot_loss_curves(ax: Axes, df: pd.DataFrame, sweep_dir: Path) -> int:
     """Train loss of every run (solid) and its val loss (dashed, same colour) by step; returns runs drawn."""
     drawn = 0
     for _, row in df.dropna(subset=["run"]).iterrows():
-        path = Path(sweep_dir) / str(row["run"]) / "csv" / "metrics.csv"
-        if not path.is_file():
+        logged = metrics_file.read(Path(sweep_dir) / str(row["run"]))
+        if logged.empty:
             continue
-        logged = pd.read_csv(path)
         label, color = _label(row, df.attrs.get("params", [])), None
         if "train/loss" in logged:
             train = logged[["step", "train/loss"]].dropna()

@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from . import metrics_file
 from .callbacks import OverfittingWatch, ThroughputMonitor
 from .checkpoint import CheckpointWriteError, resolve_resume
 from .config import ConfigError, TrainConfig, override_problems, to_record, validate
@@ -75,7 +76,8 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     out = Path(typed.paths.output_dir)
     ckpt_path = resolve_resume(typed.resume, typed.paths.log_dir, typed.paths.output_dir)
     if rank_zero_only.rank == 0:
-        claim_output_dir(out, typed.overwrite, ckpt_path)
+        if claim_output_dir(out, typed.overwrite, ckpt_path):
+            metrics_file.set_aside(out)  # the CSV logger would delete the curve so far
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()

@@ -1,0 +1,53 @@
+"""A finished run beside its base model: the same prompt, the run's chat template, one reply from each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..chat import Chat
+from ..export import load_run, model_config, run_config, run_weights, stop_token_ids
+from ..model import load_model
+
+
+def chat_ready(run: Path) -> bool:
+    """True when the run saved trained weights (an adapter or a full model) to chat with."""
+    try:
+        run_weights(Path(run))
+    except ValueError:
+        return False
+    return True
+
+
+class Comparison:
+    """The tuned run and its untouched base, each a `Chat` over the run's tokenizer and template.
+
+    Both are greedy by default, so a difference between the replies comes from the weights alone.
+    """
+
+    def __init__(self, run: Path, max_new_tokens: int = 128, temperature: float = 0.0) -> None:
+        run = Path(run)
+        cfg = run_config(run)
+        cache_dir = cfg.paths.cache_dir
+        tuned, tokenizer = load_run(run, cache_dir)
+        # The base is rebuilt from the run's own model config; it speaks through the run's template too.
+        base = load_model(model_config(cfg, None), cache_dir).eval()
+        base.generation_config.eos_token_id = stop_token_ids(cfg, tokenizer, base)
+        self.run = run
+        self.tuned = Chat(tuned, tokenizer, None, max_new_tokens, temperature)
+        self.base = Chat(base, tokenizer, None, max_new_tokens, temperature)
+
+    def reset(self) -> None:
+        """Start both conversations afresh."""
+        self.tuned.reset()
+        self.base.reset()
+
+    def ask(self, prompt: str) -> Iterator[tuple[str, str]]:
+        """Stream (tuned reply so far, base reply so far): the tuned model first, then the base."""
+        tuned = base = ""
+        for piece in self.tuned.stream(prompt):
+            tuned += piece
+            yield tuned, base
+        for piece in self.base.stream(prompt):
+            base += piece
+            yield tuned, base

@@ -1,0 +1,247 @@
+"""The web page in headless Chromium: compose, validate, launch, watch, stop, resume, runs, sweeps, chat.
+
+The server is `python -m sft.ui` on a free loopback port with the tiny model; the browser is Debian's
+Chromium driven by Playwright (its own browser download is impossible offline). Screenshots of every tab go
+to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The tests run in file order and share one page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from sft import metrics_file
+
+CHROMIUM = os.environ.get("SFT_CHROMIUM", "/usr/bin/chromium")
+INSTALL = "install it with `sudo apt-get install chromium` (make test does this), or set SFT_CHROMIUM"
+ARTIFACTS = Path(os.environ.get("SFT_TEST_ARTIFACTS", ROOT / "outputs" / "test-artifacts" / "ui"))
+# Long enough to be watched and stopped part-way: 40 optimizer steps of micro-batch 2, evaluated every 5.
+RUN = ["trainer.max_steps=40", "trainer.eval_steps=5", "data.max_samples=120", "probe.enabled=false"]
+WAIT = 120_000  # ms; the machine may be busy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, server: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"sft.ui exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"sft.ui did not answer at {url} in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    """(base URL, outputs dir) of a page serving the tiny model, stopped (with its runs) at the end."""
+    tmp = tmp_path_factory.mktemp("ui")
+    out, log, port = tmp / "outputs", tmp / "server.log", _free_port()
+    overrides = json.dumps(["model=tiny", "preset=conservative", *RUN])
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
+    args = [sys.executable, "-m", "sft.ui", f"port={port}", f"log_dir={out}", f"overrides={overrides}"]
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url, proc, log)
+        yield url, out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    """One Chromium page on the server; fails (never skips) when Chromium or Playwright is missing."""
+    if not Path(CHROMIUM).is_file() and not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: {INSTALL}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright for Python is missing: pip install -e '.[dev]' (make test does this)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        tab = browser.new_page(viewport={"width": 1400, "height": 1500})
+        tab.set_default_timeout(WAIT)
+        tab.goto(server[0])
+        _wait_command(tab, "sft.train")
+        yield tab
+        browser.close()
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _wait_command(page, text: str) -> str:
+    page.wait_for_function(
+        "t => (document.querySelector('#command textarea') || {}).value?.includes(t)", arg=text
+    )
+    return page.input_value("#command textarea")
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    """Choose an option of a Gradio dropdown the way a user does: open it, click the option."""
+    page.click(f"#{elem_id} input")
+    page.locator("[role=option]", has_text=re.compile(rf"^\W*{re.escape(option)}$")).click()
+
+
+def _text(page, selector: str, pattern: str) -> str:
+    """Wait until the element's text matches `pattern`; return the text."""
+    page.wait_for_function(
+        "([s, p]) => new RegExp(p).test((document.querySelector(s) || {}).innerText || '')",
+        arg=[selector, pattern],
+    )
+    return page.inner_text(selector)
+
+
+def _points(page, series: str) -> int:
+    found = re.search(rf"{series}: (\d+) points", page.inner_text("#run-status"))
+    return int(found.group(1)) if found else 0
+
+
+def test_compose_shows_options_from_conf_and_the_command(page):
+    """Every group's options come from conf/; a preset fills the fields; the command line follows."""
+    page.click("#group-model input")
+    options = page.locator("[role=option]").all_inner_texts()
+    page.keyboard.press("Escape")
+    assert {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} == {o.strip("✓\n ") for o in options}
+    _pick(page, "group-preset", "aggressive")
+    command = _wait_command(page, "preset=aggressive")
+    page.wait_for_function("document.querySelector('#field-lora_rank input').value === '64'")
+    assert page.input_value("#field-learning_rate input") in ("0.0001", "1e-4")
+    assert "model=tiny" in command and "trainer.max_steps=40" in command
+    _pick(page, "group-preset", "conservative")
+    _wait_command(page, "preset=conservative")
+    page.wait_for_function("document.querySelector('#field-lora_rank input').value === '8'")
+    page.click(".label-wrap:has-text('composed config')")
+    # The editor renders only the lines in view: the top of the composed YAML.
+    assert "task_name: train" in _text(page, "#composed", "task_name")
+    _shot(page, "train-composed")
+    page.click(".label-wrap:has-text('composed config')")  # closed again: the later shots stay short
+
+
+def test_bad_value_shows_an_error_beside_its_field_and_blocks_start(page):
+    """A rank of -3 gets the validator's own message under the rank field; Start is disabled until fixed."""
+    page.fill("#field-lora_rank input", "-3")
+    error = _text(page, "#error-lora_rank", "positive")
+    assert "lora.r=-3" in error
+    page.wait_for_function("document.querySelector('#start').disabled")
+    _shot(page, "train-validation-error")
+    page.fill("#field-lora_rank input", "4")
+    page.wait_for_function("!document.querySelector('#start').disabled")
+    assert page.inner_text("#error-lora_rank").strip() == ""
+    assert "preset.lora_rank=4" in _wait_command(page, "preset.lora_rank=4")
+
+
+def test_outside_path_is_refused(page):
+    """A path outside the outputs and data locations is refused beside the overrides box."""
+    extra = page.input_value("#extra textarea, #extra input")
+    page.fill("#extra textarea, #extra input", f"{extra} +data.datasets.mine.path=/etc/passwd")
+    assert "outside the locations" in _text(page, "#error-extra", "outside")
+    page.wait_for_function("document.querySelector('#start').disabled")
+    page.fill("#extra textarea, #extra input", extra)
+    page.wait_for_function("!document.querySelector('#start').disabled")
+
+
+def test_launch_watch_stop_and_resume(page, server):
+    """Start a run, see the loss chart fill live, stop it (checkpoint), resume it to the end."""
+    page.click("#start")
+    _text(page, "#run-status", r"running")
+    page.wait_for_function(
+        "() => /train loss: ([3-9]|\\d\\d+) points/.test(document.querySelector('#run-status').innerText)"
+    )
+    assert "tokens/s" in page.inner_text("#run-status") and "ETA" in page.inner_text("#run-status")
+    assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    assert "effective batch" in page.input_value("#log textarea")
+    _shot(page, "train-running")
+    page.click("#stop")
+    status = _text(page, "#run-status", r"stopped|finished")
+    run = Path(page.locator("#watch input").input_value())
+    assert run.parent.parent.parent == server[1]
+    assert "stopped" in status, f"the run finished before Stop took effect: {status}"
+    step = json.loads((run / "progress.json").read_text())["step"]
+    assert 0 < step < 40 and (run / "checkpoints" / "last.ckpt").is_file()
+    _shot(page, "train-stopped")
+    page.wait_for_function("!document.querySelector('#resume').disabled")
+    page.click("#resume")
+    _text(page, "#run-status", r"finished")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 40
+    curve = metrics_file.read(run)["step"]  # the part before the stop is kept
+    assert (run / "csv" / "metrics.1.csv").is_file() and curve.min() == 0 and curve.max() >= 39
+    assert _points(page, "val loss") >= 2
+    _shot(page, "train-finished")
+
+
+def test_runs_table_lists_the_run_and_overlays_curves(page, server):
+    """The run is in the Runs tab with its status and metrics; selecting it draws its curve."""
+    page.get_by_role("tab", name="Runs").click()
+    table = _text(page, "#runs-table", r"finished")
+    (run_dir,) = (server[1] / "train" / "runs").iterdir()
+    run = f"train/runs/{run_dir.name}"
+    assert run in table and "tiny" in table and "conservative" in table
+    _pick(page, "overlay-pick", run)
+    page.wait_for_selector("#overlay-plot canvas, #overlay-plot svg")
+    _shot(page, "runs")
+
+
+def test_chat_with_the_run_beside_its_base(page):
+    """The finished run and its base model answer the same prompt side by side."""
+    page.get_by_role("tab", name="Chat").click()
+    page.wait_for_function("document.querySelector('#chat-run input').value.includes('train/runs/')")
+    page.click("#chat-load")
+    _text(page, "#chat-status", "Loaded")
+    page.fill("#chat-prompt textarea", "Who are you?")
+    page.click("#chat-send")
+    for box in ("#chat-tuned", "#chat-base"):
+        _text(page, box, "Who are you")
+    page.wait_for_function(
+        "document.querySelectorAll('#chat-base .message, #chat-base [data-testid=bot]').length > 0"
+    )
+    _shot(page, "chat")
+
+
+def test_sweep_runs_trials_and_shows_the_best(page, server):
+    """A two-trial Optuna sweep over a sweeps/ space, its trials and best one read from the study."""
+    page.get_by_role("tab", name="Train").click()
+    page.fill("#extra textarea, #extra input", "trainer.max_steps=2 data.max_samples=40 probe.enabled=false")
+    _wait_command(page, "trainer.max_steps=2")
+    page.get_by_role("tab", name="Sweeps").click()
+    page.fill("#n-trials input", "2")
+    page.fill("#study-name textarea, #study-name input", "ui_test")
+    page.click("#start-sweep")
+    _text(page, "#sweep-status", "Started")
+    best = _text(page, "#best-trial", r"best trial \d")
+    assert best.startswith("ui_test")
+    page.wait_for_function(
+        "() => (document.querySelector('#trials-table').innerText.match(/COMPLETE/g) || []).length >= 2",
+        timeout=240_000,
+    )
+    _shot(page, "sweeps")
