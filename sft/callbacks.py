@@ -11,6 +11,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from .resilience import Preempted
+
 log = logging.getLogger(__name__)
 
 
@@ -71,10 +73,11 @@ class ThroughputMonitor(Callback):
 
 
 class ProgressFile(Callback):
-    """Writes `progress.json` (step, total steps, elapsed seconds, ETA) after every optimizer step.
+    """Writes `progress.json` (state, step, total steps, elapsed time, ETA, pid) after every optimizer step.
 
     Watchers (the web UI, a shell loop) read it instead of parsing the progress bar; it is replaced
-    atomically, so a reader never sees half a file. Only the first process writes it.
+    atomically, so a reader never sees half a file. Only the first process writes it. The state is
+    running, trained (final evaluation and saving follow), stopped (by a signal) or failed.
     """
 
     def __init__(self, path: str) -> None:
@@ -96,6 +99,10 @@ class ProgressFile(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         """Mark the fit as done (the run summary follows)."""
         self._write(trainer, "trained")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """Record how the fit ended early: stopped by a signal (with a checkpoint) or failed."""
+        self._write(trainer, "stopped" if isinstance(exception, Preempted) else "failed")
 
     def _write(self, trainer, state: str) -> None:
         self._written = trainer.global_step

@@ -36,7 +36,7 @@ def read(run: Path) -> pd.DataFrame:
     frames = []
     for path in [*_parts(run), Path(run) / CSV_DIR / NAME]:
         try:
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, on_bad_lines="skip")  # a row being written is skipped
         except (OSError, ValueError, pd.errors.EmptyDataError):
             continue
         if frames and "step" in frame and len(frame):

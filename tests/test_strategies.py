@@ -405,6 +405,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
         "summary.json",
         "csv/metrics.csv",
         "csv/hparams.yaml",
+        "progress.json",
         "checkpoints/last.ckpt",
         "checkpoints/best.ckpt",
         "checkpoints/step-000002.ckpt",

@@ -38,6 +38,7 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
         "summary.json",
         "csv/metrics.csv",
         "csv/hparams.yaml",
+        "progress.json",
         "checkpoints/last.ckpt",
         "checkpoints/best.ckpt",
         "checkpoints/step-000003.ckpt",

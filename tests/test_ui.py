@@ -98,20 +98,29 @@ def test_problems_are_the_validators_own_and_sit_beside_their_field(groups, root
 
 
 def test_paths_outside_outputs_and_data_are_refused(groups, roots, tmp_path):
-    """Data, resume and output paths must lie under the outputs or data locations; hub ids are not paths."""
+    """Paths anywhere in what a user typed must be under the outputs or data dirs; hub ids are not paths."""
     refused = {
         "+data.datasets.mine.path=/etc/passwd": "outside the locations",
         "resume=/tmp/elsewhere": "outside the locations",
         "model.name_or_path=/etc": "outside the locations",
         f"+data.datasets.mine.path={SHARED_DATA}/../../etc/passwd": "outside the locations",
+        "data=mix data.datasets=[/etc/passwd]": "outside the locations",  # inside a list value
+        "+data.datasets.mine.path=${oc.env:HOME}/x.json": "outside the locations",  # as it resolves
         "paths.log_dir=outputs/mine": "set by the page",
+        "+callbacks.x._target_=os.system": "could run any code",
+        "hydra.job_logging.handlers.file.filename=/tmp/x.log": "Hydra's own settings",
+        "task_name=../../escape": "letters, digits",
     }
     for override, message in refused.items():
-        assert message in _check(groups, roots, override).problems[EXTRA][0], override
+        words = override.split(" ")
+        problems = _check(groups, roots, shlex.join(words)).problems
+        assert message in " ".join(problems[EXTRA]), (override, problems)
     allowed = [
         f"+data.datasets.mine.path={SHARED_DATA / 'alpaca_en_demo.json'}",
         "model.name_or_path=Qwen/Qwen2.5-0.5B",
         "resume=last",
+        "data=alpaca_en",  # a config file's own paths are the project's
+        "'data.system=You answer in French/English.'",
     ]
     for override in allowed:
         assert EXTRA not in _check(groups, roots, override).problems, override
@@ -201,8 +210,10 @@ def test_launcher_runs_argument_lists_and_stops_with_sigterm(tmp_path):
     assert job.process.returncode == -signal.SIGTERM and not launcher.alive(job.run)
     assert not launcher.stop(job.run)
     assert runs.status(job.run, launcher.alive(job.run)) == "failed"  # no checkpoint to resume from
-    with pytest.raises(ValueError, match="only a stopped run"):
+    with pytest.raises(ValueError, match="only a stopped or failed run with a checkpoint"):
         launcher.resume_run(job.run)
+    with pytest.raises(ValueError, match="letters, digits"):
+        launcher.start_run([], task_name="../../escape")
 
 
 def test_non_loopback_needs_a_password():

@@ -3,20 +3,21 @@ with a checkpoint first)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from ..serve import is_loopback
-from .configs import ROOT, Roots
-
 try:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry or version checks
     import gradio  # noqa: F401
 except ImportError:
     sys.exit("sft.ui needs Gradio: pip install -e '.[ui]' (or make setup)")
+
+from ..serve import is_loopback  # noqa: E402 (after the check above, which is quick)
+from .configs import ROOT, Roots  # noqa: E402
 
 
 def option_problems(cfg: DictConfig, password: str | None) -> list[str]:
@@ -39,6 +40,7 @@ def main(cfg: DictConfig) -> None:
     """Check the settings, build the page and serve it."""
     from .app import CSS, Settings, build
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     password = os.environ.get(cfg.password_env) or None
     problems = option_problems(cfg, password)
     if problems:
@@ -48,7 +50,7 @@ def main(cfg: DictConfig) -> None:
     log_dir = roots.resolve(cfg.log_dir)
     # Relative paths in configs (data files, ../shared/data) mean what they mean to `make train`.
     os.chdir(ROOT)
-    page = build(Settings(log_dir, roots, list(cfg.overrides), cfg.refresh_seconds))
+    page = build(Settings(log_dir, roots, list(cfg.overrides), cfg.refresh_seconds, (cfg.password_env,)))
     auth = (cfg.user, password) if password else None
     print(f"sft.ui: http://{cfg.host}:{cfg.port}  (runs in {log_dir})", flush=True)
     if auth:

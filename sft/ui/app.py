@@ -7,6 +7,7 @@ Every option list comes from conf/ through Hydra, every check is `sft.config.val
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +25,15 @@ CSS = """
 #run-status p { font-family: var(--font-mono); }
 """
 CURVE_SERIES = list(runs.CURVES.values())
+# Logs follow their end like `tail -f` while they grow, and stay where the reader put them once they stop.
+FOLLOW_LOGS = """() => {
+  for (const t of document.querySelectorAll('#log textarea, #sweep-log textarea')) {
+    if (t.dataset.seen !== String(t.scrollHeight)) {
+      t.scrollTop = t.scrollHeight;
+      t.dataset.seen = t.scrollHeight;
+    }
+  }
+}"""
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Settings:
     roots: Roots
     overrides: list[str] = field(default_factory=list)  # e.g. ["model=tiny"]: the first composition
     refresh_seconds: float = 1.0
+    hidden_env: tuple[str, ...] = ()  # environment variables runs must not inherit (the page's password)
 
 
 def _errors(problems: list[str]) -> str:
@@ -54,12 +65,12 @@ def _starting_draft(overrides: list[str], groups: dict[str, list[str]], defaults
 
 
 def build(settings: Settings) -> gr.Blocks:
-    """The whole page; runs it starts keep going when the page is closed (stop them with Stop)."""
+    """The whole page. Runs it starts go on when the browser closes; the server stops them when it exits."""
     groups, defaults = config_groups()
     log_dir = Path(settings.log_dir).resolve()
-    launcher = runs.Launcher(log_dir, ROOT)
-    # Where runs go is the page's decision; it is part of the command only when it is not the default.
-    placed = [] if log_dir == (ROOT / "outputs").resolve() else [f"paths.log_dir={log_dir}"]
+    launcher = runs.Launcher(log_dir, ROOT, hidden_env=settings.hidden_env)
+    # Where runs go is the page's decision, and part of the command, so the command runs the same anywhere.
+    placed = [f"paths.log_dir={log_dir}"]
     fixed = [*placed, f"paths.output_dir={log_dir / 'train' / 'runs' / 'new'}"]
     start = _starting_draft(settings.overrides, groups, defaults)
     names = list(groups)
@@ -123,9 +134,7 @@ def build(settings: Settings) -> gr.Blocks:
                     start_button = gr.Button("Start", variant="primary", interactive=False, elem_id="start")
                     stop_button = gr.Button("Stop (save a checkpoint)", interactive=False, elem_id="stop")
                     resume_button = gr.Button("Resume", interactive=False, elem_id="resume")
-                    watch = gr.Dropdown(
-                        [], value=None, label="watching", allow_custom_value=True, elem_id="watch", scale=2
-                    )
+                    watch = gr.Dropdown([], value=None, label="watching", elem_id="watch", scale=2)
                 run_status = gr.Markdown(elem_id="run-status")
                 with gr.Row():
                     loss_plot = gr.LinePlot(
@@ -139,9 +148,7 @@ def build(settings: Settings) -> gr.Blocks:
                         elem_id="lr-plot",
                         height=280,
                     )
-                log_box = gr.Textbox(
-                    label="log", lines=14, max_lines=14, autoscroll=True, interactive=False, elem_id="log"
-                )
+                log_box = gr.Textbox(label="log", lines=14, max_lines=14, interactive=False, elem_id="log")
 
             with gr.Tab("Runs", id="runs") as runs_tab:
                 refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
@@ -170,7 +177,7 @@ def build(settings: Settings) -> gr.Blocks:
                     sweep_stop = gr.Button("Stop sweep", elem_id="stop-sweep")
                 sweep_status = gr.Markdown(elem_id="sweep-status")
                 sweep_log = gr.Textbox(
-                    label="sweep log", lines=8, max_lines=8, autoscroll=True, interactive=False
+                    label="sweep log", lines=8, max_lines=8, interactive=False, elem_id="sweep-log"
                 )
                 with gr.Row():
                     study_pick = gr.Dropdown([], label="study", elem_id="study-pick", allow_custom_value=True)
@@ -234,8 +241,10 @@ def build(settings: Settings) -> gr.Blocks:
 
         def pick_group(group: str):
             def handler(edited: list[str], *rest):
-                # A new preset brings its own values: forget edits so its row fills the fields.
-                return recompose([] if group == "preset" else edited, *rest)
+                # A new preset brings its own row: forget edits of the fields it sets, keep the others.
+                if group == "preset":
+                    edited = [f.name for f in FIELDS if f.name in edited and not f.key.startswith("preset.")]
+                return recompose(edited, *rest)
 
             return handler
 
@@ -247,28 +256,48 @@ def build(settings: Settings) -> gr.Blocks:
         extra.change(recompose, **common)  # only the user writes this box
         page.load(recompose, **common)
 
+        def list_options():
+            # Read again at every page load, so a YAML file added since the server started is offered.
+            found, _ = config_groups()
+            return [gr.update(choices=found.get(g, groups[g])) for g in names]
+
+        page.load(list_options, None, list(group_boxes.values()))
+
         # ---- Train tab: launch, stop, resume and watch ----------------------------------------------------
         def run_choices(selected: str | None = None):
-            found = [str(p) for p in runs.find_runs(log_dir) if (p / ".hydra").is_dir() or launcher.alive(p)]
+            found = [(str(p.relative_to(log_dir)), str(p)) for p in runs.find_runs(log_dir)]
             return gr.update(choices=found, value=selected)
+
+        def own(run: str) -> Path:
+            # Only runs under the outputs directory are watched, stopped or resumed.
+            path = Path(run).resolve()
+            if log_dir not in path.parents:
+                raise gr.Error(f"{run}: not a run under {log_dir}")
+            return path
 
         def start_run(edited: list[str], extra_text: str, *values):
             checked = checked_of(edited, extra_text, values)
             if not checked.ok:
                 raise gr.Error("Fix the problems shown beside the fields first.")
-            job = launcher.start_run(checked.overrides, checked.cfg.task_name)
+            try:
+                job = launcher.start_run(checked.overrides, checked.cfg.task_name)
+            except ValueError as err:
+                raise gr.Error(str(err)) from None
             gr.Info(f"Started {job.run.name}")
             return str(job.run), run_choices(str(job.run))
 
         def stop_run(run: str):
-            if launcher.stop(run):
-                gr.Info("Stop requested: the run saves a checkpoint at the next step and exits.")
+            if launcher.stop(own(run)):
+                gr.Info(
+                    "Stop requested: a training run saves a checkpoint at the next optimizer step and exits "
+                    "(while it is still loading it just exits)."
+                )
             else:
                 gr.Warning("This run is not running from this page.")
 
         def resume_run(run: str):
             try:
-                launcher.resume_run(Path(run))
+                launcher.resume_run(own(run))
             except ValueError as err:
                 raise gr.Error(str(err)) from None
             gr.Info(f"Resuming {Path(run).name} from its last checkpoint.")
@@ -277,23 +306,24 @@ def build(settings: Settings) -> gr.Blocks:
         def watch_run(run: str):
             if not run:
                 return "No run yet: compose one and press Start.", None, None, "", gr.update(), gr.update()
-            path = Path(run)
+            path = own(run)
             alive = launcher.alive(path)
-            state = runs.status(path, alive if str(path) in launcher.jobs else None)
+            known = True if alive else None  # the page's own child, or the pid in progress.json
+            state = runs.status(path, known)
             curves = runs.metrics(path)
             loss = curves[curves["series"] != "learning rate"]
             lr = curves[curves["series"] == "learning rate"]
             counts = ", ".join(
                 f"{name}: {int((curves['series'] == name).sum())} points" for name in CURVE_SERIES
             )
-            line = f"**{path.name}** · {runs.progress_line(path)} · {counts}"
+            line = f"**{path.name}** · {runs.progress_line(path, known)} · {counts}"
             return (
                 line,
                 loss if len(loss) else None,
                 lr if len(lr) else None,
                 redact(runs.tail(path / runs.CONSOLE_LOG)),  # a key in the environment never shows
                 gr.update(interactive=alive),
-                gr.update(interactive=state == "stopped" and not alive),
+                gr.update(interactive=state in ("stopped", "failed") and runs.resumable(path)),
             )
 
         watch_outputs = [run_status, loss_plot, lr_plot, log_box, stop_button, resume_button]
@@ -301,8 +331,9 @@ def build(settings: Settings) -> gr.Blocks:
         stop_button.click(stop_run, current, None)
         resume_button.click(resume_run, current, current)
         watch.input(lambda run: run or "", watch, current)
+        watch.focus(lambda run: run_choices(run), current, watch)  # list runs started elsewhere too
         timer = gr.Timer(settings.refresh_seconds)
-        timer.tick(watch_run, current, watch_outputs, show_progress="hidden")
+        timer.tick(watch_run, current, watch_outputs, show_progress="hidden").then(None, js=FOLLOW_LOGS)
         current.change(watch_run, current, watch_outputs, show_progress="hidden")
 
         # ---- Runs tab ------------------------------------------------------------------------------------
@@ -336,8 +367,10 @@ def build(settings: Settings) -> gr.Blocks:
             checked = checked_of(edited, extra_text, values)
             if not checked.ok:
                 raise gr.Error("The Train tab's settings have problems; fix them first.")
-            if not name or not study or not trials or trials < 1:
-                raise gr.Error("Pick a search space, a study name and at least one trial.")
+            if not name or not trials or trials < 1:
+                raise gr.Error("Pick a search space and at least one trial.")
+            if not re.fullmatch(r"[\w.-]+", study or ""):
+                raise gr.Error("The study name takes letters, digits, '.', '_' and '-' only.")
             swept = set(sweeps.space(name)["params"])
             base = [o for o in checked.overrides if o.partition("=")[0] not in swept]
             job = launcher.start_sweep(sweeps.sweep_overrides(name, int(trials), study, base))
@@ -353,9 +386,12 @@ def build(settings: Settings) -> gr.Blocks:
 
         def watch_sweep(job: str, study: str):
             log = redact(runs.tail(Path(job))) if job else ""
-            if not study or study not in sweeps.studies(storage):
-                return log, "", None
-            rows, line = sweeps.trials(study, storage)
+            try:
+                if not study or study not in sweeps.studies(storage):
+                    return log, "", None
+                rows, line = sweeps.trials(study, storage)
+            except Exception:  # e.g. SQLite busy while a trial writes: keep what is shown, try next tick
+                return log, gr.update(), gr.update()
             return log, line, rows
 
         def list_studies(selected: str | None):
@@ -374,9 +410,11 @@ def build(settings: Settings) -> gr.Blocks:
         sweep_stop.click(stop_sweep, sweep_job, None)
         refresh_studies.click(list_studies, study_pick, study_pick)
         sweeps_tab.select(list_studies, study_pick, study_pick)
-        timer.tick(
+        # The study is read from its storage, so less often than a run's files.
+        sweep_timer = gr.Timer(max(settings.refresh_seconds, 3.0))
+        sweep_timer.tick(
             watch_sweep, [sweep_job, study_pick], [sweep_log, best, trials_table], show_progress="hidden"
-        )
+        ).then(None, js=FOLLOW_LOGS)
 
         # ---- Chat tab ------------------------------------------------------------------------------------
         def chat_runs():
@@ -393,22 +431,26 @@ def build(settings: Settings) -> gr.Blocks:
             return f"Loaded **{name}** and its base model.", [], []
 
         def ask(name: str, text: str, tuned_history: list, base_history: list):
-            if name not in comparison:
+            with chat_lock:
+                pair = comparison.get(name)
+            if pair is None:
                 raise gr.Error("Load the run first.")
             if not text.strip():
                 raise gr.Error("Type a prompt.")
             user = {"role": "user", "content": text}
-            with chat_lock:
-                for tuned, base in comparison[name].ask(text):
-                    yield (
-                        [*tuned_history, user, {"role": "assistant", "content": tuned}],
-                        [*base_history, user, {"role": "assistant", "content": base}],
-                        "",
-                    )
+            # Gradio runs one `ask` at a time (its default concurrency), so the pair's history stays whole.
+            for tuned, base in pair.ask(text):
+                yield (
+                    [*tuned_history, user, {"role": "assistant", "content": tuned}],
+                    [*base_history, user, {"role": "assistant", "content": base}],
+                    "",
+                )
 
         def clear_chat(name: str):
-            if name in comparison:
-                comparison[name].reset()
+            with chat_lock:
+                pair = comparison.get(name)
+            if pair is not None:
+                pair.reset()
             return [], []
 
         chat_tab.select(chat_runs, None, chat_pick)

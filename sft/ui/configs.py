@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config import ConfigError, override_problems, validate
 from ..provenance import redact, redact_override
@@ -200,16 +200,17 @@ def _problem_lines(message: str) -> list[str]:
 
 
 def check(draft: Draft, defaults: dict[str, str], fixed: list[str], root_ok) -> Checked:
-    """Compose and validate a draft exactly as `python -m sft.train` would, without starting anything.
+    """Compose and validate a draft as `python -m sft.train` does, without starting anything.
 
-    `fixed` are overrides the page always adds (where outputs go); `root_ok(key, value)` returns a
-    problem for a path outside the allowed locations, or None.
+    The one check left out is the cutoff against the template's overhead, which needs the tokenizer (the
+    run itself still makes it). `fixed` are overrides the page adds (where outputs go); `root_ok(key,
+    value)` returns a problem for a path outside the allowed locations, or None.
     """
     overrides, problems = draft_overrides(draft, defaults)
     groups = list(draft.choices)
-    found: list[str] = []
+    typed = [_key(o) for o in overrides if _key(o) not in groups]
+    found = [p for key in typed if (p := refused(key))]
     found += override_problems(overrides)
-    found += [p for override in overrides if (p := path_problem(override, root_ok))]
     values: dict[str, Any] = {}
     cfg = None
     text = ""
@@ -217,6 +218,8 @@ def check(draft: Draft, defaults: dict[str, str], fixed: list[str], root_ok) -> 
         try:
             with hydra_conf():
                 cfg = compose(ENTRY, overrides=[*overrides, *fixed])
+            found += [p for key in typed for p in path_problems(cfg, key, root_ok)]
+            found += [] if re.fullmatch(r"[\w.-]+", str(cfg.task_name)) else [TASK_NAME]
             validate(cfg)
         except ConfigError as err:
             found += [" ".join(line.split()) for line in _problem_lines(str(err))]
@@ -225,9 +228,9 @@ def check(draft: Draft, defaults: dict[str, str], fixed: list[str], root_ok) -> 
     if cfg is not None:
         values = {f.name: _select(cfg, f.key) for f in FIELDS}
         text = shown_yaml(cfg)
-    typed = {o.partition("=")[0].lstrip("+~") for o in _split(draft.extra)}
+    extra_keys = {_key(o) for o in _split(draft.extra)}
     for problem in found:
-        problems.setdefault(owner(problem, groups, typed), []).append(problem)
+        problems.setdefault(owner(problem, groups, extra_keys), []).append(problem)
     return Checked(overrides, problems, values, text, cfg if not problems else None)
 
 
@@ -248,24 +251,72 @@ def shown_yaml(cfg: DictConfig) -> str:
     return yaml.safe_dump(redact(plain), sort_keys=False)
 
 
-# Keys whose values name files or directories the run will read or write.
-_PATH_KEY = re.compile(r"(^|\.)(\w*_)?(dir|path|file|paths)$|^resume$")
-_NOT_PATHS = {"null", "none", "last", ""}
+def _key(override: str) -> str:
+    """The config key of an override, without Hydra's +, ++ and ~ prefixes."""
+    return override.partition("=")[0].lstrip("+~")
+
+
 # Where runs go is the page's setting (`python -m sft.ui log_dir=...`), so it can find them again.
-PLACED_BY_PAGE = ("paths.log_dir", "paths.output_dir", "hydra.run.dir", "hydra.sweep.dir")
+PLACED_BY_PAGE = ("paths.log_dir", "paths.output_dir")
+TASK_NAME = "task_name: letters, digits, '.', '_' and '-' only (it names a directory under the outputs)"
 
 
-def path_problem(override: str, root_ok) -> str | None:
-    """A problem when an override points a path key outside the allowed locations, else None."""
-    key, sep, value = override.partition("=")
-    key = key.lstrip("+~")
+def refused(key: str) -> str | None:
+    """Why the page does not take this key from a user, or None.
+
+    A `_target_` (or any `_private_` key) typed into a page could instantiate any class, and Hydra's own
+    settings could write logs or load configs anywhere: those stay in YAML files and on the command line.
+    """
     if key in PLACED_BY_PAGE:
         return f"{key}: set by the page (python -m sft.ui log_dir=<dir>), so it can find the run again"
-    if not sep or not _PATH_KEY.search(key) or value.strip().lower() in _NOT_PATHS:
-        return None
-    if key == "model.name_or_path" and not value.startswith(("/", ".", "~")):
-        return None  # a hub id such as Qwen/Qwen2.5-0.5B
-    return root_ok(key, value)
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        return f"{key}: Hydra's own settings are not taken from the page; use the command line"
+    if any(part.startswith("_") for part in re.split(r"[./]", key)):
+        return f"{key}: not taken from the page (it could run any code); put it in a YAML file under conf/"
+    return None
+
+
+# Keys whose values are file or directory names, and strings that look like paths wherever they are.
+_PATH_KEY = re.compile(r"(^|\.)(\w*_)?(dir|path|file|paths)$|(^|\.)resume$")
+_NOT_PATHS = {"null", "none", "last", "auto", ""}
+_DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow", ".ckpt", ".gguf", ".safetensors")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _looks_like_path(key: str, text: str) -> bool:
+    """True when a value at `key` names a location on disk (hub ids and URLs do not)."""
+    text = text.strip()
+    if text.lower() in _NOT_PATHS or "://" in text or any(c.isspace() for c in text):
+        return False
+    if key.endswith("name_or_path") and _HUB_ID.fullmatch(text) and not (ROOT / text).exists():
+        return False
+    return (
+        bool(_PATH_KEY.search(key))
+        or text.startswith(("/", ".", "~"))
+        or "/" in text
+        or text.endswith(_DATA_SUFFIXES)
+    )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a value, at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def path_problems(cfg: DictConfig, key: str, root_ok) -> list[str]:
+    """Problems for paths outside the allowed locations in what an override set, as resolved."""
+    node = _select(cfg, key)
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    found = (root_ok(key, text) for text in _strings(node) if _looks_like_path(key, text))
+    return [problem for problem in found if problem]
 
 
 class Roots:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import yaml
 
 from .. import metrics_file
 from ..io import FINISHED_MARK
+from ..provenance import redact_override
 
 CONSOLE_LOG = "console.log"
 # Curves the page draws, by metrics.csv column.
@@ -49,35 +51,42 @@ def read_json(path: Path) -> dict | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """True when a process with this id exists (and is not a zombie we could reap)."""
+    """True when a process with this id exists."""
     if not pid:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # it exists, under another user
         return True
     return True
 
 
 def status(run: Path, running: bool | None = None) -> str:
-    """finished, running, stopped (resumable from a checkpoint), failed, or starting.
+    """finished, starting, running, stopped (by Stop, with a checkpoint) or failed.
 
-    `running` is what the caller knows of the process (the page's own children); otherwise the pid in
-    progress.json decides.
+    `running` is what the caller knows of the process (the page's own children); otherwise the pid
+    that progress.json names decides. A stopped or failed run with `checkpoints/last.ckpt` resumes.
     """
     run = Path(run)
     if (run / FINISHED_MARK).is_file():
         return "finished"
     progress = read_json(run / "progress.json") or {}
+    state = progress.get("state")
     if running is None:
-        running = progress.get("state") == "running" and pid_alive(progress.get("pid"))
+        running = state in ("running", "trained") and pid_alive(progress.get("pid"))
     if running:
         return "running" if progress else "starting"
-    if (run / "checkpoints" / "last.ckpt").exists():
+    if state != "failed" and resumable(run):
         return "stopped"
     return "failed"
+
+
+def resumable(run: Path) -> bool:
+    """True when the run has a checkpoint to continue from and is not finished."""
+    run = Path(run)
+    return (run / "checkpoints" / "last.ckpt").exists() and not (run / FINISHED_MARK).is_file()
 
 
 def choices(run: Path) -> dict[str, str]:
@@ -118,11 +127,11 @@ def last_value(run: Path, column: str) -> float | None:
     return float(values.iloc[-1]) if len(values) else None
 
 
-def progress_line(run: Path) -> str:
+def progress_line(run: Path, running: bool | None = None) -> str:
     """One line for a watched run: status, step of total, tokens/s and ETA."""
     run = Path(run)
     p = read_json(run / "progress.json") or {}
-    state = status(run)
+    state = status(run, running)
     parts = [state]
     if "step" in p:
         parts.append(f"step {p['step']}/{p['total_steps']}")
@@ -161,7 +170,9 @@ def table(log_dir: Path, running: set[Path] = frozenset()) -> pd.DataFrame:
                 "model": picked.get("model", ""),
                 "data": picked.get("data", ""),
                 "preset": picked.get("preset", ""),
-                "overrides": " ".join(o for o in overrides(run) if not o.startswith(("resume=", "paths."))),
+                "overrides": " ".join(
+                    redact_override(o) for o in overrides(run) if not o.startswith(("resume=", "paths."))
+                ),
                 "step": summary.get("global_step", progress.get("step")),
                 "train_loss": _rounded(summary.get("train_loss")),
                 "val_loss": _rounded(summary.get("val_loss")),
@@ -221,8 +232,11 @@ class Job:
 class Launcher:
     """Starts training runs and sweeps as their own processes, from argument lists (never a shell)."""
 
-    def __init__(self, log_dir: Path, cwd: Path, python: str = sys.executable) -> None:
-        self.log_dir, self.cwd, self.python = Path(log_dir), Path(cwd), python
+    def __init__(
+        self, log_dir: Path, cwd: Path, python: str = sys.executable, hidden_env: tuple = ()
+    ) -> None:
+        self.log_dir, self.cwd, self.python = Path(log_dir).resolve(), Path(cwd), python
+        self.hidden_env = set(hidden_env)  # e.g. the page's password: runs never see it
         self.jobs: dict[str, Job] = {}  # run dir or sweep log -> job
         self._lock = threading.Lock()
 
@@ -240,7 +254,11 @@ class Launcher:
             return subprocess.Popen(
                 [self.python, "-m", *args],
                 cwd=self.cwd,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in self.hidden_env},
+                    "PYTHONUNBUFFERED": "1",
+                    **env,
+                },
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -249,28 +267,36 @@ class Launcher:
 
     def start_run(self, overrides: list[str], task_name: str = "train") -> Job:
         """Start `python -m sft.train <overrides>` in a run directory named before it starts."""
+        task_dir = (self.log_dir / task_name / "runs").resolve()
+        if not re.fullmatch(r"[\w.-]+", task_name) or self.log_dir not in task_dir.parents:
+            raise ValueError(f"task_name={task_name!r}: letters, digits, '.', '_' and '-' only")
         with self._lock:
-            task_dir = self.log_dir / task_name / "runs"
             run = task_dir / self._unique_name(task_dir)
             run.mkdir(parents=True)
             # SFT_RUN_NAME names Hydra's run directory, so its log, curves and progress are found at once.
-            process = self._spawn(["sft.train", *overrides], run / CONSOLE_LOG, {"SFT_RUN_NAME": run.name})
-            job = Job(["sft.train", *overrides], run / CONSOLE_LOG, process, run)
+            args = ["sft.train", *overrides]
+            job = Job(
+                args, run / CONSOLE_LOG, self._spawn(args, run / CONSOLE_LOG, {"SFT_RUN_NAME": run.name}), run
+            )
             self.jobs[str(run)] = job
             return job
 
-    def resume_run(self, run: Path, extra: list[str] = ()) -> Job:
-        """Continue a stopped run in its own directory from its last checkpoint, with its own overrides."""
-        run = Path(run)
-        if status(run, self.alive(run)) != "stopped":
+    def resume_run(self, run: Path) -> Job:
+        """Continue a stopped (or failed) run in its own directory from its last checkpoint and overrides."""
+        run = Path(run).resolve()
+        state = status(run, True if self.alive(run) else None)
+        if run.parent.name != "runs" or self.log_dir not in run.parents:
             raise ValueError(
-                f"{run}: {status(run, self.alive(run))}; only a stopped run with a checkpoint resumes"
+                f"{run}: not a single run under {self.log_dir}; a sweep continues by running it again"
             )
+        if state in ("running", "starting", "finished") or not resumable(run):
+            raise ValueError(f"{run.name}: {state}; only a stopped or failed run with a checkpoint resumes")
         keep = [o for o in overrides(run) if not o.startswith(("resume=", "overwrite="))]
-        args = ["sft.train", *keep, *extra, f"resume={run}"]
+        args = ["sft.train", *keep, f"resume={run}"]
         with self._lock:
-            process = self._spawn(args, run / CONSOLE_LOG, {"SFT_RUN_NAME": run.name})
-            job = Job(args, run / CONSOLE_LOG, process, run)
+            job = Job(
+                args, run / CONSOLE_LOG, self._spawn(args, run / CONSOLE_LOG, {"SFT_RUN_NAME": run.name}), run
+            )
             self.jobs[str(run)] = job
             return job
 
@@ -305,7 +331,7 @@ class Launcher:
                 pass
         return True
 
-    def shutdown(self, grace: float = 30.0) -> None:
+    def shutdown(self, grace: float = 120.0) -> None:
         """Stop every live job, giving each `grace` seconds to save before it is killed."""
         live = [job for job in self.jobs.values() if job.alive]
         for job in live:
