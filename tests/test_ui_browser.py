@@ -178,7 +178,7 @@ def test_launch_watch_stop_and_resume(page, server):
         "() => /train loss: ([3-9]|\\d\\d+) points/.test(document.querySelector('#run-status').innerText)"
     )
     assert "tokens/s" in page.inner_text("#run-status") and "ETA" in page.inner_text("#run-status")
-    assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    page.wait_for_selector("#loss-plot canvas, #loss-plot svg")  # the chart draws a moment after its data
     assert "effective batch" in page.input_value("#log textarea")
     _shot(page, "train-running")
     page.click("#stop")

@@ -138,7 +138,12 @@ def build(settings: Settings) -> gr.Blocks:
                 run_status = gr.Markdown(elem_id="run-status")
                 with gr.Row():
                     loss_plot = gr.LinePlot(
-                        x="step", y="value", color="series", title="loss", elem_id="loss-plot", height=280
+                        x="step",
+                        y="value",
+                        color="series",
+                        title="loss",
+                        elem_id="loss-plot",
+                        height=280,
                     )
                     lr_plot = gr.LinePlot(
                         x="step",
@@ -317,9 +322,11 @@ def build(settings: Settings) -> gr.Blocks:
                 f"{name}: {int((curves['series'] == name).sum())} points" for name in CURVE_SERIES
             )
             line = f"**{path.name}** · {runs.progress_line(path, known)} · {counts}"
+            # The plot keeps the series of its first data, so it starts once train loss is there too
+            # (the initial evaluation logs val loss alone).
             return (
                 line,
-                loss if len(loss) else None,
+                loss if (loss["series"] == "train loss").any() else None,
                 lr if len(lr) else None,
                 redact(runs.tail(path / runs.CONSOLE_LOG)),  # a key in the environment never shows
                 gr.update(interactive=alive),
