@@ -51,7 +51,19 @@ def _wait_http(url: str, server: subprocess.Popen, log: Path, seconds: float = 1
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, cache_dir):
+def chromium() -> str:
+    """Debian's Chromium; the browser tests fail (never skip) with what to install when it is missing."""
+    if not Path(CHROMIUM).is_file() and not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: {INSTALL}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.fail("Playwright for Python is missing: pip install -e '.[dev]' (make test does this)")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def server(chromium, tmp_path_factory, cache_dir):
     """(base URL, outputs dir) of a page serving the tiny model, stopped (with its runs) at the end."""
     tmp = tmp_path_factory.mktemp("ui")
     out, log, port = tmp / "outputs", tmp / "server.log", _free_port()
@@ -73,18 +85,14 @@ def server(tmp_path_factory, cache_dir):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    """One Chromium page on the server; fails (never skips) when Chromium or Playwright is missing."""
-    if not Path(CHROMIUM).is_file() and not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: {INSTALL}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright for Python is missing: pip install -e '.[dev]' (make test does this)")
+def page(chromium, server):
+    """One Chromium page on the server, its screenshots going to ARTIFACTS."""
+    from playwright.sync_api import sync_playwright
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
         )
         tab = browser.new_page(viewport={"width": 1400, "height": 1500})
