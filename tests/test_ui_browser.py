@@ -7,6 +7,7 @@ to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The tests run in file or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -62,26 +65,33 @@ def chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
-def server(chromium, tmp_path_factory, cache_dir):
-    """(base URL, outputs dir) of a page serving the tiny model, stopped (with its runs) at the end."""
-    tmp = tmp_path_factory.mktemp("ui")
-    out, log, port = tmp / "outputs", tmp / "server.log", _free_port()
-    overrides = json.dumps(["model=tiny", "preset=conservative", *RUN])
-    env = {**os.environ, "SFT_CACHE": str(cache_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
-    args = [sys.executable, "-m", "sft.ui", f"port={port}", f"log_dir={out}", f"overrides={overrides}"]
+@contextlib.contextmanager
+def serve_ui(tmp: Path, cache_dir: Path, *args: str, env: dict | None = None):
+    """`python -m sft.ui` on a free loopback port with outputs in tmp; yields its URL, then stops it."""
+    log, port = tmp / "server.log", _free_port()
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    command = [sys.executable, "-m", "sft.ui", f"port={port}", f"log_dir={tmp / 'outputs'}", *args]
     with open(log, "w") as sink:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url, proc, log)
-        yield url, out
+        yield url
     finally:
         proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(chromium, tmp_path_factory, cache_dir):
+    """(base URL, outputs dir) of a page serving the tiny model, stopped (with its runs) at the end."""
+    tmp = tmp_path_factory.mktemp("ui")
+    overrides = json.dumps(["model=tiny", "preset=conservative", *RUN])
+    with serve_ui(tmp, cache_dir, f"overrides={overrides}") as url:
+        yield url, tmp / "outputs"
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +263,22 @@ def test_sweep_runs_trials_and_shows_the_best(page, server):
         timeout=240_000,
     )
     _shot(page, "sweeps")
+
+
+def test_a_password_guards_the_page(tmp_path, cache_dir):
+    """With SFT_UI_PASSWORD set, Gradio's login stands before the page and its API."""
+    with serve_ui(tmp_path, cache_dir, env={"SFT_UI_PASSWORD": "open-sesame-123"}) as url:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/config", timeout=10)
+        assert refused.value.code == 401
+
+        def login(password: str) -> int:
+            form = urllib.parse.urlencode({"username": "sft", "password": password}).encode()
+            try:
+                return urllib.request.urlopen(f"{url}/login", data=form, timeout=10).status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert login("wrong") == 400
+        assert login("open-sesame-123") == 200
+    assert "password required (user 'sft'" in (tmp_path / "server.log").read_text()

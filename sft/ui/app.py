@@ -64,6 +64,11 @@ def _starting_draft(overrides: list[str], groups: dict[str, list[str]], defaults
     return Draft(choices, {}, shlex.join(extra))
 
 
+def _curves(title: str, elem_id: str) -> gr.LinePlot:
+    """A chart of `runs.metrics` rows (step, value, series), one line per series."""
+    return gr.LinePlot(x="step", y="value", color="series", title=title, elem_id=elem_id, height=280)
+
+
 def build(settings: Settings) -> gr.Blocks:
     """The whole page. Runs it starts go on when the browser closes; the server stops them when it exits."""
     groups, defaults = config_groups()
@@ -137,22 +142,8 @@ def build(settings: Settings) -> gr.Blocks:
                     watch = gr.Dropdown([], value=None, label="watching", elem_id="watch", scale=2)
                 run_status = gr.Markdown(elem_id="run-status")
                 with gr.Row():
-                    loss_plot = gr.LinePlot(
-                        x="step",
-                        y="value",
-                        color="series",
-                        title="loss",
-                        elem_id="loss-plot",
-                        height=280,
-                    )
-                    lr_plot = gr.LinePlot(
-                        x="step",
-                        y="value",
-                        color="series",
-                        title="learning rate",
-                        elem_id="lr-plot",
-                        height=280,
-                    )
+                    loss_plot = _curves("loss", "loss-plot")
+                    lr_plot = _curves("learning rate", "lr-plot")
                 log_box = gr.Textbox(label="log", lines=14, max_lines=14, interactive=False, elem_id="log")
 
             with gr.Tab("Runs", id="runs") as runs_tab:
