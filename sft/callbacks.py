@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from .provenance import write_json
 from .resilience import Preempted
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,7 @@ class ProgressFile(Callback):
             "eta_seconds": None if eta is None else round(eta, 1),
             "pid": os.getpid(),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.path)
+        write_json(record, self.path, durable=False)
 
 
 class OverfittingWatch(Callback):

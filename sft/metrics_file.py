@@ -44,3 +44,13 @@ def read(run: Path) -> pd.DataFrame:
             frames = [f[f["step"] < restart] for f in frames]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def series(logged: pd.DataFrame, column: str) -> pd.DataFrame:
+    """One column's logged points (step, value), one per step.
+
+    Lightning logs the final validation again after restoring the best weights, at the last step.
+    """
+    if column not in logged:
+        return pd.DataFrame(columns=["step", column])
+    return logged[["step", column]].dropna().drop_duplicates("step", keep="last")

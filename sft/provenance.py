@@ -266,8 +266,11 @@ def hydra_overrides() -> list[str]:
         return []
 
 
-def write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write `data` as JSON so that readers see the old file or the whole new one, never a partial one."""
+def write_json(data: Any, path: str | os.PathLike, durable: bool = True) -> None:
+    """Write `data` as JSON so that readers see the old file or the whole new one, never a partial one.
+
+    `durable=False` skips the fsync: for a file rewritten every step, where the next write replaces it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
@@ -276,7 +279,8 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

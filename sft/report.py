@@ -223,12 +223,11 @@ def plot_loss_curves(ax: Axes, df: pd.DataFrame, sweep_dir: Path) -> int:
             continue
         label, color = _label(row, df.attrs.get("params", [])), None
         if "train/loss" in logged:
-            train = logged[["step", "train/loss"]].dropna()
+            train = metrics_file.series(logged, "train/loss")
             (line,) = ax.plot(train["step"], train["train/loss"], label=label)
             label, color = "_nolegend_", line.get_color()  # one legend entry per run
         if "val/loss" in logged:
-            # Lightning logs the final validation again at the last step; one point per step is enough.
-            val = logged[["step", "val/loss"]].dropna().drop_duplicates("step", keep="last")
+            val = metrics_file.series(logged, "val/loss")
             ax.plot(val["step"], val["val/loss"], linestyle="--", marker=".", color=color, label=label)
         drawn += 1
     ax.set(xlabel="step", ylabel="loss", title="train loss (solid) and val loss (dashed)")

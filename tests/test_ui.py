@@ -176,7 +176,8 @@ def test_run_status_progress_and_table(tmp_path):
     pd.DataFrame({"step": [4], "train/tokens_per_sec": [1234.0]}).to_csv(
         run / "csv" / "metrics.csv", index=False
     )
-    assert runs.progress_line(run) == "stopped · step 5/20 · 1,234 tokens/s"
+    line = runs.progress_line(run, runs.status(run), metrics_file.read(run))
+    assert line == "stopped · step 5/20 · 1,234 tokens/s"
     (run / "summary.json").write_text(json.dumps({"global_step": 20, "val_loss": 1.5, "train_loss": 1.25}))
     row = runs.table(log_dir).iloc[0]
     assert (row["run"], row["status"], row["model"], row["overrides"]) == (

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sft.sweep.space import as_overrides, parse
+from sft.sweep.storage import default_storage
 
 STORAGE_ATTEMPTS = 5
 
@@ -68,7 +69,7 @@ class OptunaSweeper(Sweeper):
     def _study(self) -> optuna.Study:
         """Create the study, or load it when it already exists in the storage."""
         objective = self.config.objective
-        storage = self.storage or f"sqlite:///{Path(self.config.paths.log_dir).resolve() / 'optuna.db'}"
+        storage = self.storage or default_storage(self.config.paths.log_dir)
         if storage.startswith("sqlite:///"):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.storage = storage

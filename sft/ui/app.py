@@ -15,7 +15,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from .. import metrics_file
 from ..provenance import redact
+from ..sweep.storage import default_storage
 from . import runs, sweeps
 from .compare import Comparison, chat_ready
 from .configs import EXTRA, FIELDS, ROOT, Checked, Draft, Roots, check, config_groups, group_options
@@ -65,7 +67,7 @@ def _starting_draft(overrides: list[str], groups: dict[str, list[str]], defaults
 
 
 def _curves(title: str, elem_id: str) -> gr.LinePlot:
-    """A chart of `runs.metrics` rows (step, value, series), one line per series."""
+    """A chart of `runs.curves` rows (step, value, series), one line per series."""
     return gr.LinePlot(x="step", y="value", color="series", title=title, elem_id=elem_id, height=280)
 
 
@@ -306,13 +308,14 @@ def build(settings: Settings) -> gr.Blocks:
             alive = launcher.alive(path)
             known = True if alive else None  # the page's own child, or the pid in progress.json
             state = runs.status(path, known)
-            curves = runs.metrics(path)
+            logged = metrics_file.read(path)  # once per tick, for the charts and the progress line
+            curves = runs.curves(logged)
             loss = curves[curves["series"] != "learning rate"]
             lr = curves[curves["series"] == "learning rate"]
             counts = ", ".join(
                 f"{name}: {int((curves['series'] == name).sum())} points" for name in CURVE_SERIES
             )
-            line = f"**{path.name}** · {runs.progress_line(path, known)} · {counts}"
+            line = f"**{path.name}** · {runs.progress_line(path, state, logged)} · {counts}"
             # The plot keeps the series of its first data, so it starts once train loss is there too
             # (the initial evaluation logs val loss alone).
             return (
@@ -349,7 +352,7 @@ def build(settings: Settings) -> gr.Blocks:
         overlay_series.change(overlay, [overlay_pick, overlay_series], overlay_plot)
 
         # ---- Sweeps tab ----------------------------------------------------------------------------------
-        storage = sweeps.storage_url(log_dir)
+        storage = default_storage(log_dir)  # where the sweeps it starts keep their studies
 
         def show_space(name: str):
             if not name:

@@ -108,35 +108,31 @@ def overrides(run: Path) -> list[str]:
 
 def metrics(run: Path) -> pd.DataFrame:
     """The run's curves in long form: step, value, series (train loss, val loss, learning rate)."""
-    logged = metrics_file.read(run)
-    frames = []
-    for column, name in CURVES.items():
-        if column in logged:
-            # Lightning logs the last validation again after restoring the best weights: one per step.
-            part = logged[["step", column]].dropna().drop_duplicates("step", keep="last")
-            frames.append(part.rename(columns={column: "value"}).assign(series=name))
+    return curves(metrics_file.read(run))
+
+
+def curves(logged: pd.DataFrame) -> pd.DataFrame:
+    """Logged metrics rows as the page's curves: step, value, series."""
+    frames = [
+        metrics_file.series(logged, column).rename(columns={column: "value"}).assign(series=name)
+        for column, name in CURVES.items()
+        if column in logged
+    ]
     if not frames:
         return pd.DataFrame(columns=["step", "value", "series"])
     return pd.concat(frames, ignore_index=True)
 
 
-def last_value(run: Path, column: str) -> float | None:
-    """The newest logged value of one metrics.csv column."""
-    logged = metrics_file.read(run)
-    values = logged[column].dropna() if column in logged else ()
-    return float(values.iloc[-1]) if len(values) else None
-
-
-def progress_line(run: Path, running: bool | None = None) -> str:
-    """One line for a watched run: status, step of total, tokens/s and ETA."""
+def progress_line(run: Path, state: str, logged: pd.DataFrame) -> str:
+    """One line for a watched run in `state` (see `status`): step of total, tokens/s, ETA, final val loss."""
     run = Path(run)
     p = read_json(run / "progress.json") or {}
-    state = status(run, running)
     parts = [state]
     if "step" in p:
         parts.append(f"step {p['step']}/{p['total_steps']}")
-    if (rate := last_value(run, "train/tokens_per_sec")) is not None:
-        parts.append(f"{rate:,.0f} tokens/s")
+    rates = metrics_file.series(logged, "train/tokens_per_sec")["train/tokens_per_sec"]
+    if len(rates):
+        parts.append(f"{float(rates.iloc[-1]):,.0f} tokens/s")
     if p.get("eta_seconds") is not None and state == "running":
         parts.append(f"ETA {format_seconds(p['eta_seconds'])}")
     summary = read_json(run / FINISHED_MARK)

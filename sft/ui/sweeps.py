@@ -20,11 +20,6 @@ from .configs import ENTRY, hydra_conf
 SWEEPER = "hydra/sweeper=optuna"
 
 
-def storage_url(log_dir: Path) -> str:
-    """The sweeper's default storage: SQLite in the outputs directory."""
-    return f"sqlite:///{Path(log_dir).resolve() / 'optuna.db'}"
-
-
 def space(name: str) -> dict:
     """A search space's study name, trial budget, parameters and enqueued points, as Hydra composes it."""
     with hydra_conf():
