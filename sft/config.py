@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data.formats import FORMATS, mapping_problems
 from .data.templates import BUILTIN as BUILTIN_TEMPLATES
 from .data.tokenize import TRUNCATION
+from .locations import default_data_dir
 from .provenance import literal_secrets, redact
 
 TEMPLATES = (*BUILTIN_TEMPLATES, "auto")
@@ -91,6 +92,8 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("sft.env_unset", lambda name: not os.environ.get(name))
     if not OmegaConf.has_resolver("sft.run_name"):
         OmegaConf.register_new_resolver("sft.run_name", run_name)
+    if not OmegaConf.has_resolver("sft.data_dir"):
+        OmegaConf.register_new_resolver("sft.data_dir", default_data_dir)
     if not OmegaConf.has_resolver("sft.on_rank_zero"):
         OmegaConf.register_new_resolver("sft.on_rank_zero", on_rank_zero)
 
@@ -243,6 +246,7 @@ class PathsConfig:
 
     root_dir: str = "."
     log_dir: str = "outputs"
+    data_dir: str = "."
     output_dir: str = "outputs/run"
     cache_dir: str = "~/.cache/sft"
 
@@ -529,7 +533,7 @@ def _range_problems(c: TrainConfig) -> list[str]:
 
 def _strategy_problems(c: TrainConfig) -> list[str]:
     """Problems with the strategy group and its fit with the model, precision and accelerator."""
-    from .strategy import find_deepspeed_config
+    from .training.strategy import find_deepspeed_config
 
     s, p = c.strategy, []
     _check(p, s.name in STRATEGIES, "strategy.name", s.name, f"one of {STRATEGIES}")

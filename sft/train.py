@@ -21,26 +21,25 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from . import metrics_file
-from .callbacks import OverfittingWatch, ThroughputMonitor
-from .checkpoint import CheckpointWriteError, resolve_resume
 from .config import ConfigError, TrainConfig, override_problems, to_record, validate
 from .data.datamodule import SFTDataModule
 from .data.loading import DataError, system_prompt
 from .data.templates import get_template
 from .data.tokenize import template_overhead
 from .eval.run import evaluate
-from .export import save_final
 from .io import claim_output_dir
-from .model import apply_peft, count_parameters, load_model, load_tokenizer
-from .module import SFTModule
-from .probe import answer
+from .locations import CONF_DIR, SOURCE_DIR
 from .provenance import hydra_overrides, run_record, write_json
-from .resilience import Diverged, Preempted
-from .strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters
+from .serving.export import save_final
 from .summary import write_summary
-from .trainer import build_trainer
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from .training.callbacks import OverfittingWatch, ThroughputMonitor
+from .training.checkpoint import CheckpointWriteError, resolve_resume
+from .training.model import apply_peft, count_parameters, load_model, load_tokenizer
+from .training.module import SFTModule
+from .training.probe import answer
+from .training.resilience import Diverged, Preempted
+from .training.strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters
+from .training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
                 overrides=hydra_overrides(),
                 seed=typed.seed,
                 data_files=datamodule.stats.files,
-                project_dir=PROJECT_DIR,
+                project_dir=SOURCE_DIR,
             ),
             out / "run_record.json",
         )
@@ -216,7 +215,7 @@ def _check_cutoff(cfg: TrainConfig, tokenizer, template) -> None:
 EXIT_CODES = {ConfigError: 2, DataError: 2, Diverged: 3, CheckpointWriteError: 4}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Hydra entry point; a user mistake or an expected stop exits with a message, not a traceback.
 

@@ -10,8 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from sft.locations import CONF_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -108,7 +108,7 @@ def test_hub_models_do_not_trust_remote_code(make_cfg):
 
 
 def test_trusting_remote_code_is_logged(make_cfg, caplog):
-    from sft.model import load_tokenizer
+    from sft.training.model import load_tokenizer
 
     typed = validate(make_cfg("model=tiny", "model.trust_remote_code=true"))
     load_tokenizer(typed.model, typed.paths.cache_dir)

@@ -24,11 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import ModelConfig
-from ..model import load_tokenizer, resolve_source
+from ..locations import CONF_DIR
+from ..training.model import load_tokenizer, resolve_source
 from .clock import rates
 from .flops import flops_per_token, matmul_peak, mean_context
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def row_lengths(model_dir: str, data: Path, cutoff: int) -> list[int]:
@@ -58,7 +57,6 @@ def run_one(name: str, spec: dict, out: Path, timeout: int) -> dict:
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "sft.bench.worker", str(run_dir / "spec.json")],
-                cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
@@ -148,11 +146,11 @@ def markdown(rows: dict[str, dict], ours: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells(rows, ours)])
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
     """Measure the peaks, run every configured trainer, print the table, save results.json and table.md."""
     out = Path(HydraConfig.get().runtime.output_dir)
-    data = Path(cfg.data_file) if Path(cfg.data_file).is_absolute() else (ROOT / cfg.data_file).resolve()
+    data = Path(cfg.data_file).resolve()
     if not data.is_file():
         sys.exit(f"data_file={cfg.data_file}: no such file ({data})")
     model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))

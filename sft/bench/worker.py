@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..locations import CONF_DIR
+
 
 def alpaca_chat(row: dict) -> list[dict]:
     """An Alpaca row's user and assistant turns, exactly as the training pipeline builds them."""
@@ -106,8 +108,8 @@ def run_sft(spec: dict) -> dict:
     from ..data.loading import system_prompt
     from ..data.preprocess import prepare
     from ..data.templates import get_template
-    from ..model import load_tokenizer
     from ..train import train
+    from ..training.model import load_tokenizer
 
     out = Path(spec["out_dir"])
     clock_path = out / "steps.json"
@@ -138,7 +140,7 @@ def run_sft(spec: dict) -> dict:
         f"+callbacks.bench.path={clock_path}",
         *spec.get("sft_overrides", []),
     ]
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = CONF_DIR
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     typed = validate(cfg)

@@ -12,10 +12,10 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from ..config import ConfigError, validate
-from ..model import load_tokenizer
+from ..locations import CONF_DIR
+from ..training.model import load_tokenizer
 from .loading import DataError, system_prompt
 from .preprocess import prepare
-from .registry import CONF_DATA
 from .stats import DataStats
 from .templates import get_template
 from .tokenize import IGNORE_INDEX
@@ -99,7 +99,7 @@ def preview(cfg: DictConfig) -> str:
     return "\n".join(out)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DATA.parent), config_name="preview")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="preview")
 def main(cfg: DictConfig) -> None:
     """Print the preview; a config or data mistake exits 2 with its message."""
     try:

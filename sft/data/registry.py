@@ -18,9 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ..config import ConfigError
+from ..locations import CONF_DIR
 from .formats import SUFFIXES, DataFileError, source_files
 
-CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
+CONF_DATA = CONF_DIR / "data"
 
 # LLaMA-Factory dataset_info.json keys we understand, and the ones we refuse with a reason.
 _INFO_KEYS = {"file_name", "hf_hub_url", "formatting", "columns", "tags", "split", "subset", "num_samples"}

@@ -13,12 +13,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import EvaluationConfig
-from ..export import ExportError
+from ..locations import CONF_DIR
+from ..serving.export import ExportError
 from .run import evaluate
 from .suite import SuiteError
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing run or a bad suite file exits with the message, not a traceback."""
     settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluationConfig), cfg.evaluation))
@@ -29,4 +30,5 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-main()
+if __name__ == "__main__":
+    main()

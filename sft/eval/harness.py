@@ -17,9 +17,10 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from ..export import ExportError, load_run, model_config, run_config
-from ..model import load_model
+from ..locations import CONF_DIR
 from ..provenance import write_json
+from ..serving.export import ExportError, load_run, model_config, run_config
+from ..training.model import load_model
 from .suite import compare
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -105,7 +106,7 @@ def _rates(scores: dict) -> dict:
     return {task: {"accuracy": m.get("acc", m.get("exact_match"))} for task, m in scores.items()}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="harness")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="harness")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing run, lm-eval or task exits with the message, not a traceback."""
     try:

@@ -27,8 +27,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ..endpoint import Client, EndpointError
+from ..locations import CONF_DIR
 from ..provenance import write_json
+from ..serving.endpoint import Client, EndpointError
 
 
 class JudgeError(EndpointError):
@@ -278,7 +279,7 @@ def judge(cfg: DictConfig) -> dict:
     return stats
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="judge")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="judge")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a bad setting, file or endpoint exits 2 with its message."""
     if OmegaConf.is_missing(cfg, "generations"):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..config import EvaluationConfig
 from ..data.formats import MalformedRow, read_source, to_conversation
-from ..export import load_run, model_config, run_config, stop_token_ids
-from ..model import load_model
 from ..provenance import write_json
+from ..serving.export import load_run, model_config, run_config, stop_token_ids
+from ..training.model import load_model
 from .generate import generate
 from .suite import compare, load_suite, score_exact, score_ifeval, score_rouge, to_markdown
 

@@ -11,7 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ..endpoint import EndpointError
+from ..locations import CONF_DIR
+from ..serving.endpoint import EndpointError
 from .rows import PrepareError
 from .steps import STEPS
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
 
     sys.argv = [sys.argv[0], *rest]
-    hydra.main(version_base="1.3", config_path="../../conf", config_name=f"prepare/{step}")(run)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=f"prepare/{step}")(run)()
 
 
 if __name__ == "__main__":

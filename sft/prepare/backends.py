@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
-from ..endpoint import Client, EndpointError
+from ..serving.endpoint import Client, EndpointError
 from .rows import PrepareError
 
 KINDS = ("endpoint", "local")
@@ -74,7 +74,7 @@ class LocalBackend:
     def __init__(self, cfg: DictConfig):
         import torch  # only a local model needs torch and transformers loaded
 
-        from ..model import load_model, load_tokenizer
+        from ..training.model import load_model, load_tokenizer
 
         model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
         self.tokenizer = load_tokenizer(model_cfg, cfg.cache_dir)

@@ -16,7 +16,8 @@ try:
 except ImportError:
     sys.exit("sft.ui needs Gradio: pip install -e '.[ui]' (or make setup)")
 
-from ..serve import is_loopback  # noqa: E402 (after the check above, which is quick)
+from ..locations import CONF_DIR
+from ..serving.serve import is_loopback  # noqa: E402 (after the check above, which is quick)
 from .configs import ROOT, Roots  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def option_problems(cfg: DictConfig, password: str | None) -> list[str]:
     return problems
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="ui")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ui")
 def main(cfg: DictConfig) -> None:
     """Check the settings, build the page and serve it."""
     from .app import CSS, Settings, build

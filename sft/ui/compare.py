@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..chat import Chat
-from ..export import load_run, model_config, run_config, run_weights, stop_token_ids
-from ..model import load_model
+from ..serving.chat import Chat
+from ..serving.export import load_run, model_config, run_config, run_weights, stop_token_ids
+from ..training.model import load_model
 
 
 def chat_ready(run: Path) -> bool:

@@ -21,10 +21,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config import ConfigError, override_problems, validate
+from ..locations import CONF_DIR, SOURCE_DIR
 from ..provenance import redact, redact_override
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = ROOT / "conf"
 ENTRY = "train"
 # Groups the page does not offer: Hydra's own, where outputs go (the UI decides), and the user's local file.
 HIDDEN_GROUPS = {"paths", "local"}
@@ -288,7 +287,7 @@ def _looks_like_path(key: str, text: str) -> bool:
     text = text.strip()
     if text.lower() in _NOT_PATHS or "://" in text or any(c.isspace() for c in text):
         return False
-    if key.endswith("name_or_path") and _HUB_ID.fullmatch(text) and not (ROOT / text).exists():
+    if key.endswith("name_or_path") and _HUB_ID.fullmatch(text) and not (SOURCE_DIR / text).exists():
         return False
     return (
         bool(_PATH_KEY.search(key))
@@ -322,7 +321,7 @@ def path_problems(cfg: DictConfig, key: str, root_ok) -> list[str]:
 class Roots:
     """The locations the page may read and write: the outputs directory and the data directories."""
 
-    def __init__(self, roots: list[str | Path], base: Path = ROOT) -> None:
+    def __init__(self, roots: list[str | Path], base: Path = SOURCE_DIR) -> None:
         self.base = base
         self.roots = [self.resolve(r) for r in roots]
 

@@ -14,7 +14,7 @@ import pandas as pd
 from hydra import compose
 from omegaconf import OmegaConf
 
-from ..report import trial_rows
+from ..sweep.report import trial_rows
 from .configs import ENTRY, hydra_conf
 
 SWEEPER = "hydra/sweeper=optuna"

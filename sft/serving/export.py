@@ -1,0 +1,181 @@
+"""Write the trained result, and export a run as one plain transformers model directory.
+
+Training saves `adapter/` (LoRA) or `model/` (full fine-tuning) with `save_final`. `python -m sft.export
+run=<run dir>` merges the adapter into the base weights the run was trained on and writes a directory
+that `AutoModelForCausalLM.from_pretrained` loads with no PEFT, carrying the run's chat template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..config import ModelConfig
+from ..data.templates import Template, get_template
+from ..io import publish_dir
+from ..locations import CONF_DIR
+from ..training.model import DTYPES, load_model
+
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+# What a PEFT adapter directory holds; none of it may end up in a merged export.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+class ExportError(ValueError):
+    """A run or model directory that cannot be loaded or exported; the message names the path."""
+
+
+def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: dict | None = None) -> Path:
+    """Save `adapter/` (LoRA) or `model/` (full fine-tuning) atomically and return its path.
+
+    `state_dict` holds the weights when the strategy sharded them (gathered by full_state_dict).
+    """
+    is_adapter = isinstance(model, PeftModel)
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        # The template the model was trained with is the one generation must use.
+        tokenizer.chat_template = template.jinja
+        tokenizer.save_pretrained(tmp)
+
+    return publish_dir(build, Path(run_dir) / ("adapter" if is_adapter else "model"), overwrite=True)
+
+
+def run_weights(run: Path) -> Path:
+    """The run's trained weights directory (`adapter/` or `model/`); an ExportError names what is missing."""
+    if not run.is_dir():
+        raise ExportError(f"run={run}: no such directory")
+    if not (run / "config.yaml").is_file():
+        raise ExportError(f"run={run}: no config.yaml here; is this a finished sft run directory?")
+    for name in ("adapter", "model"):
+        if (run / name).is_dir():
+            return run / name
+    raise ExportError(f"run={run}: neither {run / 'adapter'} nor {run / 'model'} exists; did the run finish?")
+
+
+def run_config(run: Path) -> DictConfig:
+    """The run's saved, resolved training config."""
+    return OmegaConf.load(run / "config.yaml")
+
+
+def model_config(cfg: DictConfig, dtype: str | None):
+    """The run's ModelConfig, with the weights' dtype replaced when one is asked for."""
+    model = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    return dataclasses.replace(model, dtype=dtype) if dtype else model
+
+
+def stop_token_ids(cfg: DictConfig, tokenizer, model) -> list[int]:
+    """End-of-turn ids for generation: the model's own eos ids plus the training template's stop token.
+
+    A base model's eos (e.g. `<|endoftext|>`) need not be the token the template ends a turn with
+    (`<|im_end|>`); without it generation would run past the reply.
+    """
+    eos = model.generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, list) else [eos]
+    ids.append(tokenizer.eos_token_id)
+    try:
+        stop = get_template(cfg.data.template, tokenizer).stop
+    except (ValueError, AttributeError, KeyError):  # an older or hand-written config.yaml
+        stop = None
+    if stop and stop in tokenizer.get_vocab():
+        ids.append(tokenizer.convert_tokens_to_ids(stop))
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def load_run(run: Path, cache_dir: str, dtype: str | None = None):
+    """(model, tokenizer) of a finished run: the adapter merged into its rebuilt base, or the full model.
+
+    The model comes back in eval mode with the template's stop token among its generation eos ids.
+    """
+    weights = run_weights(run)
+    cfg = run_config(run)
+    base_cfg = model_config(cfg, dtype)
+    # The tokenizer saved with the weights carries the chat template the run was trained with.
+    tokenizer = AutoTokenizer.from_pretrained(weights, trust_remote_code=base_cfg.trust_remote_code)
+    if weights.name == "adapter":
+        model = PeftModel.from_pretrained(load_model(base_cfg, cache_dir), weights).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            weights, dtype=DTYPES[base_cfg.dtype], trust_remote_code=base_cfg.trust_remote_code
+        )
+    model.generation_config.eos_token_id = stop_token_ids(cfg, tokenizer, model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def check_out(run: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output directory that would replace the run itself or an existing export, unless asked."""
+    run, target = run.resolve(), out.resolve()
+    if target == run or target in run.parents or target in (run / "adapter", run / "model"):
+        raise ExportError(f"out={out}: would replace the run {run} or its weights; choose another directory")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise ExportError(f"out={out}: already exists and is not empty; set overwrite=true to replace it")
+
+
+def shareable(directory: Path) -> None:
+    """Give a directory and its files the umask's usual modes.
+
+    An export is handed to servers and other users, but the temporary directory it is built in is
+    private (0700) and safetensors writes its files 0600.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def export(run: Path, out: Path, cache_dir: str, dtype: str | None = None, overwrite: bool = False):
+    """Write the run as a standard transformers model directory at `out`; return (out, model)."""
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise ExportError(f"dtype={dtype!r}: one of {EXPORT_DTYPES} (or null for the run's model.dtype)")
+    run_weights(run)  # a wrong run directory is reported before anything is loaded or checked
+    check_out(run, out, overwrite)
+    model, tokenizer = load_run(run, cache_dir, dtype)
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shareable(tmp)
+
+    return publish_dir(build, out, overwrite=True), model
+
+
+def describe(out: Path, model) -> str:
+    """What an export wrote: the directory, its files with sizes, the parameter count and dtype."""
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    lines = [f"wrote {out}"]
+    lines += [f"  {p.relative_to(out)}  {p.stat().st_size / 2**20:.1f} MiB" for p in files]
+    params = sum(p.numel() for p in model.parameters())
+    lines.append(f"parameters: {params:,} ({next(model.parameters()).dtype})")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
+def main(cfg: DictConfig) -> None:
+    """`python -m sft.export run=<run dir>`; a wrong run or output directory exits 2 with its message."""
+    if OmegaConf.is_missing(cfg, "run"):
+        print("run: missing; python -m sft.export run=<run dir> [out=<dir>] [dtype=...]", file=sys.stderr)
+        sys.exit(2)
+    run = Path(cfg.run).expanduser()
+    out = Path(cfg.out).expanduser() if cfg.out else run / "merged"
+    try:
+        written, model = export(run, out, cfg.cache_dir, cfg.dtype, cfg.overwrite)
+    except ExportError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
+    print(describe(written, model))
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
+    main()

@@ -1,0 +1,194 @@
+"""The Optuna study behind our Hydra sweeper, with the current Optuna API (ask and tell).
+
+Hydra registers `hydra_plugins.sft_optuna_sweeper.OptunaSweeper`, which builds this class only when a
+sweep runs, so that no other command imports optuna and sqlalchemy.
+
+`python -m sft.train -m hydra/sweeper=optuna +sweep=hparam_table` asks the study for trials,
+launches each as a Hydra job (the job's overrides are the trial's parameters), and tells the study
+what the job returned. Studies live in an Optuna storage (SQLite under paths.log_dir by default),
+so running the same command again continues the study, and several workers may share it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from sft.sweep.space import as_overrides, parse
+from sft.sweep.storage import default_storage
+
+STORAGE_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
+
+
+class StudySweeper(Sweeper):
+    """Optuna study as a Hydra sweeper: TPE by default (seeded), optional pruner, persistent storage."""
+
+    def __init__(
+        self,
+        study_name: str,
+        storage: str | None,
+        n_trials: int,
+        n_jobs: int,
+        sampler: optuna.samplers.BaseSampler | None,
+        pruner: optuna.pruners.BasePruner | None,
+        params: dict[str, str] | None = None,
+        enqueue: list[dict[str, Any]] | None = None,
+    ):
+        if n_trials < 1 or n_jobs < 1:
+            raise ValueError(f"hydra.sweeper: n_trials={n_trials} and n_jobs={n_jobs} must both be >= 1")
+        self.study_name, self.storage = study_name, storage
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        # Hydra instantiates nested `_target_` nodes (conf/hydra/sweeper/sampler, pruner) before we get them.
+        self.sampler, self.pruner = sampler, pruner
+        self.params = dict(params or {})
+        self.enqueue = [dict(e) for e in enqueue or []]
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Keep the config and build the launcher that runs each trial's job."""
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _study(self) -> optuna.Study:
+        """Create the study, or load it when it already exists in the storage."""
+        objective = self.config.objective
+        storage = self.storage or default_storage(self.config.paths.log_dir)
+        if storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.storage = storage
+        for attempt in range(STORAGE_ATTEMPTS):
+            try:
+                return optuna.create_study(
+                    study_name=self.study_name,
+                    storage=storage,
+                    sampler=self.sampler,
+                    pruner=self.pruner,
+                    directions=list(objective.directions),
+                    load_if_exists=True,
+                )
+            except (IntegrityError, OperationalError):
+                # Workers starting together race to create the storage's tables and version stamp;
+                # the loser finds them made when it tries again.
+                if attempt == STORAGE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        """Run `n_trials` more trials of the study, `n_jobs` at a time; failures are recorded, not raised."""
+        space, fixed = parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        if not space:
+            raise ValueError("hydra.sweeper: no search space; give hydra.sweeper.params or sweep overrides")
+        study = self._study()
+        # Jobs reach the study through its storage, which does not keep the pruner: they rebuild it from this.
+        pruner = self.config.hydra.sweeper.get("pruner")
+        study.set_user_attr("pruner", OmegaConf.to_container(pruner, resolve=True) if pruner else None)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        record = {"study_name": self.study_name, "storage": self.storage}
+        (sweep_dir / "study.json").write_text(json.dumps(record))  # what `python -m sft.report` opens
+        for params in self.enqueue:  # e.g. the preset rows, tried first; once per study
+            study.enqueue_trial(params, skip_if_exists=True)
+        log.info(
+            "study %s in %s: %d trials so far; running %d more over %s",
+            self.study_name,
+            self.storage,
+            len(study.trials),
+            self.n_trials,
+            ", ".join(space),
+        )
+        returns: list[JobReturn] = []
+        done = 0
+        while done < self.n_trials:
+            size = min(self.n_jobs, self.n_trials - done)
+            trials = [study.ask(fixed_distributions=space) for _ in range(size)]
+            # Job directories are named by trial number: workers sharing a study never share a directory.
+            batch = [
+                [*fixed, *as_overrides(t.params), self._identity(t), f"hydra.sweep.subdir={t.number}"]
+                for t in trials
+            ]
+            try:
+                self.validate_batch_is_legal(batch)
+            except Exception:
+                for trial in trials:  # never leave trials RUNNING in the storage
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
+            results = self.launcher.launch(batch, initial_job_idx=done)
+            for trial, result in zip(trials, results, strict=True):
+                self._tell(study, trial, result)
+            returns += results
+            done += len(trials)
+        self._report(study, sweep_dir)
+        return returns
+
+    def _identity(self, trial: optuna.Trial) -> str:
+        """The override that tells a job which trial it is (for pruning and the record)."""
+        return (
+            f"trial={{study_name:'{self.study_name}',storage:'{self.storage}',"
+            f"id:{trial._trial_id},number:{trial.number}}}"
+        )
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
+        """Record a job's outcome: its objective values, PRUNED, or FAIL with the error kept on the trial."""
+        try:
+            value = result.return_value  # re-raises the job's exception
+        except optuna.TrialPruned as pruned:
+            log.info("trial %d: pruned (%s)", trial.number, pruned)
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        except Exception as err:  # one bad trial (a config error, out of memory, divergence) is not the study
+            self._fail(study, trial, f"{type(err).__name__}: {err}")
+            return
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(values) != len(study.directions):
+            self._fail(study, trial, f"the run returned {values}, expected {len(study.directions)} value(s)")
+        elif not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            self._fail(study, trial, f"the objective was not finite: {values}")
+        else:
+            study.tell(trial, values)
+            log.info("trial %d: %s", trial.number, ", ".join(f"{v:.4f}" for v in values))
+
+    @staticmethod
+    def _fail(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
+        """Mark a trial FAIL and keep why, so the report can show it."""
+        log.warning("trial %d failed: %s", trial.number, error)
+        trial.set_user_attr("error", error[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+
+    def _report(self, study: optuna.Study, sweep_dir: Path) -> None:
+        """Log the best trial(s) and write them to optimization_results.yaml in the sweep directory."""
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            log.warning("study %s has no completed trial yet", self.study_name)
+            return
+        best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+        results = {
+            "study_name": self.study_name,
+            "storage": self.storage,
+            "directions": [d.name.lower() for d in study.directions],
+            "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best],
+        }
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        for t in best:
+            log.info("best trial %d: values %s, params %s", t.number, t.values, t.params)

@@ -1,0 +1,60 @@
+"""Token-level next-token loss: summed over trained positions so callers can weight by tokens.
+
+Two ways to the same numbers: from full logits (`token_loss`), or from the decoder's hidden states with
+the output head applied only where a label is kept (`trained_token_loss`). The second never builds the
+(tokens x vocabulary) logits of prompt and padding positions, which the loss ignores anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.tokenize import IGNORE_INDEX
+
+# Families whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no soft-capping, scaling
+# or extra terms between the decoder and the loss (Gemma soft-caps, Granite scales, MoE adds aux losses).
+PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
+
+
+def _loss(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, correct predictions) of score rows against wanted ids, computed in fp32."""
+    scores = scores.float()  # upcast only the rows that carry loss
+    return F.cross_entropy(scores, wanted, reduction="sum"), (scores.argmax(-1) == wanted).sum()
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, trained-token count, correct predictions) over positions whose label is kept.
+
+    An all-masked batch gives a zero sum and a zero count, never NaN, and nothing syncs with the host.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    loss_sum, correct = _loss(logits[:, :-1][keep], targets[keep])
+    return loss_sum, keep.sum(), correct
+
+
+def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, output head) of a causal LM, under PEFT too, when its logits are plainly head(decoder);
+    None when the model family is not known to be plain (the caller then uses full logits)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_HEAD:
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
+def trained_token_loss(
+    decoder: torch.nn.Module, head: torch.nn.Module, batch: dict
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`token_loss` of the batch, with the head applied to the hidden states of trained positions only."""
+    hidden = decoder(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    loss_sum, correct = _loss(head(hidden[:, :-1][keep]), targets[keep])
+    return loss_sum, keep.sum(), correct

@@ -1,0 +1,162 @@
+"""Load the base model and tokenizer (hub id, local dir, packaged GGUF, or random tiny) and apply PEFT."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+
+from ..config import LoraConfig, ModelConfig
+from ..data.templates import CHATML
+from ..io import publish_dir
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def package_dir(uri: str) -> Path:
+    """Resolve `pkg://<package>` to the installed package's directory."""
+    name = uri.removeprefix("pkg://")
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model.name_or_path={uri}: package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def convert_gguf(source_dir: Path, gguf_file: str, target: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into a trainable safetensors directory (cached at `target`)."""
+
+    def build(tmp: Path) -> None:
+        log.info("converting %s/%s to safetensors in %s (once)", source_dir, gguf_file, target)
+        tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_file)
+        quantized = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # A GGUF load is flagged as quantized and refuses training and saving; rebuild it plain.
+        plain_config = quantized.config.to_dict()
+        plain_config.pop("quantization_config", None)
+        plain = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(plain_config))
+        plain.load_state_dict(quantized.state_dict(), strict=True)
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return publish_dir(build, target)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with ChatML special tokens: needs no download and covers any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.post_processor = processors.ByteLevel(trim_offsets=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_random_model(spec: dict, target: Path) -> Path:
+    """Create (once) a randomly initialised Llama model with the byte tokenizer at `target`.
+
+    `vocab_size` may exceed the tokenizer's (the extra ids are never produced by it), so a model with a
+    real architecture's shape, output head included, can be benchmarked without downloading anything.
+    """
+
+    def build(tmp: Path) -> None:
+        params = dict(spec)
+        seed = params.pop("seed", 0)
+        tokenizer = byte_tokenizer()
+        params["vocab_size"] = max(params.get("vocab_size", 0), len(tokenizer))
+        params.setdefault("tie_word_embeddings", False)
+        config = LlamaConfig(
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            **params,
+        )
+        with torch.random.fork_rng():  # the run's own seeded RNG stream must not depend on the cache
+            torch.manual_seed(seed)
+            AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return publish_dir(build, target)
+
+
+def resolve_source(cfg: ModelConfig, cache_dir: str) -> str:
+    """A local directory or hub id that `from_pretrained` can load for this model config."""
+    cache = Path(cache_dir).expanduser() / "models"
+    if cfg.random_init is not None:
+        digest = hashlib.sha256(json.dumps(cfg.random_init, sort_keys=True).encode()).hexdigest()[:12]
+        return str(build_random_model(cfg.random_init, cache / f"random-llama-{digest}"))
+    source = cfg.name_or_path
+    local = package_dir(source) if source.startswith("pkg://") else Path(source).expanduser()
+    if cfg.gguf_file:
+        stem = Path(cfg.gguf_file).stem
+        return str(convert_gguf(local, cfg.gguf_file, cache / f"{local.name}-{stem}"))
+    return str(local) if local.exists() else source
+
+
+def load_tokenizer(cfg: ModelConfig, cache_dir: str):
+    """The base model's tokenizer (converting or building the model once if it is not cached yet)."""
+    source = resolve_source(cfg, cache_dir)
+    if cfg.trust_remote_code:
+        log.warning("model.trust_remote_code=true: Python code shipped with %s will run here", source)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, cache_dir: str):
+    """The base model's weights, ready to be wrapped."""
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_source(cfg, cache_dir),
+        dtype=DTYPES[cfg.dtype],
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        revision=cfg.revision,
+    )
+
+
+def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
+    """Wrap the model with LoRA (or leave it whole for full fine-tuning) and set up checkpointing."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    # from_pretrained returns eval mode, which would silently switch dropout off during training.
+    model.train()
+    if not cfg.enabled:
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules="all-linear" if cfg.target == "all" else list(cfg.target),
+        bias=cfg.bias,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        modules_to_save=cfg.modules_to_save,
+    )
+    return get_peft_model(model, peft_config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

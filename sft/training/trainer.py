@@ -1,0 +1,133 @@
+"""Build the Lightning Trainer: strategy, loggers, callbacks, checkpointing, and the batch arithmetic."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig
+
+from ..config import ConfigError, TrainConfig, accumulation_steps
+from ..sweep.pruning import TrialPruning
+from .checkpoint import AtomicCheckpointIO
+from .resilience import GracefulStop, RngCheckpoint
+from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchPlan:
+    """How the effective batch is made: micro-batch x devices x accumulation."""
+
+    effective_batch_size: int
+    micro_batch_size: int
+    world_size: int
+    accumulate_grad_batches: int
+
+
+@dataclass
+class BuiltTrainer:
+    """The trainer with the callback the run reads back after fitting."""
+
+    trainer: L.Trainer
+    plan: BatchPlan
+    best: ModelCheckpoint
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every `_target_` entry of a logger/callback group dict."""
+    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer:
+    """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts).
+
+    `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes.
+    """
+    t = cfg.trainer
+    if cfg.strategy.name in ("fsdp", "deepspeed") and not torch.cuda.is_available():
+        raise ConfigError(f"strategy {cfg.strategy.name} needs a CUDA GPU, and none is visible here")
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    last = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step-{step:06d}",
+        every_n_train_steps=t.save_steps,
+        save_top_k=t.save_total_limit,
+        monitor="step",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks = [last, best, GracefulStop(ckpt_dir / "last.ckpt"), RngCheckpoint()]
+    callbacks += _instantiate_all(raw.get("callbacks"))
+    if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
+        callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0]))
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
+    strategy = build_strategy(cfg.strategy, t.precision, model)
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        # DeepSpeed's engine writes its own sharded checkpoints; every other strategy goes through this.
+        plugins=[] if is_deepspeed(strategy) else [AtomicCheckpointIO()],
+        precision=t.precision,
+        max_epochs=t.max_epochs if t.max_steps <= 0 else -1,
+        max_steps=t.max_steps,
+        # Clipping happens in SFTModule after the per-token gradient scaling (strategy.finish_gradients).
+        gradient_clip_val=None,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=t.limit_val_batches,
+        deterministic=t.deterministic,
+        logger=_instantiate_all(raw.get("logger")) or False,
+        callbacks=callbacks,
+        default_root_dir=cfg.paths.output_dir,
+        num_sanity_val_steps=0,
+        # The data module deals each rank its share itself (the same examples per step on any number
+        # of devices); Lightning's sampler would reshuffle the training order.
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+    # The world size is only known once Lightning has resolved accelerator and devices, so the
+    # accumulation (and the evaluation interval, counted in micro-batches) is set afterwards.
+    accumulate = accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)
+    trainer.accumulate_grad_batches = accumulate
+    if t.eval_steps:
+        trainer.val_check_interval = t.eval_steps * accumulate
+        trainer.check_val_every_n_epoch = None
+    if is_deepspeed(trainer.strategy):
+        trainer.strategy.config = fill_deepspeed_config(
+            trainer.strategy.config,
+            micro_batch_size=t.micro_batch_size,
+            effective_batch_size=t.effective_batch_size,
+            gradient_clip_val=t.gradient_clip_val,
+            precision=t.precision,
+        )
+    check_launch(trainer)
+    plan = BatchPlan(t.effective_batch_size, t.micro_batch_size, trainer.world_size, accumulate)
+    log.info(
+        "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps (%s, %d node(s))",
+        plan.effective_batch_size,
+        plan.micro_batch_size,
+        plan.world_size,
+        plan.accumulate_grad_batches,
+        type(trainer.strategy).__name__,
+        trainer.num_nodes,
+    )
+    return BuiltTrainer(trainer, plan, best)

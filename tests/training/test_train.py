@@ -1,0 +1,277 @@
+"""End-to-end runs of the real train() on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_module
+
+from sft.train import train
+
+
+def metrics(run: Path) -> list[dict]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def series(run: Path, key: str) -> dict[int, float]:
+    """step -> value for rows that logged `key`."""
+    return {int(r["step"]): float(r[key]) for r in metrics(run) if r.get(key)}
+
+
+def files_under(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+
+
+def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY, run="run")
+    val_loss = train(cfg)
+    run = tmp_path / "run"
+    assert files_under(run) == {
+        "config.yaml",
+        "run_record.json",
+        "summary.json",
+        "csv/metrics.csv",
+        "csv/hparams.yaml",
+        "progress.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "checkpoints/step-000003.ckpt",
+        "checkpoints/step-000006.ckpt",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/README.md",
+        "adapter/tokenizer.json",
+        "adapter/tokenizer_config.json",
+        "adapter/chat_template.jinja",
+    }
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_loss"] == pytest.approx(val_loss)
+    assert summary["global_step"] == 6
+    assert summary["empty_steps"] == 0
+    assert summary["batch"] == {
+        "effective_batch_size": 8,
+        "micro_batch_size": 4,
+        "world_size": 1,
+        "accumulate_grad_batches": 2,
+    }
+    assert summary["tokens_per_sec"] > 0 and summary["train_seconds"] > 0
+    logged = metrics(run)[0].keys()
+    for key in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_sec",
+        "train/trained_tokens",
+        "val/loss",
+        "val/ppl",
+        "val/token_accuracy",
+    ):
+        assert key in logged
+
+    # The adapter loads in a plain session: base from its recorded path, tokenizer from the adapter dir.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = run / "adapter"
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter).eval()
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who are you?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    # Reference: the trained module's own weights, restored from the best checkpoint.
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter).eval()
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in ckpt.items()}, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**ids).logits, reference(**ids).logits, rtol=0, atol=0)
+    lora_keys = [k for k in ckpt if "lora_" in k]
+    assert lora_keys and len(ckpt) == len(lora_keys)  # checkpoints hold trainable weights only
+
+
+def test_loss_falls_when_overfitting_a_handful_of_examples(make_cfg, tmp_path):
+    train(
+        make_cfg(
+            *TINY,
+            "data.datasets.builtin.num_rows=8",
+            "data.val_size=0",
+            "trainer.max_steps=30",
+            "trainer.eval_steps=30",
+            "optimizer.lr=1e-2",
+            "lora.r=16",
+            "lora.dropout=0",
+            "trainer.effective_batch_size=4",
+            "scheduler=constant",
+            run="overfit",
+        )
+    )
+    loss = series(tmp_path / "overfit", "train/loss")
+    assert loss[29] < 0.5 * loss[0], loss
+
+
+def test_the_train_val_gap_is_logged_and_overfitting_is_called_out(make_cfg, tmp_path, caplog):
+    from sft.training.callbacks import OverfittingWatch
+
+    # Eight rows to memorise, a high learning rate and an evaluation every step: val loss turns up.
+    train(
+        make_cfg(
+            *TINY,
+            "data.datasets.builtin.num_rows=24",
+            "data.val_size=8",
+            "trainer.max_steps=16",
+            "trainer.eval_steps=2",
+            "optimizer.lr=3e-2",
+            "lora.dropout=0",
+            "trainer.effective_batch_size=4",
+            "scheduler=constant",
+            run="gap",
+        )
+    )
+    gap, val = series(tmp_path / "gap", "val/gap"), series(tmp_path / "gap", "val/loss")
+    assert set(gap) == set(sorted(val)[1:-1])  # every evaluation during training (not before, not after)
+    summary = json.loads((tmp_path / "gap" / "summary.json").read_text())
+    assert summary["overfitting_warnings"] == caplog.text.count("overfitting: val loss rose")
+    watch = OverfittingWatch(patience=2)
+    assert watch.observe(3.0, 2.0) is None and watch.observe(2.5, 2.1) is None
+    assert "val loss rose 2.000 -> 2.100 -> 2.200" in watch.observe(2.0, 2.2)
+    assert watch.observe(1.9, 2.1) is None  # val fell again
+
+
+def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
+    common = [
+        *TINY,
+        "lora.dropout=0",
+        "trainer.max_steps=3",
+        "trainer.eval_steps=3",
+        "optimizer.lr=1e-3",
+        "trainer.effective_batch_size=8",
+    ]
+    train(make_cfg(*common, "trainer.micro_batch_size=8", run="big"))
+    train(make_cfg(*common, "trainer.micro_batch_size=2", run="accum"))
+    big, accum = series(tmp_path / "big", "train/loss"), series(tmp_path / "accum", "train/loss")
+    assert big.keys() == accum.keys() == {0, 1, 2}
+    for step in big:
+        assert accum[step] == pytest.approx(big[step], rel=1e-5)
+    a = torch.load(tmp_path / "big" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "accum" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_continues_step_count_and_schedule(make_cfg, tmp_path):
+    common = [
+        *TINY,
+        "trainer.max_steps=6",
+        "trainer.eval_steps=2",
+        "trainer.save_steps=2",
+        "trainer.save_total_limit=5",
+        "scheduler=linear",
+        "scheduler.warmup_steps=1",
+        "lora.dropout=0",
+    ]
+    train(make_cfg(*common, run="full"))
+    full = tmp_path / "full"
+    train(make_cfg(*common, f"resume={full / 'checkpoints' / 'step-000004.ckpt'}", run="resumed"))
+    resumed = tmp_path / "resumed"
+    lr_full, lr_resumed = series(full, "train/lr"), series(resumed, "train/lr")
+    assert set(lr_resumed) == {4, 5}  # only the steps after the checkpoint ran
+    for step in lr_resumed:
+        assert lr_resumed[step] == pytest.approx(lr_full[step])
+    loss_full, loss_resumed = series(full, "train/loss"), series(resumed, "train/loss")
+    for step in loss_resumed:
+        assert loss_resumed[step] == pytest.approx(loss_full[step], rel=1e-4)
+    assert json.loads((resumed / "summary.json").read_text())["global_step"] == 6
+
+
+def test_resume_last_finds_the_newest_checkpoint(make_cfg, tmp_path):
+    train(make_cfg(*TINY, "trainer.max_steps=3", run="first"))
+    train(make_cfg(*TINY, "resume=last", run="second"))
+    assert json.loads((tmp_path / "second" / "summary.json").read_text())["global_step"] == 6
+    assert set(series(tmp_path / "second", "train/lr")) == {3, 4, 5}
+
+
+def test_full_fine_tuning_saves_a_whole_model(make_cfg, tmp_path):
+    train(make_cfg(*TINY, "lora=none", "trainer.max_steps=2", "trainer.eval_steps=2", run="full_ft"))
+    assert (tmp_path / "full_ft" / "model" / "model.safetensors").is_file()
+
+
+def test_cli_runs_and_reports_config_mistakes_without_a_traceback(tmp_path, cache_dir):
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(tmp_path)}
+    ok = run_module("sft.train", *TINY, "trainer.max_steps=2", env=env)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "=== sft run summary ===" in ok.stdout
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert {
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "train.log",
+        "adapter/adapter_config.json",
+    } <= files_under(run)
+    bad = run_module("sft.train", "lora.dropout=2", "preset=huge", env=env)
+    assert bad.returncode != 0
+    assert "Traceback" not in bad.stderr
+    assert "preset" in bad.stderr and "balanced" in bad.stderr  # unknown option lists the available ones
+
+
+def test_tensorboard_and_wandb_log_offline_without_a_key(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(make_cfg(*TINY, "logger=all", "trainer.max_steps=2", "trainer.eval_steps=2", run="loggers"))
+    run = tmp_path / "loggers"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    (wandb_run,) = (run / "wandb").glob("offline-run-*")
+    assert list(wandb_run.glob("*.wandb"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=bf16-mixed"],
+        ["trainer.gradient_checkpointing=true"],
+        ["lora=dora"],
+        ["lora=rslora", "lora.target=[q_proj,v_proj]"],
+        ["optimizer=sgd", "scheduler=cosine", "scheduler.warmup_ratio=0.5"],
+    ],
+    ids=lambda o: ",".join(o),
+)
+def test_training_options_run(make_cfg, tmp_path, overrides):
+    value = train(make_cfg(*TINY, "trainer.max_steps=2", "trainer.eval_steps=2", *overrides, run="opt"))
+    assert 0 < value < 20
+    assert (tmp_path / "opt" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(make_cfg, tmp_path):
+    # lr 0 can never improve val loss: patience 1 stops at the second evaluation.
+    train(
+        make_cfg(
+            *TINY,
+            "trainer.max_steps=30",
+            "trainer.eval_steps=1",
+            "trainer.early_stopping_patience=1",
+            "optimizer.lr=1e-12",
+            run="early",
+        )
+    )
+    assert json.loads((tmp_path / "early" / "summary.json").read_text())["global_step"] == 2
+
+
+def test_packing_trains_with_less_padding_and_the_same_validation(make_cfg, tmp_path):
+    common = (*TINY, "data.datasets.builtin.num_rows=64", "trainer.max_steps=2", "trainer.eval_steps=2")
+    train(make_cfg(*common, run="padded"))
+    train(make_cfg(*common, "data.packing=true", run="packed"))
+    padded, packed = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("padded", "packed"))
+    assert packed["data"]["packed_rows"] < packed["data"]["train"] == padded["data"]["train"]
+    assert packed["data"]["packing_efficiency"] > 0.8
+    assert packed["padding_fraction"] < padded["padding_fraction"] / 2
+    # Validation is never packed: the untrained model scores the same on it either way.
+    assert packed["initial_val_loss"] == pytest.approx(padded["initial_val_loss"], abs=1e-6)
+    assert series(tmp_path / "packed", "train/padding_fraction")
