@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY, compose_train, run_module
 from hydra.core.global_hydra import GlobalHydra
 
-from sft import checklist
+from sft.eval import checklist
 from sft.eval.checklist import FAIL, PASS, UNKNOWN, Evidence, gather
 from sft.eval.human import export_sheet
 from sft.train import train

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sft import human_eval as he
+from sft.eval import human as he
 
 ROOT = Path(__file__).resolve().parents[2]
 T3 = 3.182446  # Student-t 0.975 quantile, 3 degrees of freedom (4 samples)
