@@ -28,7 +28,7 @@ def print_summary(s: dict) -> None:
         f"train loss {fmt(s['train_loss'])}  val loss {fmt(s['initial_val_loss'])} -> {fmt(s['val_loss'])}  "
         f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
     ]
-    for p in s["probes"]:
+    for p in s.get("probes", []):
         lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
     lines += [f"saved: {s['saved']}", f"run dir: {s['output_dir']}", ""]
     print("\n".join(lines), flush=True)

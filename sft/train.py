@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import metrics_file
 from .config import ConfigError, TrainConfig, override_problems, to_record, validate
-from .data.datamodule import SFTDataModule
+from .data.datamodule import SFTDataModule, build_datamodule
 from .data.loading import DataError, system_prompt
 from .data.templates import get_template
 from .data.tokenize import template_overhead
@@ -32,13 +32,12 @@ from .locations import CONF_DIR, SOURCE_DIR
 from .provenance import hydra_overrides, run_record, write_json
 from .serving.export import save_final
 from .summary import write_summary
-from .training.callbacks import OverfittingWatch, ThroughputMonitor
 from .training.checkpoint import CheckpointWriteError, resolve_resume
 from .training.model import apply_peft, count_parameters, load_model, load_tokenizer
 from .training.module import SFTModule
-from .training.probe import answer
+from .training.probe import ProbeAnswers
 from .training.resilience import Diverged, Preempted
-from .training.strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters
+from .training.strategy import full_state_dict, local_rank, quiet_other_ranks
 from .training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -84,18 +83,7 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
     _check_cutoff(typed, tokenizer, template)
-    datamodule = SFTDataModule(
-        typed.data,
-        tokenizer,
-        template,
-        typed.trainer.micro_batch_size,
-        typed.seed,
-        typed.paths.cache_dir,
-        # Length-grouped per optimizer step over all devices: each rank takes every world_size-th
-        # example of a sorted step, so its share stays sorted.
-        group_size=typed.trainer.effective_batch_size,
-        flatten_packed="flash" in (typed.model.attn_implementation or ""),
-    )
+    datamodule = build_datamodule(typed, tokenizer, template)
     if local_rank() == 0:  # data problems surface before the model weights are loaded
         datamodule.prepare_data()
     if rank_zero_only.rank == 0:  # written before training, so even a crashed run can be repeated
@@ -114,17 +102,12 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     )
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    built = build_trainer(typed, cfg, model)  # FSDP wraps the model's own layer classes
+    probe = typed.probe
+    probes = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
+    built = build_trainer(typed, cfg, model, probes)  # FSDP wraps the model's own layer classes
     trainer = built.trainer
     quiet_other_ranks(trainer.global_rank)  # now known on every node
-    module = SFTModule(
-        model,
-        typed.optimizer,
-        typed.scheduler,
-        typed.trainer.gradient_clip_val,
-        typed.trainer.max_nonfinite_steps,
-        typed.trainer.trained_logits_only,
-    )
+    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer)
 
     run_info = {
         "batch": asdict(built.plan),
@@ -137,31 +120,17 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     if trainer.is_global_zero:
         OmegaConf.save(OmegaConf.create(record), out / "config.yaml")
 
-    probes = typed.probe.prompts if typed.probe.enabled and trainer.is_global_zero else []
-    before = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
     initial = {} if ckpt_path else _validate(trainer, module, datamodule)
-
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = built.best.best_model_path if typed.trainer.restore_best else ""
     if best:
         log.info("restoring the best weights from %s", best)
     final = _validate(trainer, module, datamodule, ckpt_path=best or None)
-    if probes and shards_parameters(trainer.strategy):
-        log.info("probes after training skipped: %s keeps weights sharded", type(trainer.strategy).__name__)
-        after = [None] * len(probes)
-    else:
-        after = answer(model, tokenizer, template, probes, typed.probe.max_new_tokens) if probes else []
 
-    throughput = next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), {})
-    watch = next((c for c in trainer.callbacks if isinstance(c, OverfittingWatch)), None)
     summary = {
         "output_dir": str(out),
         "global_step": trainer.global_step,
-        "empty_steps": int(module.empty_windows),
-        "skipped_steps": module.guard.skipped,
-        "overfitting_warnings": watch.warnings if watch else None,
-        "padding_fraction": round(1 - int(module.tokens_seen) / max(int(module.slots_seen), 1), 4),
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
         "val_loss": _metric(final, "val/loss"),
@@ -172,13 +141,12 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
         "peak_cuda_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if torch.cuda.is_available()
         else None,
-        **throughput,
         "data": {k: v for k, v in asdict(datamodule.stats).items() if k != "problems"},
-        "probes": [
-            {"prompt": p, "before": b, "after": a} for p, b, a in zip(probes, before, after, strict=True)
-        ],
         **run_info,
     }
+    for part in (module.guard, *trainer.callbacks):  # throughput, overfitting warnings, probes, ...
+        if hasattr(part, "summary_section"):
+            summary.update(part.summary_section())
     weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
     if trainer.is_global_zero:
         summary["saved"] = str(save_final(model, tokenizer, template, out, weights))

@@ -6,9 +6,11 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from transformers import TrainerCallback
 
+from ..training.callbacks import batch_counts
 from .flops import parameter_counts
 
 
@@ -40,6 +42,7 @@ class LightningClock(Callback):
     def __init__(self, path: str):
         self.path, self.steps, self.start, self.params = Path(path), [], None, {}
         self._last = -1
+        self._counts = torch.zeros(3, dtype=torch.long)  # cumulative, on the batches' device
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Mark the start of training and count the model's parameters."""
@@ -47,21 +50,16 @@ class LightningClock(Callback):
         self.params = parameter_counts(pl_module.model)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """After each optimizer step: time and cumulative token counts."""
+        """Count every micro-batch; after each optimizer step, record the time and cumulative counts."""
+        counts = batch_counts(batch)
+        self._counts = self._counts.to(counts.device) + counts
         if trainer.global_step == self._last:
             return
         self._last = trainer.global_step
         loss = trainer.callback_metrics.get("train/loss")
-        self.steps.append(
-            {
-                "start": self.start,
-                "time": time.perf_counter(),
-                "tokens": int(pl_module.tokens_seen),
-                "trained": int(pl_module.trained_tokens_seen),
-                "slots": int(pl_module.slots_seen),
-                "loss": None if loss is None else float(loss),
-            }
-        )
+        tokens, trained, slots = self._counts.tolist()
+        record = {"start": self.start, "time": time.perf_counter(), "tokens": tokens, "trained": trained}
+        self.steps.append({**record, "slots": slots, "loss": None if loss is None else float(loss)})
 
     def on_train_end(self, trainer, pl_module) -> None:
         """Write the step records."""

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import DataConfig
+from ..config import DataConfig, TrainConfig
 from .collate import PackedCollator, PadCollator
 from .packing import PackedDataset, pack, packing_efficiency
 from .preprocess import Prepared, prepare
@@ -255,3 +255,19 @@ class SFTDataModule(L.LightningDataModule):
             persistent_workers=self.cfg.num_workers > 0,
             pin_memory=PIN_MEMORY,
         )
+
+
+def build_datamodule(cfg: TrainConfig, tokenizer, template: Template) -> SFTDataModule:
+    """The data module of a training run, from its data, trainer and model settings."""
+    return SFTDataModule(
+        cfg.data,
+        tokenizer,
+        template,
+        cfg.trainer.micro_batch_size,
+        cfg.seed,
+        cfg.paths.cache_dir,
+        # Length-grouped per optimizer step over all devices: each rank takes every world_size-th
+        # example of a sorted step, so its share stays sorted.
+        group_size=cfg.trainer.effective_batch_size,
+        flatten_packed="flash" in (cfg.model.attn_implementation or ""),
+    )

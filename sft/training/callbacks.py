@@ -8,67 +8,80 @@ import os
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
+from ..data.tokenize import IGNORE_INDEX
 from ..provenance import write_json
 from .resilience import Preempted
 
 log = logging.getLogger(__name__)
 
 
+def batch_counts(batch: dict) -> torch.Tensor:
+    """(non-padding tokens, trained tokens, tokens with padding) of one micro-batch, on its device."""
+    labels = batch["labels"]
+    tokens = torch.as_tensor(batch["num_tokens"], device=labels.device)
+    return torch.stack([tokens, (labels[:, 1:] != IGNORE_INDEX).sum(), labels.new_tensor(labels.numel())])
+
+
 class ThroughputMonitor(Callback):
     """Logs tokens/s (non-padding), trained tokens/s and padding fraction per optimizer step (not eval).
 
-    Totals over the whole fit are kept in `train_seconds`, `tokens` and `trained_tokens` for the run summary.
+    Its totals over the whole fit (kept in checkpoints, so a resumed run continues them) make the run
+    summary's throughput section.
     """
 
     def __init__(self) -> None:
         self.train_seconds = 0.0
-        self.tokens = 0
-        self.trained_tokens = 0
-        self._mark: tuple[float, int, int, int] | None = None
+        self.counts = [0, 0, 0]  # non-padding, trained, all tokens since the fit started
+        self._window = torch.zeros(3, dtype=torch.long)  # on the batches' device: one host sync per step
+        self._start: float | None = None
         self._last_step = -1
 
-    def _counts(self, pl_module) -> tuple[int, int, int]:
-        return int(pl_module.tokens_seen), int(pl_module.trained_tokens_seen), int(pl_module.slots_seen)
+    def state_dict(self) -> dict:
+        """Totals a resumed run continues from."""
+        return {"train_seconds": self.train_seconds, "counts": list(self.counts)}
 
-    def _start_window(self, pl_module) -> None:
-        self._mark = (time.perf_counter(), *self._counts(pl_module))
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the totals of the run a checkpoint came from."""
+        self.train_seconds, self.counts = state["train_seconds"], list(state["counts"])
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Start timing."""
-        self._start_window(pl_module)
-        self._last_step = trainer.global_step
+        self._start, self._last_step = time.perf_counter(), trainer.global_step
 
     def on_validation_end(self, trainer, pl_module) -> None:
         """Evaluation time does not count as training time."""
         if trainer.training:
-            self._start_window(pl_module)
+            self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """After each optimizer step, log the rates over the window since the previous one."""
-        if trainer.global_step == self._last_step or self._mark is None:
+        """Count every micro-batch; after each optimizer step, log the rates over the step's window."""
+        counts = batch_counts(batch)
+        self._window = self._window.to(counts.device) + counts
+        if trainer.global_step == self._last_step or self._start is None:
             return
         self._last_step = trainer.global_step
-        start, tokens0, trained0, slots0 = self._mark
-        seconds = max(time.perf_counter() - start, 1e-9)
-        tokens, trained, slots = self._counts(pl_module)
+        seconds = max(time.perf_counter() - self._start, 1e-9)
+        tokens, trained, slots = self._window.tolist()
         self.train_seconds += seconds
-        self.tokens += tokens - tokens0
-        self.trained_tokens += trained - trained0
-        pl_module.log("train/tokens_per_sec", (tokens - tokens0) / seconds)
-        pl_module.log("train/padding_fraction", 1 - (tokens - tokens0) / max(slots - slots0, 1))
-        pl_module.log("train/trained_tokens_per_sec", (trained - trained0) / seconds)
-        pl_module.log("train/trained_tokens", float(trained))
-        self._start_window(pl_module)
+        self.counts = [self.counts[0] + tokens, self.counts[1] + trained, self.counts[2] + slots]
+        pl_module.log("train/tokens_per_sec", tokens / seconds)
+        pl_module.log("train/padding_fraction", 1 - tokens / max(slots, 1))
+        pl_module.log("train/trained_tokens_per_sec", trained / seconds)
+        pl_module.log("train/trained_tokens", float(self.counts[1]))
+        self._window, self._start = torch.zeros_like(self._window), time.perf_counter()
 
-    def summary(self) -> dict[str, float]:
-        """Totals over the fit: seconds spent training and tokens per second."""
+    def summary_section(self) -> dict[str, float]:
+        """Totals over the fit: seconds spent training, tokens per second and the padding fraction."""
         seconds = max(self.train_seconds, 1e-9)
+        tokens, trained, slots = self.counts
         return {
             "train_seconds": round(self.train_seconds, 2),
-            "tokens_per_sec": round(self.tokens / seconds, 1),
-            "trained_tokens_per_sec": round(self.trained_tokens / seconds, 1),
+            "tokens_per_sec": round(tokens / seconds, 1),
+            "trained_tokens_per_sec": round(trained / seconds, 1),
+            "padding_fraction": round(1 - tokens / max(slots, 1), 4),
         }
 
 
@@ -144,6 +157,10 @@ class OverfittingWatch(Callback):
         if warning := self.observe(float(val) - float(gap), float(val)):
             self.warnings += 1
             log.warning("step %d: %s", trainer.global_step, warning)
+
+    def summary_section(self) -> dict:
+        """The run summary's count of overfitting warnings."""
+        return {"overfitting_warnings": self.warnings}
 
     def observe(self, train_loss: float, val_loss: float) -> str | None:
         """Record one evaluation; the warning text when val loss rose while train loss fell, else None."""

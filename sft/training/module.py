@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from transformers import get_scheduler
 
-from ..config import SchedulerConfig
+from ..config import SchedulerConfig, TrainerConfig
 from .loss import split_head, token_loss, trained_token_loss
+from .optim import build_optimizer
 from .resilience import NonFiniteGuard
 from .strategy import (
     at_step_boundary,
@@ -18,6 +15,7 @@ from .strategy import (
     drop_gradients,
     finish_gradients,
     gradient_divisor,
+    is_fsdp,
     shard_model,
     uses_grad_scaler,
 )
@@ -33,28 +31,16 @@ class SFTModule(L.LightningModule):
     A step whose loss or gradient norm is not finite updates nothing (see NonFiniteGuard).
     """
 
-    def __init__(
-        self,
-        model,
-        optimizer: dict,
-        scheduler: SchedulerConfig,
-        gradient_clip_val: float | None = None,
-        max_nonfinite_steps: int = 5,
-        trained_logits_only: bool = True,
-    ):
+    def __init__(self, model, optimizer: dict, scheduler: SchedulerConfig, trainer: TrainerConfig):
         super().__init__()
         self.model = model
-        self.trained_logits_only = trained_logits_only
+        self.trained_logits_only = trainer.trained_logits_only
         self._head: tuple | None | bool = False  # (decoder, head) once known; None: full logits
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
-        self.gradient_clip_val = gradient_clip_val
-        self.guard = NonFiniteGuard(max_nonfinite_steps)
+        self.gradient_clip_val = trainer.gradient_clip_val
+        self.guard = NonFiniteGuard(trainer.max_nonfinite_steps)
         # Checkpoints keep only trainable weights; the frozen base comes from the model config.
         self.strict_loading = False
-        self.tokens_seen = torch.zeros((), dtype=torch.long)
-        self.trained_tokens_seen = torch.zeros((), dtype=torch.long)
-        self.slots_seen = torch.zeros((), dtype=torch.long)  # tokens processed, padding included
-        self.empty_windows = torch.zeros((), dtype=torch.long)  # steps whose window had no trained token
         self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
         self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
         self._since_eval = torch.zeros(2)  # summed step losses, steps since the last evaluation
@@ -80,7 +66,7 @@ class SFTModule(L.LightningModule):
         """(summed loss, trained tokens, correct predictions); the head runs on trained positions only
         when `trained_logits_only` and the model allows it (not under FSDP, whose root unit must run)."""
         if self._head is False:
-            sharded = type(self.model).__name__ == "FullyShardedDataParallel"
+            sharded = is_fsdp(self.trainer.strategy)
             self._head = split_head(self.model) if self.trained_logits_only and not sharded else None
         if self._head is None:
             return token_loss(self(batch), batch["labels"])
@@ -90,9 +76,6 @@ class SFTModule(L.LightningModule):
         """Summed loss of one micro-batch (Lightning divides by the accumulation count)."""
         loss_sum, n_tokens, _ = self.token_loss(batch)
         self._window = self._window.to(loss_sum.device) + torch.stack([loss_sum.detach(), n_tokens.float()])
-        self.tokens_seen = self.tokens_seen.to(n_tokens.device) + batch["num_tokens"]
-        self.slots_seen = self.slots_seen.to(n_tokens.device) + batch["input_ids"].numel()
-        self.trained_tokens_seen = self.trained_tokens_seen.to(n_tokens.device) + n_tokens
         return loss_sum
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -101,16 +84,13 @@ class SFTModule(L.LightningModule):
             return
         window = self.trainer.strategy.reduce(self._window, reduce_op="sum")
         loss_sum, n_tokens = window[0], window[1]
-        # Counted on the device: a host sync per step would stall GPU training.
-        self.empty_windows = self.empty_windows.to(n_tokens.device) + (n_tokens == 0)
         scale = gradient_divisor(self.trainer) / n_tokens.clamp(min=1)
         grad_norm = finish_gradients(self.trainer, self.model, scale, self.gradient_clip_val)
         loss, lr = loss_sum / n_tokens.clamp(min=1), optimizer.param_groups[0]["lr"]
-        if not self.guard.ok(loss, grad_norm, self.trainer.global_step, lr):
+        if not self.guard.ok(loss, grad_norm, n_tokens, self.trainer.global_step, lr):
             drop_gradients(self.trainer, optimizer)
-        self._since_eval = self._since_eval.to(loss.device) + torch.stack(
-            [loss.detach(), torch.ones_like(loss)]
-        )
+        one_step = torch.stack([loss.detach(), torch.ones_like(loss)])
+        self._since_eval = self._since_eval.to(loss.device) + one_step
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/grad_norm", grad_norm)
         self.log("train/lr", lr, prog_bar=True)
@@ -139,37 +119,17 @@ class SFTModule(L.LightningModule):
             self._since_eval = torch.zeros_like(self._since_eval)
 
     def configure_optimizers(self):
-        """The configured optimizer over trainable parameters (no decay on biases and norms) and schedule."""
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for _, p in trainable if p.ndim >= 2]},
-            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = instantiate(self.optimizer_cfg)([g for g in groups if g["params"]])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = self.scheduler_cfg.warmup_steps
-        if warmup is None:
-            warmup = math.ceil(self.scheduler_cfg.warmup_ratio * total)
-        scheduler = get_scheduler(
-            self.scheduler_cfg.name, optimizer, num_warmup_steps=warmup, num_training_steps=total
+        """The configured optimizer and learning-rate schedule over the trainable parameters."""
+        return build_optimizer(
+            self.model, self.optimizer_cfg, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only trainable weights and the token counters in Lightning checkpoints."""
+        """Keep only trainable weights, and the guard's step counts, in checkpoints."""
         trainable = {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["sft_counters"] = {
-            "tokens_seen": int(self.tokens_seen),
-            "trained_tokens_seen": int(self.trained_tokens_seen),
-            "slots_seen": int(self.slots_seen),
-            "skipped_steps": self.guard.skipped,
-        }
+        checkpoint["sft_counters"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the token counters so throughput and trained-token totals continue."""
-        counters = checkpoint.get("sft_counters", {})
-        self.tokens_seen = torch.tensor(counters.get("tokens_seen", 0))
-        self.trained_tokens_seen = torch.tensor(counters.get("trained_tokens_seen", 0))
-        self.slots_seen = torch.tensor(counters.get("slots_seen", 0))
-        self.guard.skipped = counters.get("skipped_steps", 0)
+        """Restore the guard's step counts, so a resumed run's summary covers the whole run."""
+        self.guard.load_state_dict(checkpoint.get("sft_counters", {}))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from ..data.templates import Template, render, with_system
+from .strategy import shards_parameters
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -33,3 +39,47 @@ def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tok
         )
     model.train(was_training)
     return answers
+
+
+class ProbeAnswers(Callback):
+    """Answers the probe prompts before training and again at the final validation after it.
+
+    Before: in `setup`, ahead of any wrapping or sharding of the model. After: once the final weights
+    (the best checkpoint when restored) are in place; skipped where the strategy keeps them sharded.
+    Only the first process generates.
+    """
+
+    def __init__(self, tokenizer, template: Template, prompts: list[str], max_new_tokens: int):
+        self.tokenizer, self.template = tokenizer, template
+        self.prompts, self.max_new_tokens = prompts, max_new_tokens
+        self.before: list[str] = []
+        self.after: list[str | None] = []
+        self._fitted = False
+
+    def _answer(self, model) -> list[str]:
+        return answer(model, self.tokenizer, self.template, self.prompts, self.max_new_tokens)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Answer with the untrained adapter, before the strategy wraps the model."""
+        if stage == "fit" and trainer.is_global_zero and not self.before:
+            self.before = self._answer(pl_module.model)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """The next validation is the final one."""
+        self._fitted = True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Answer with the final weights, at the validation that follows training."""
+        if not (self._fitted and trainer.state.fn == "validate" and trainer.is_global_zero):
+            return
+        if shards_parameters(trainer.strategy):
+            log.info("probes after training skipped: %s shards the weights", type(trainer.strategy).__name__)
+            self.after = [None] * len(self.prompts)
+        else:
+            self.after = self._answer(pl_module.model)
+
+    def summary_section(self) -> dict:
+        """Each probe prompt with its answers before and after training."""
+        after = self.after or [None] * len(self.before)
+        rows = zip(self.prompts, self.before, after, strict=False)
+        return {"probes": [{"prompt": p, "before": b, "after": a} for p, b, a in rows]}

@@ -147,6 +147,7 @@ class RngCheckpoint(Callback):
 class NonFiniteGuard:
     """Counts optimizer steps whose loss (or gradient norm) is NaN or infinite, and stops a diverged run.
 
+    It also counts empty steps, whose accumulation window held no trained token (they change nothing).
     Under a gradient scaler (16-mixed) overflowing gradients are the scaler's business: it skips
     those steps and lowers its scale, so only the loss is checked.
     """
@@ -154,12 +155,27 @@ class NonFiniteGuard:
     def __init__(self, max_in_row: int, check_gradients: bool = True):
         self.max_in_row, self.check_gradients = max_in_row, check_gradients
         self.skipped = 0
+        self.empty = 0
         self.in_row = 0
 
-    def ok(self, loss: torch.Tensor, grad_norm: torch.Tensor, step: int, lr: float) -> bool:
+    def state_dict(self) -> dict:
+        """The counts a resumed run continues from (checkpoints keep them)."""
+        return {"skipped_steps": self.skipped, "empty_steps": self.empty}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the counts of the run a checkpoint came from."""
+        self.skipped, self.empty = state.get("skipped_steps", 0), state.get("empty_steps", 0)
+
+    def summary_section(self) -> dict:
+        """The run summary's counts of optimizer steps that updated nothing."""
+        return self.state_dict()
+
+    def ok(self, loss: torch.Tensor, grad_norm: torch.Tensor, n_tokens: torch.Tensor, step: int, lr) -> bool:
         """Whether this step may update the weights; raises `Diverged` after too many bad steps in a row."""
         finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) if self.check_gradients else True)
-        if bool(finite):  # one host sync per optimizer step, not per micro-batch
+        finite, empty = torch.stack([finite, n_tokens == 0]).tolist()  # one host sync per optimizer step
+        self.empty += int(empty)
+        if finite:
             self.in_row = 0
             return True
         self.skipped += 1

@@ -45,10 +45,11 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
-def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer:
+def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks=()) -> BuiltTrainer:
     """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts).
 
-    `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes.
+    `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes;
+    `extra_callbacks` are those the run builds itself (they need its tokenizer, for example).
     """
     t = cfg.trainer
     if cfg.strategy.name in ("fsdp", "deepspeed") and not torch.cuda.is_available():
@@ -74,7 +75,7 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None) -> BuiltTrainer
         enable_version_counter=False,
     )
     callbacks = [last, best, GracefulStop(ckpt_dir / "last.ckpt"), RngCheckpoint()]
-    callbacks += _instantiate_all(raw.get("callbacks"))
+    callbacks += [*_instantiate_all(raw.get("callbacks")), *extra_callbacks]
     if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
         callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0]))
     if t.early_stopping_patience:
