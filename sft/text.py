@@ -138,7 +138,8 @@ _MENTIONS_CODE = re.compile(
     r"|regex|regular expression|source code|code snippet|coding|(?:write|the|this|some|in|of) code"
     r"|pseudo-?code|programming|programmer|(?:a|the) program|algorithm|for loop|while loop|compiler?|debug\w*"
     r"|syntax|variables?|arrays?|recursion|recursive|data structure|linked list|hash ?(?:map|table)|docstring"
-    r"|list comprehension|return statement|append|function (?:that|to|which|in)|(?:a|this) function"
+    r"|list comprehension|return statement|function (?:that|to|which|in)|(?:a|this) function"
+    r"|append\w*\b[^.?!\n]{0,20}?\b(?:to|on|onto) (?:a|an|the) (?:list|array)"  # not "append a sentence"
     r"|web ?page|database|api)\b"
     r"|\b[a-z_]\w{2,}\([\w\s,'\"]*\)"  # a call such as range(5) or sorted()
     r"|^\s*(?:def|class|import|return|print|for|while|var|let|const)\b.*[:;{(=]",

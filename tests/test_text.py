@@ -140,6 +140,8 @@ def test_code_lines_and_blocks():
         ("What does range(5) return?", True),
         ("Explain recursion with an example.", True),
         ("How do I write a for loop in C#?", True),
+        ("What is the difference between append and extend on a list?", True),
+        ("Append a short conclusion to the essay.", False),
         ("Write a script for a school play.", False),
         ("What is the function of the heart?", False),
         ("Create a training program for a marathon.", False),
