@@ -134,7 +134,7 @@ _PLAIN_LANGUAGES = (
     r"|postgresql|html|css|jquery|json|xml|yaml|bash"
 )
 _MENTIONS_CODE = re.compile(
-    rf"```|\bc(?:\+\+|#)(?!\w)|\b(?:{_PLAIN_LANGUAGES}"
+    rf"```|\bc(?:\+\+|#)(?!\w)|(?<![./-])\b(?:{_PLAIN_LANGUAGES}"  # not a file name's "page.html"
     r"|regex|regular expression|source code|code snippet|coding|(?:write|the|this|some|in|of) code"
     r"|pseudo-?code|programming|programmer|(?:a|the) program|algorithm|for loop|while loop|compiler?|debug\w*"
     r"|syntax|variables?|arrays?|recursion|recursive|data structure|linked list|hash ?(?:map|table)|docstring"

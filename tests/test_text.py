@@ -142,6 +142,7 @@ def test_code_lines_and_blocks():
         ("How do I write a for loop in C#?", True),
         ("What is the difference between append and extend on a list?", True),
         ("Append a short conclusion to the essay.", False),
+        ("Summarize the article at https://example.com/cats-vs-dogs.html", False),
         ("Write a script for a school play.", False),
         ("What is the function of the heart?", False),
         ("Create a training program for a marathon.", False),

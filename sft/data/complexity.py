@@ -37,8 +37,8 @@ WEIGHTS = {
 MAX_CONSTRAINTS, MAX_REASONING, MAX_TOOL_USE = 4, 3, 3
 
 # The 30th and 80th percentiles of `complexity` over shared/data/alpaca_en_demo.json (999 Alpaca-GPT4
-# rows), so that file splits 30/50/20 simple/medium/complex: measured 300 / 499 / 200 rows
-# (30.0% / 50.0% / 20.0%). Recalibrate after changing a weight, a pattern or a `sft.text` heuristic.
+# rows), so that file splits 30/50/20 simple/medium/complex: measured 300 / 500 / 199 rows
+# (30.0% / 50.1% / 19.9%). Recalibrate after changing a weight, a pattern or a `sft.text` heuristic.
 THRESHOLDS: tuple[float, float] = (4.472, 5.935)
 
 _NUMBER = rf"(?:\d+|{number_words()})"
