@@ -74,6 +74,8 @@ _REASONING = [
     ),
     re.compile(r"\d\s*[-+*/×÷^=<>]\s*\(?\d"),  # an arithmetic expression: "(2 * 3 + 4) / 5"
 ]
+
+
 def role_text(messages: list[dict], role: str) -> str:
     """The contents of every `role` turn, joined by newlines."""
     return "\n".join(m.get("content") or "" for m in messages if m.get("role") == role)

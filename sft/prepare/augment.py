@@ -89,6 +89,7 @@ def cut_to_words(text: str, limit: int) -> str:
 
 # ------------------------------------------------------------------------------------------ text kinds
 
+
 def text_kind(text: str) -> str:
     """The answer's shape: code, list, structured (a line that is no sentence) or prose; only prose is cut."""
     # "structured": headings, tables, verse, a "...:" lead-in; "prose": every line ends as a sentence.
