@@ -7,9 +7,9 @@
 - Sentences and paragraphs: `sentence_ends` / `sentences` (a sentence ends at . ! ? before whitespace or
   the end, closing quotes or brackets allowed, or at a blank line; "Dr.", "e.g.", "3.5" and a "1." list
   marker do not end one) and `paragraphs` (blocks between blank lines).
-- Code: `code_lines` / `looks_like_code` (the text is code), `mentions_code` (the text is about
-  programming), `asks_for_code` (a request to write code) and `is_code_task`, the one test of whether a
-  request and its reply make a programming task.
+- Code: `has_code_block` (a fenced block), `code_lines` / `looks_like_code` (the text is code),
+  `mentions_code` (the text is about programming), `asks_for_code` (a request to write code) and
+  `is_code_task`, the one test of whether a request and its reply make a programming task.
 """
 
 from __future__ import annotations
