@@ -7,7 +7,7 @@ The score is a weighted sum of features read off the conversation (see `features
                + 0.75 * extra exchanges            user turns after the first
                + 0.5 * constraints (at most 4)     explicit demands in the prompt: counts, limits, format
                + 0.5 * reasoning (at most 3)       why / compare / calculate ... markers and arithmetic
-               + 1.0 * code                        a code block or programming terms
+               + 1.0 * code                        a programming task (`sft.text.is_code_task`)
                + 1.0 * tool use (at most 3)        tools offered, plus each tool call made
 
 Lengths are log-scaled so that doubling a reply adds the same amount whether it is 50 or 500 words long,
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import re
+
+from ..text import is_code_task, number_words, words
 
 DIFFICULTIES = ("simple", "medium", "complex")
 
@@ -35,11 +37,11 @@ WEIGHTS = {
 MAX_CONSTRAINTS, MAX_REASONING, MAX_TOOL_USE = 4, 3, 3
 
 # The 30th and 80th percentiles of `complexity` over shared/data/alpaca_en_demo.json (999 Alpaca-GPT4
-# rows), so that file splits 30/50/20 simple/medium/complex: measured 300 / 501 / 198 rows
-# (30.0% / 50.2% / 19.8%). Recalibrate after changing a weight or a pattern..
-THRESHOLDS: tuple[float, float] = (4.5, 5.96)
+# rows), so that file splits 30/50/20 simple/medium/complex: measured 300 / 500 / 199 rows
+# (30.0% / 50.1% / 19.9%). Recalibrate after changing a weight, a pattern or a `sft.text` heuristic.
+THRESHOLDS: tuple[float, float] = (4.472, 5.935)
 
-_NUMBER = r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve|twenty|fifty|hundred)"
+_NUMBER = rf"(?:\d+|{number_words()})"
 _UNIT = (
     r"(?:words?|sentences?|paragraphs?|lines?|items?|steps?|examples?|points?|ways|reasons|tips|ideas"
     r"|questions|characters|syllables|stanzas?|verses?|bullets?|options|names|adjectives)"
@@ -72,12 +74,6 @@ _REASONING = [
     ),
     re.compile(r"\d\s*[-+*/×÷^=<>]\s*\(?\d"),  # an arithmetic expression: "(2 * 3 + 4) / 5"
 ]
-_CODE = re.compile(
-    r"```|\b(?:python|javascript|typescript|java|c\+\+|c#|golang|rust|sql|html|css|bash|regex"
-    r"|function|algorithm|code|program(?:ming)?|script|compile[rd]?|debug|api|for loop|while loop"
-    r"|array|variable|recursion|data structure|web ?page|database)\b|\bdef \w+\(|\w+\(\)",
-    re.I,
-)
 
 
 def role_text(messages: list[dict], role: str) -> str:
@@ -98,12 +94,12 @@ def features(conversation: dict) -> dict[str, float]:
     # Some formats keep a call's output only as a tool turn: count those when no calls are recorded.
     tool_calls = tool_calls or sum(1 for m in messages if m.get("role") == "tool")
     return {
-        "prompt_words": math.log2(1 + len(prompt.split())),
-        "response_words": math.log2(1 + len(response.split())),
+        "prompt_words": math.log2(1 + len(words(prompt))),
+        "response_words": math.log2(1 + len(words(response))),
         "extra_exchanges": max(0, sum(1 for m in messages if m.get("role") == "user") - 1),
         "constraints": min(MAX_CONSTRAINTS, _matches(_CONSTRAINTS, prompt)),
         "reasoning": min(MAX_REASONING, _matches(_REASONING, prompt)),
-        "code": 1.0 if _CODE.search(prompt) or "```" in response else 0.0,
+        "code": 1.0 if is_code_task(prompt, response) else 0.0,
         "tool_use": min(MAX_TOOL_USE, (1 if conversation.get("tools") else 0) + tool_calls),
     }
 

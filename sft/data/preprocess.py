@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 disable_progress_bars()  # the counts are logged once per dataset instead
 
 _CODE = (
+    "builtin.jsonl",
     "builtin.py",
     "complexity.py",
     "formats.py",

@@ -22,11 +22,12 @@ import unicodedata
 from collections.abc import Iterable
 from decimal import Decimal
 
+from ..text import sentences
+
 _DIGIT_GROUP = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 # A sign only when it does not join two words ("5-3" is two numbers); then the number; or a run of letters.
 _TOKEN = re.compile(r"(?:(?<![\w.])-)?(?:\d+(?:\.\d+)?|\.\d+)|[^\W\d_]+")
 _MARKER = re.compile(r"\b(?:is|are|was|were|equals)\b|=|:|->|→", re.I)
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
 _LEADING_YES_NO = re.compile(r"\s*[*_]*(yes|no)[*_]*\s*[,.!;:]", re.I)
 
 
@@ -50,7 +51,7 @@ def last_sentence(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
-    pieces = [p for p in _SENTENCE_BREAK.split(lines[-1].strip()) if normalise(p)]
+    pieces = [p for p in sentences(lines[-1]) if normalise(p)]
     return pieces[-1] if pieces else lines[-1].strip()
 
 

@@ -9,9 +9,10 @@ Every checker is a pure function `(response: str, **kwargs) -> bool`. Convention
 - Parameters are keyword-only and validated on every call; a missing, unexpected or ill-typed one raises
   `CheckerError` naming the checker (`validate` does the same check without a response, for suite files).
 
-Counting rules (see each checker's docstring): a *word* is a whitespace-separated token holding a letter or
-digit; a *sentence* ends at `.`, `!` or `?` (closing quotes/brackets may follow) before whitespace or the
-end, or at a blank line; a *paragraph* is a block between blank lines.
+Counting rules are `sft.text`'s, shared with data preparation: a *word* is a whitespace-separated token
+holding a letter or digit (a CJK character is one on its own); a *sentence* ends at `.`, `!` or `?`
+(closing quotes/brackets may follow) before whitespace or the end, or at a blank line, but not after an
+abbreviation ("Dr.", "e.g.") or a "1." list marker; a *paragraph* is a block between blank lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+
+from ..text import paragraphs as paragraph_blocks  # the `paragraphs` checker takes the plain name
+from ..text import sentences, words
 
 Kind = Callable[[object], "str | None"]  # returns why a value does not fit, or None when it does
 
@@ -107,36 +111,10 @@ def checker(**params: Kind) -> Callable[[Callable[..., bool]], Callable[..., boo
 # ----------------------------------------------------------------------------------------- helpers
 
 
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)|\n[ \t]*\n")
 _BULLET = re.compile(r"^[ \t]*[-*][ \t]+\S", re.M)
 _NUMBERED = re.compile(r"^[ \t]*\d+[.)][ \t]+\S", re.M)
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _FENCE = re.compile(r"\A```[ \t]*(?:json)?[ \t]*\n(.*?)\n?[ \t]*```\Z", re.S | re.I)
 _TITLE = re.compile(r"<<[^<>\n]*[^\s<>][^<>\n]*>>")
-
-
-def _has_alnum(text: str) -> bool:
-    return any(c.isalnum() for c in text)
-
-
-def word_tokens(text: str) -> list[str]:
-    """Whitespace-separated tokens holding at least one letter or digit (a lone "-" or "—" is not a word)."""
-    return [token for token in text.split() if _has_alnum(token)]
-
-
-def sentences(text: str) -> list[str]:
-    """Sentences of `text`: split after . ! ? (plus closing quotes) before whitespace, and at blank lines."""
-    pieces, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        pieces.append(text[start : match.end()])
-        start = match.end()
-    pieces.append(text[start:])
-    return [" ".join(p.split()) for p in pieces if _has_alnum(p)]
-
-
-def paragraph_blocks(text: str) -> list[str]:
-    """Blocks of `text` separated by one or more blank (or whitespace-only) lines."""
-    return [block.strip() for block in _BLANK_LINE.split(text) if block.strip()]
 
 
 def json_object(text: str) -> dict | None:
@@ -172,14 +150,14 @@ def uppercase(text: str) -> bool:
 
 @checker(n=_count)
 def max_words(text: str, n: int) -> bool:
-    """At most `n` words (whitespace-separated tokens holding a letter or digit)."""
-    return len(word_tokens(text)) <= n
+    """At most `n` words (whitespace-separated tokens holding a letter or digit; CJK characters one each)."""
+    return len(words(text)) <= n
 
 
 @checker(n=_count)
 def min_words(text: str, n: int) -> bool:
-    """At least `n` words (whitespace-separated tokens holding a letter or digit)."""
-    return len(word_tokens(text)) >= n
+    """At least `n` words (whitespace-separated tokens holding a letter or digit; CJK characters one each)."""
+    return len(words(text)) >= n
 
 
 @checker(n=_count)
@@ -253,7 +231,7 @@ def title(text: str) -> bool:
 
 @checker(n=_count)
 def sentences_max(text: str, n: int) -> bool:
-    """At most `n` sentences: each ends at . ! ? before whitespace, or at a blank line ("e.g. x" splits)."""
+    """At most `n` sentences: each ends at . ! ? before whitespace, or at a blank line ("e.g. x" does not)."""
     return len(sentences(text)) <= n
 
 

@@ -37,8 +37,8 @@ import re
 from collections.abc import Callable, Mapping
 
 from ..data.formats import COLUMNS, MESSAGES_ROLES, ROLE_TAGS, SHAREGPT_ALIASES, TAGS, detect_format
-from ..eval.constraints import word_tokens
 from ..eval.rouge import rouge_l
+from ..text import is_code_task, looks_like_code, number_words, sentence_ends, sentences, tokens, words
 from .rows import Row
 
 
@@ -52,60 +52,12 @@ class Skip(Exception):
 
 # ------------------------------------------------------------------------------------------- sentences
 
-# A sentence ends at . ! ? (closing quotes or brackets may follow) before whitespace or the end.
-_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|\Z)")
-# Never end a sentence: titles before a name, and abbreviations that a lowercase word or number follows.
-_TITLES = "mr mrs ms dr prof rev gen sen rep st mt ft"
-_NEVER_END = frozenset(f"{_TITLES} vs cf al approx fig figs eq no nos vol pp p ca est dept".split())
-# End a sentence when a capitalised word follows ("... and so on, etc. The next point").
-_MAYBE_END = frozenset("etc inc ltd co corp jr sr".split())
-_DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]\Z")  # e.g / i.e / U.S / a.m (the final "." is the match)
-_MARKER = re.compile(r"(?:\d+|[A-Za-z]|[ivxlc]+|[IVXLC]+)\Z")  # "1." / "a." / "iv." starting a line
-
 # Whole-line structure: list items, and a line ending as a sentence does.
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+•–]\s+|\d+[.)]\s+|[a-z][.)]\s+|[A-Z]\)\s+|\(\w{1,3}\)\s+)\S")
 _LINE_ENDS_SENTENCE = re.compile(r"[.!?][\"'”’)\]]*\s*\Z")
 _ORDINAL = re.compile(
     r"(?:^|[.!?]\s+)(?:first|second|third|fourth|fifth|finally|lastly)(?:ly)?,", re.I | re.M
 )
-
-
-def sentence_ends(text: str) -> list[int]:
-    """Offsets just past each sentence end in `text` ("e.g.", "Dr.", "3.5" and "1." list markers are not)."""
-    ends = []
-    for match in _END.finditer(text):
-        if _is_end(text, match):
-            ends.append(match.end())
-    return ends
-
-
-def _is_end(text: str, match: re.Match) -> bool:
-    after = text[match.end() :].lstrip(" \t")
-    line_end = not after or after[0] in "\r\n"
-    if match.group().startswith(("!", "?")) or match.group().startswith(".."):
-        return line_end or not after[0].islower()
-    line_start = text.rfind("\n", 0, match.start()) + 1
-    token = text[line_start : match.start()].split()
-    word = token[-1].lstrip("\"'“‘([") if token else ""
-    if _MARKER.match(word) and len(token) == 1:
-        return False  # "1." or "a." alone before the item text: a list marker
-    if line_end:
-        return True
-    if word.lower() in _NEVER_END or _DOTTED.search(word) or (len(word) == 1 and word.isupper()):
-        return False  # "Dr. Smith", "e.g. Paris", "J. K. Rowling"
-    if word.lower() in _MAYBE_END:
-        return after[0].isupper()
-    return not after[0].islower()  # "approx. five" style abbreviations we do not list stay joined
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences of `text`, whitespace-trimmed; a tail without end punctuation is the last piece."""
-    pieces, start = [], 0
-    for end in [*sentence_ends(text), len(text)]:
-        if text[start:end].strip():
-            pieces.append(text[start:end].strip())
-        start = end
-    return pieces
 
 
 _LEAD_IN = re.compile(
@@ -119,7 +71,7 @@ _LEAD_IN = re.compile(
 def _complete(sentence: str) -> bool:
     """A sentence a cut may end on: a statement ending in . or !, not a lead-in to what follows."""
     statement = sentence.rstrip("\"'”’)]").endswith((".", "!")) and not sentence.endswith("...")
-    return statement and not _LEAD_IN.match(sentence.lstrip("\"'“‘(")) and bool(word_tokens(sentence))
+    return statement and not _LEAD_IN.match(sentence.lstrip("\"'“‘(")) and bool(words(sentence))
 
 
 def cut_to_words(text: str, limit: int) -> str:
@@ -127,41 +79,15 @@ def cut_to_words(text: str, limit: int) -> str:
     best = ""
     for end in sentence_ends(text):
         prefix = text[:end].rstrip()
-        if len(word_tokens(prefix)) > limit:
+        if len(words(prefix)) > limit:
             break
-        if _complete(split_sentences(prefix)[-1]):
+        last = sentences(prefix)[-1:]  # none, or one that is not at the end, when "..." alone ends it
+        if last and prefix.endswith(last[0]) and _complete(last[0]):
             best = prefix
     return best
 
 
 # ------------------------------------------------------------------------------------------ text kinds
-
-_FENCE = re.compile(r"^\s*(?:```|~~~)", re.M)
-_CODE_LINE = re.compile(
-    r"^\s*(?:def \w+\s*\(|class \w+\s*[(:{]|import [\w.]+|from [\w.]+ import |#include\b|function\s*\w*\s*\("
-    r"|(?:public|private|static|void|int|float|double|const|let|var)\s+[\w<>\[\]]+\s*[=;(]"
-    r"|(?:SELECT|INSERT INTO|UPDATE|DELETE FROM|CREATE TABLE)\b.*\b(?:FROM|VALUES|SET|WHERE|\()"
-    r"|<(?:!DOCTYPE|html|head|body|div|span|script|style|table|form|p|h[1-6])\b"
-    r"|print\s*\(|console\.log\s*\(|System\.out\.|return\b|(?:if|for|while)\s*\(.*\)\s*\{?\s*$"
-    r"|[\w.\[\]]+\s*(?:=|\+=|-=|==)\s*[\w\"'(\[{].*[;)\]}]\s*$|[{}]\s*$|.*[=(].*;\s*$)",
-    re.M,
-)
-_CODE_TASK = re.compile(
-    r"(?<![./-])\b(?:code|coding|pseudo-?code|script|sql|regex|regular expression|html|css|javascript|"
-    r"typescript|python|java|c\+\+|c#|ruby|php|swift|kotlin|golang|bash|json|xml|yaml|latex)\b|"
-    r"\b(?:write|create|implement|construct|generate|design|develop|debug|fix|complete|optimi[sz]e|refactor)"
-    r"\b[^.?!\n]{0,60}\b(?:function|program|class|method|query|algorithm|app|application|website|web page)\b",
-    re.I,
-)
-
-
-def looks_like_code(text: str) -> bool:
-    """A fenced block, JSON, or at least two lines (one for a one-line answer) that read as source code."""
-    stripped = text.strip()
-    if _FENCE.search(text) or stripped[:1] in "{[" and stripped[-1:] in "}]":
-        return True
-    lines = [line for line in stripped.splitlines() if line.strip()]
-    return sum(1 for line in lines if _CODE_LINE.match(line)) >= min(2, len(lines))
 
 
 def text_kind(text: str) -> str:
@@ -179,7 +105,7 @@ def text_kind(text: str) -> str:
 
 # ------------------------------------------------------------------------------------ request filters
 
-_NUMBER = r"(?:\d+|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|fifty|hundred)"
+_NUMBER = rf"(?:\d+|{number_words(least=2)})"
 # A request for a count of things, or for a list or steps: dropping sentences drops some of them.
 _COUNTED = re.compile(
     rf"\b(?:{_NUMBER}|several|a few|a couple of|multiple|a number of|a list of)[\s-]+(?:[\w'-]+\s+){{0,3}}?"
@@ -218,7 +144,7 @@ _CASE_ASKED = re.compile(
 
 def _cuttable(instruction: str, output: str) -> None:
     """Raise Skip unless a prefix of `output` can answer `instruction` with a length constraint."""
-    if _CODE_TASK.search(instruction):
+    if is_code_task(instruction, output):
         raise Skip("code", "a code request")
     kind = text_kind(output)
     if kind != "prose":
@@ -248,11 +174,11 @@ def variant(fn: Variant) -> Variant:
 @variant
 def concise(instruction: str, output: str, budget: int = 50, max_share: float = 0.75) -> tuple[str, str]:
     """Adds "(Be concise)": the first whole sentences within `budget` words and `max_share` of the answer."""
-    words = len(word_tokens(output))
-    if words <= budget:
-        raise Skip("already short", f"{words} words, within the {budget}-word budget")
+    count = len(words(output))
+    if count <= budget:
+        raise Skip("already short", f"{count} words, within the {budget}-word budget")
     _cuttable(instruction, output)
-    limit = min(budget, int(words * max_share))  # a cut of a few words off the end would teach nothing
+    limit = min(budget, int(count * max_share))  # a cut of a few words off the end would teach nothing
     short = cut_to_words(output, limit)
     if not short:
         raise Skip("long first sentence", f"no complete statement within {limit} words")
@@ -264,7 +190,7 @@ def one_sentence(instruction: str, output: str) -> tuple[str, str]:
     """Adds "Answer in one sentence.": the answer's first sentence, when it is a complete statement."""
     _cuttable(instruction, output)
     ends = sentence_ends(output)
-    if len(split_sentences(output)) < 2:
+    if len(sentences(output)) < 2:
         raise Skip("already short", "the answer is one sentence")
     first = output[: ends[0]].strip()
     if not _complete(first):
@@ -277,7 +203,7 @@ def lowercase(instruction: str, output: str) -> tuple[str, str]:
     """Adds "Respond in all lowercase.": the answer lowercased (not code, not a request about case)."""
     if not any(c.isupper() for c in output):
         raise Skip("unchanged", "the answer has no uppercase letter")  # nothing would change
-    if looks_like_code(output) or _CODE_TASK.search(instruction):
+    if looks_like_code(output) or is_code_task(instruction, output):
         raise Skip("code", "case matters in code")
     if _CASE_ASKED.search(instruction):
         raise Skip("case asked", "the request is about letter case")
@@ -288,12 +214,12 @@ def lowercase(instruction: str, output: str) -> tuple[str, str]:
 def word_limit(instruction: str, output: str, n: int | None = None, share: float = 0.5) -> tuple[str, str]:
     """Adds "Answer in under N words.": the whole sentences that fit; N defaults to half the answer."""
     # Round numbers read like a person's request: N is a multiple of 5 from 10 words up.
-    words = len(word_tokens(output))
+    count = len(words(output))
     if n is None:
-        target = words * share
+        target = count * share
         n = 5 * round(target / 5) if target >= 10 else round(target)
-    if n < 3 or words < n:
-        raise Skip("already short", f"{words} words: too short for an under-{n}-words variant")
+    if n < 3 or count < n:
+        raise Skip("already short", f"{count} words: too short for an under-{n}-words variant")
     _cuttable(instruction, output)
     short = cut_to_words(output, n - 1)
     if not short:
@@ -446,13 +372,13 @@ def rephrase_messages(instruction: str) -> list[dict]:
 
 
 def _normal(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    return " ".join(tokens(text))
 
 
 def _content(text: str) -> str:
     """The content words of `text` (all its words when it has nothing but function words)."""
-    words = _normal(text).split()
-    return " ".join([w for w in words if w not in _FUNCTION_WORDS] or words)
+    plain = tokens(text)
+    return " ".join([w for w in plain if w not in _FUNCTION_WORDS] or plain)
 
 
 def _unwrap(reply: str) -> str:

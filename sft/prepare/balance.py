@@ -4,7 +4,7 @@
 these keyword rules that fires on the opening request decides (all rules are regular expressions below):
 
 1. questions about the assistant itself ("who are you", "who made you", also in Chinese) -> conversational
-2. a code fence anywhere, programming terms or code-like text in the request -> code
+2. a programming task: code mentioned or asked for, or a code fence anywhere (`sft.text.is_code_task`) -> code
 3. a making verb with a genre or piece of writing ("write a poem", "suggest names"), a request that
    opens with "Write", or creative / imaginative / rhyming -> creative_writing
 4. a first-person remark that asks nothing ("I'm nervous about my exam.") -> conversational
@@ -26,6 +26,7 @@ import re
 import warnings
 from collections import Counter, defaultdict
 
+from ..text import is_code_task, words
 from .rows import PrepareError, Row
 
 CATEGORY_TARGETS = {
@@ -69,17 +70,6 @@ _SELF_ZH = re.compile(
 )
 # "Are you GPT-4?", "Is this Cortana?": a proper name asked about the assistant (case-sensitive).
 _SELF_NAME = re.compile(r"\b(?:[Aa]re you|[Ii]s this) [A-Z][\w.-]*(?: [A-Z][\w.-]*)*\?")
-_CODE = re.compile(
-    r"```|\bc(?:\+\+|#)(?!\w)|\b(?:python|javascript|typescript|java|php|ruby|golang|kotlin|sql|html|css|json|bash"
-    r"|regex|regular expression|source code|code snippet|(?:write|the|this|some|in|of) code|pseudo-?code"
-    r"|programming|programmer|(?:a|the) program|algorithm|for loop|while loop|compiler?|debug\w*|syntax"
-    r"|variables?|arrays?|recursion|recursive|data structure|linked list|hash ?(?:map|table)|docstring"
-    r"|list comprehension|return statement|append|function (?:that|to|which|in)|(?:a|this) function"
-    r"|web ?page|database|api)\b"
-    r"|\b[a-z_]\w{2,}\([\w\s,'\"]*\)"  # a call such as range(5) or sorted()
-    r"|^\s*(?:def|class|import|return|print|for|while|var|let|const)\b.*[:;{(=]",
-    re.I | re.M,
-)
 # Creative writing is asked for: a making verb with a genre or a piece of writing, or a leading "Write".
 _MAKE = (
     r"\b(?:write|compose|draft|rewrite|re-write|paraphrase|rephrase|create|generate|make(?: up)?|come up with"
@@ -142,7 +132,7 @@ def _rules(row: Row) -> str:
     everything = "\n".join(m.get("content") or "" for m in messages)
     if _SELF.search(first) or _SELF_NAME.search(first) or _SELF_ZH.search(first):
         return "conversational"
-    if _CODE.search(first) or "```" in everything:
+    if is_code_task(first, everything):
         return "code"
     if _CREATIVE.search(first):
         return "creative_writing"
@@ -152,8 +142,8 @@ def _rules(row: Row) -> str:
         return "analysis_reasoning"
     users = sum(1 for m in messages if m["role"] == "user")
     # "Hey there!": nothing but a greeting once the opener is gone; "Hi! What is X?" is a question.
-    greeting = (_GREETING.search(first) and len(first.split()) <= 6) or (
-        first != opening and len(first.split()) <= 1
+    greeting = (_GREETING.search(first) and len(words(first)) <= 6) or (
+        first != opening and len(words(first)) <= 1
     )
     if not first or greeting or _ADVICE.search(first) or users > 1:
         return "conversational"

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..eval.rouge import rouge_l
+from ..text import words
 from .backends import reply_objects
 from .rows import Appender, PrepareError, Tally, finish, intact_lines, load_rows
 
@@ -106,9 +107,9 @@ def parse_task(reply: str, max_words: int = 150) -> tuple[dict | None, str]:
         return None, "no output"
     if given is not None and not isinstance(given, str):
         return None, f"input is {type(given).__name__}, not text"
-    words = len(instruction.split())
-    if words < 3 or words > max_words:
-        return None, f"instruction has {words} words (3-{max_words} allowed)"
+    count = len(words(instruction))
+    if count < 3 or count > max_words:
+        return None, f"instruction has {count} words (3-{max_words} allowed)"
     return {"instruction": instruction.strip(), "input": (given or "").strip(), "output": output.strip()}, ""
 
 

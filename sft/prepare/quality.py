@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..text import asks_for_code, code_lines, number_value, number_words, paragraphs, sentences, tokens, words
 from .backends import reply_objects
 from .rows import Row
 
@@ -33,15 +34,9 @@ Problem = tuple[int, str]  # (points deducted, reason without the criterion pref
 
 # ------------------------------------------------------------------------------------------- patterns
 
-# CJK characters count one word each: such text has no spaces, and a whole sentence is not one word.
-WORD = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W_]+(?:['’][^\W_]+)*")
 FENCE = re.compile(r"(`{3,}(?=[^`]*$)|~{3,})")  # an opening fence line, once stripped
 INLINE_CODE = re.compile(r"`[^`\n]+`")
-NUMBERS = {
-    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
-    "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20,
-}  # fmt: skip
-NUMBER = r"\d{1,2}|" + "|".join(NUMBERS)
+NUMBER = r"\d{1,2}|" + number_words()  # not 2020: a year is no count of items
 
 # Words that refer to material the user should have supplied ("Classify the following sentence.").
 REFERENCE = re.compile(
@@ -124,30 +119,6 @@ COUNT_ASK = re.compile(
     re.I,
 )
 MORE_COUNTS = re.compile(rf"\band\s+({NUMBER})\s+(?!(?:{UNITS})\b)[a-z]", re.I)
-# Languages named in "... in Python"; C, R and Go are left out there ("in C major", "in go") but count in
-# "a C program".
-LANGUAGES = (
-    r"python|java|javascript|typescript|c\+\+|c#|golang|rust|ruby|php|swift|kotlin|scala|perl|matlab|bash|"
-    r"shell|powershell|sql|mysql|postgresql|html|css|jquery|react|haskell|lua|julia"
-)
-MAKE = r"write|create|generate|implement|construct|develop|build|provide|output|give|produce|compose|code"
-# An imperative ask for code at the start of the ask: "Write a function", "Generate an SQL query", "... in
-# Python". "program" and "class" are code only after write/code/implement ("Create a training program").
-CODE_ASK = re.compile(
-    r"^\W*(?:(?:please|can you|could you|would you)\s+)?(?:"
-    r"(?:write|code|implement)\b[^.?!\n]{0,40}?\b(?:program|class)\b|"
-    rf"(?:{MAKE})\b[^.?!\n]{{0,40}}?\b(?:code|function|snippet|subroutine|regex|regular expression|"
-    rf"pseudo-?code|for loop|while loop|css rule|"
-    rf"(?:{LANGUAGES}|c|r|go) (?:script|query|statement|program))\b|"
-    rf"(?:{MAKE})\b[^.?!\n]{{0,60}}?\bin (?:{LANGUAGES})(?![\w+#]))",
-    re.I,
-)
-CODE_LINE = re.compile(
-    r"^\s*(?:def |class |import |from [\w.]+ import|#include|function\b|public |private |static |const |let |"
-    r"var |for\s*\(|for \w+ in |while\s*\(|if\s*\(|return\b|print\(|console\.|echo |SELECT\b|INSERT\b|"
-    r"UPDATE\b|CREATE TABLE|DELETE FROM|<[a-zA-Z!/][^>]*>|[\w.\[\]]+\s*[+\-*/]?=\s*\S|[{}]\s*$|.*;\s*$|"
-    r"[\w.]+\(.*\)\s*$|[.#]?[\w-]+\s*\{)"
-)
 GIVEN_CODE = re.compile(r"\b(?:this|the following|the given|given|above|output|result)\b", re.I)
 JSON_ASK = re.compile(
     r"\b(?:in|as|into|to|output|outputs|return|returns|respond with|produce|generate|create|write|give|"
@@ -184,11 +155,6 @@ HEADING = re.compile(r"^\s*#{1,6}\s")
 
 
 # ----------------------------------------------------------------------------------------- exchanges
-
-
-def words(text: str) -> list[str]:
-    """The words of `text` (a CJK character counts as one)."""
-    return WORD.findall(text)
 
 
 @dataclass
@@ -230,7 +196,7 @@ def strip_code(text: str) -> str:
 
 
 def _normal(text: str) -> str:
-    return " ".join(w.lower() for w in words(text))
+    return " ".join(tokens(text))
 
 
 @dataclass
@@ -413,16 +379,12 @@ def placeholder_answer(ex: Exchange) -> Problem | None:
     return (SEVERE if whole else MAJOR), f"answer holds placeholder {match.group(0).strip()!r}"
 
 
-def _sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
-
-
 def refusal(ex: Exchange) -> Problem | None:
     """An answer whose first sentence declines ("I'm sorry, but I cannot", "As an AI, I don't have")."""
     # Under 60 words it is no answer at all; a longer one answers but still teaches the disclaimer. In a row
     # with tools, declining what no tool can do is the behaviour the data teaches, so it costs less there.
-    sentences = _sentences(ex.prose)
-    opening = sentences[0] if sentences else ""
+    first_line = ex.prose.strip().split("\n", 1)[0]  # a line break ends the opening too
+    opening = next(iter(sentences(first_line)), "")
     if not opening or not ((APOLOGY.search(opening) or AI_SELF.search(opening)) and DECLINE.search(opening)):
         return None
     n = len(ex.answer_words)
@@ -461,10 +423,6 @@ def too_short(ex: Exchange) -> Problem | None:
     return None
 
 
-def _count(word: str) -> int:
-    return int(word) if word.isdigit() else NUMBERS[word.lower()]
-
-
 def item_counts(text: str) -> dict[str, int]:
     """How many items `text` holds, counted each sensible way: list markers, lines, sentences, commas."""
     lines = [line for line in text.splitlines() if line.strip()]
@@ -474,10 +432,8 @@ def item_counts(text: str) -> dict[str, int]:
         "numbered": sum(bool(LIST_ITEM.match(line)) for line in lines),
         "bullets": sum(bool(BULLET.match(line)) for line in lines),
         "lines": len(content),
-        "paragraphs": len(
-            [p for p in re.split(r"\n\s*\n", text) if p.strip() and not p.strip().endswith(":")]
-        ),
-        "sentences": len(_sentences(single)),
+        "paragraphs": len([p for p in paragraphs(text) if not p.endswith(":")]),
+        "sentences": len(sentences(single)),
         "commas": len([p for p in re.split(r",|;|\band\b|\bor\b", single) if words(p)]),
     }
 
@@ -493,8 +449,8 @@ def list_request(ex: Exchange) -> Problem | None:
     match = COUNT_ASK.search(ex.ask)
     if match:
         # "2 goods and 2 services" asks for two lists or four items: either count is right.
-        more = [_count(n) for n in MORE_COUNTS.findall(ex.ask[match.end() :].split("\n")[0])]
-        want = _count(match.group(1))
+        more = [number_value(n) for n in MORE_COUNTS.findall(ex.ask[match.end() :].split("\n")[0])]
+        want = number_value(match.group(1))
         if want < 2 or {want, want + sum(more)} & set(marked or counts.values()):
             return None
         if marked:
@@ -543,13 +499,13 @@ def unbalanced_fence(ex: Exchange) -> Problem | None:
 def code_request(ex: Exchange) -> Problem | None:
     """Asked for code ("Write a Python function") and got none, or got it outside a fenced block."""
     # Asks about code the user gave ("the output of this code") are not asks for code.
-    ask = CODE_ASK.search(ex.ask)
+    ask = asks_for_code(ex.ask)
     if ex.only_calls or not ex.answer.strip() or not ask or GIVEN_CODE.search(ask.group(0)):
         return None
     if ex.markdown.blocks or INLINE_CODE.search(ex.answer):
         return None  # short code (a regex, a one-liner) is fine inline
-    code_lines = sum(bool(CODE_LINE.match(line)) for line in ex.answer.splitlines() if line.strip())
-    if code_lines >= 2 or (code_lines and len(ex.answer_words) < 30):
+    lines = code_lines(ex.answer)
+    if lines >= 2 or (lines and len(ex.answer_words) < 30):
         return MINOR, "code is not in a fenced block"
     return MAJOR, "asked for code, answer has none"
 
@@ -566,8 +522,8 @@ def repetition(ex: Exchange) -> Problem | None:
     run = re.search(r"\b(\w+)(?:\W+\1\b){9,}", ex.prose, re.I)
     if run:
         return SEVERE, f"word repeated in a run ({run.group(0)[:30]!r})"
-    tokens = [w.lower() for w in words(ex.prose)]
-    grams = [tuple(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
+    plain = tokens(ex.prose)
+    grams = [tuple(plain[i : i + 4]) for i in range(len(plain) - 3)]
     if len(grams) >= 30:
         distinct = len(set(grams)) / len(grams)
         if distinct < 0.6:
@@ -628,7 +584,7 @@ def html_tags(ex: Exchange) -> Problem | None:
 
 def wall_of_text(ex: Exchange) -> Problem | None:
     """A paragraph of over 250 words in the answer."""
-    longest = max((len(words(p)) for p in re.split(r"\n\s*\n", ex.prose)), default=0)
+    longest = max((len(words(p)) for p in paragraphs(ex.prose)), default=0)
     return (MINOR, f"{longest}-word paragraph") if longest > 250 else None
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..data.complexity import DIFFICULTIES, complexity, difficulty, role_text
 from ..provenance import write_json
+from ..text import words
 from . import generate
 from .augment import (
     VARIANTS,
@@ -308,8 +309,8 @@ def run_report(cfg: DictConfig) -> None:
         else difficulty(complexity(r.conversation))
         for r in rows
     ]
-    prompt_words = [len(role_text(r.conversation["messages"], "user").split()) for r in rows]
-    response_words = [len(role_text(r.conversation["messages"], "assistant").split()) for r in rows]
+    prompt_words = [len(words(role_text(r.conversation["messages"], "user"))) for r in rows]
+    response_words = [len(words(role_text(r.conversation["messages"], "assistant"))) for r in rows]
     scores = [r.data["quality"]["score"] for r in rows if isinstance(r.data.get("quality"), dict)]
     charts = draw_report(
         out_dir,

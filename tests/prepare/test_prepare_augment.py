@@ -12,7 +12,7 @@ from conftest import SHARED_DATA
 from PIL import Image
 
 from sft.data.formats import to_conversation
-from sft.eval.constraints import check, word_tokens
+from sft.eval.constraints import check
 from sft.prepare.augment import (
     VARIANTS,
     Skip,
@@ -23,13 +23,12 @@ from sft.prepare.augment import (
     parse_rephrase,
     rephrase_messages,
     rephrased_row,
-    sentence_ends,
-    split_sentences,
     text_kind,
     with_constraint,
 )
 from sft.prepare.charts import MAX_BARS, draw_report, share_rows
 from sft.prepare.rows import Row, Tally, read_rows
+from sft.text import sentences, words
 
 CUTS = ("concise", "one_sentence", "word_limit")
 CONSTRAINT = {
@@ -67,24 +66,6 @@ def squash(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- sentences
-
-
-def test_sentences_split_at_real_ends_only():
-    text = (
-        'Dr. Smith paid $3.5 million, e.g. for the U.S. office. He said "Stop." Then he left! '
-        "Apples, pears, etc. The end came at 5 p.m. sharp... or so. Why? no idea."
-    )
-    assert split_sentences(text) == [
-        "Dr. Smith paid $3.5 million, e.g. for the U.S. office.",
-        'He said "Stop."',
-        "Then he left!",
-        "Apples, pears, etc.",
-        "The end came at 5 p.m. sharp... or so.",
-        "Why? no idea.",
-    ]
-    # A list marker is not a sentence; the item's own end is.
-    assert split_sentences("Steps:\n1. Mix it. Stir.\n2. Bake") == ["Steps:\n1. Mix it.", "Stir.", "2. Bake"]
-    assert sentence_ends("No end here") == []
 
 
 def test_cut_keeps_whole_sentences_within_the_budget():
@@ -146,7 +127,7 @@ def test_length_variants_on_real_alpaca_rows(alpaca, variants):
     for name in CUTS:
         for source, out in variants[name]:
             original, short = source.response, out["output"]
-            assert len(word_tokens(short)) < len(word_tokens(original)), (name, source.location)
+            assert len(words(short)) < len(words(original)), (name, source.location)
             assert ENDS_STATEMENT.search(short), (name, short[-40:])
             assert squash(original).startswith(squash(short)), (name, source.location)
             assert text_kind(original) == "prose"
@@ -157,20 +138,20 @@ def test_length_variants_on_real_alpaca_rows(alpaca, variants):
             assert to_conversation(out)["messages"][1]["content"] == short  # the row still reads
     for source, out in variants["concise"]:
         assert "(Be concise)" in out["instruction"]
-        assert len(word_tokens(out["output"])) <= 50
-        assert len(word_tokens(out["output"])) <= 0.75 * len(word_tokens(source.response))
+        assert len(words(out["output"])) <= 50
+        assert len(words(out["output"])) <= 0.75 * len(words(source.response))
     for _, out in variants["one_sentence"]:
         assert "Answer in one sentence." in out["instruction"]
-        assert len(split_sentences(out["output"])) == 1
+        assert len(sentences(out["output"])) == 1
         assert not out["output"].rstrip('"').endswith(":")
     for source, out in variants["word_limit"]:
         n = int(re.search(r"Answer in under (\d+) words\.", out["instruction"]).group(1))
-        assert n % 5 == 0 and n <= 0.5 * len(word_tokens(source.response)) + 2.5
+        assert n % 5 == 0 and n <= 0.5 * len(words(source.response)) + 2.5
         assert check("max_words", out["output"], {"n": n - 1})  # the eval's own word count agrees
 
 
 def test_already_short_answers_get_no_length_variant(alpaca):
-    short = next(r for r in alpaca if text_kind(r.response) == "prose" and len(word_tokens(r.response)) < 20)
+    short = next(r for r in alpaca if text_kind(r.response) == "prose" and len(words(r.response)) < 20)
     for name in ("concise", "word_limit"):
         with pytest.raises(Skip) as skip:
             constraint_variant(short, name)
@@ -431,8 +412,8 @@ def test_share_rows_normalise_targets_and_order():
 def _report_inputs(alpaca):
     first = {"write": "writing", "generate": "writing", "explain": "explanation", "describe": "explanation"}
     categories = [first.get(r.instruction.split()[0].lower(), "other") for r in alpaca]
-    prompt = [len(word_tokens(r.instruction)) for r in alpaca]
-    response = [len(word_tokens(r.response)) for r in alpaca]
+    prompt = [len(words(r.instruction)) for r in alpaca]
+    response = [len(words(r.response)) for r in alpaca]
     difficulties = ["easy" if w < 40 else "medium" if w < 150 else "hard" for w in response]
     scores = list(np.clip(np.random.default_rng(0).normal(4.0, 0.6, len(alpaca)), 1, 5))
     return categories, difficulties, prompt, response, scores

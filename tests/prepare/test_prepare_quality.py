@@ -4,7 +4,6 @@ and reply parsing."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -56,11 +55,9 @@ def alpaca_rows() -> list[Row]:
 
 
 @pytest.fixture(scope="module")
-def alpaca_scored(alpaca_rows) -> tuple[list[dict], float]:
-    """Scores of the 999 real Alpaca rows and the seconds scoring them took."""
-    start = time.perf_counter()
-    scores = [heuristic_scores(row) for row in alpaca_rows]
-    return scores, time.perf_counter() - start
+def alpaca_scored(alpaca_rows) -> list[dict]:
+    """Scores of the 999 real Alpaca rows."""
+    return [heuristic_scores(row) for row in alpaca_rows]
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +68,9 @@ def glaive_rows() -> list[Row]:
 # ------------------------------------------------------------------------------------------ real data
 
 
-def test_real_alpaca_rows_mostly_pass_and_score_fast(alpaca_scored):
-    scores, elapsed = alpaca_scored
+def test_real_alpaca_rows_mostly_pass(alpaca_scored):
+    scores = alpaca_scored
     assert len(scores) == 999
-    assert elapsed < 5, f"scoring 999 rows took {elapsed:.1f}s"
     for s in scores:
         assert set(s) == {*CRITERIA, "score", "reasons", "by"} and s["by"] == "heuristic"
         assert all(1 <= s[c] <= 5 for c in CRITERIA)
@@ -86,7 +82,7 @@ def test_real_alpaca_rows_mostly_pass_and_score_fast(alpaca_scored):
 
 
 def test_real_alpaca_problems_are_found(alpaca_rows, alpaca_scored):
-    by_instruction = {row.instruction: s for row, s in zip(alpaca_rows, alpaca_scored[0], strict=True)}
+    by_instruction = {row.instruction: s for row, s in zip(alpaca_rows, alpaca_scored, strict=True)}
     # No input was given for "this sentence"; the model answered something else.
     homophone = by_instruction["Complete this sentence with an example of a homophone."]
     assert homophone["clarity"] == 1 and has_reason(homophone, "clarity: refers to 'this sentence'")
