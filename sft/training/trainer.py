@@ -13,7 +13,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
 from ..config import ConfigError, TrainConfig, accumulation_steps
-from ..sweep.pruning import TrialPruning
 from .checkpoint import AtomicCheckpointIO
 from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
@@ -77,6 +76,8 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
     callbacks = [last, best, GracefulStop(ckpt_dir / "last.ckpt"), RngCheckpoint()]
     callbacks += [*_instantiate_all(raw.get("callbacks")), *extra_callbacks]
     if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
+        from ..sweep.pruning import TrialPruning  # here, so that optuna loads only for sweep jobs
+
         callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0]))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
