@@ -15,8 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import metrics_file
 from ..provenance import redact
+from ..run_dir import RunDir
 from ..sweep.storage import default_storage
 from . import runs, sweeps
 from .compare import Comparison, chat_ready
@@ -308,7 +308,7 @@ def build(settings: Settings) -> gr.Blocks:
             alive = launcher.alive(path)
             known = True if alive else None  # the page's own child, or the pid in progress.json
             state = runs.status(path, known)
-            logged = metrics_file.read(path)  # once per tick, for the charts and the progress line
+            logged = RunDir(path).metrics()  # once per tick, for the charts and the progress line
             curves = runs.curves(logged)
             loss = curves[curves["series"] != "learning rate"]
             lr = curves[curves["series"] == "learning rate"]
@@ -322,7 +322,7 @@ def build(settings: Settings) -> gr.Blocks:
                 line,
                 loss if (loss["series"] == "train loss").any() else None,
                 lr if len(lr) else None,
-                redact(runs.tail(path / runs.CONSOLE_LOG)),  # a key in the environment never shows
+                redact(runs.tail(RunDir(path).console_log)),  # a key in the environment never shows
                 gr.update(interactive=alive),
                 gr.update(interactive=state in ("stopped", "failed") and runs.resumable(path)),
             )
