@@ -180,7 +180,7 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     }
     weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
     if trainer.is_global_zero:
-        summary["saved"] = str(save_final(model, tokenizer, template, run_dir, weights))
+        summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
         run_dir.write_summary(summary, datamodule.stats.problems)
         print_summary(summary)
         if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would

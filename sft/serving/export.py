@@ -34,7 +34,7 @@ class ExportError(ValueError):
     """A run or model directory that cannot be loaded or exported; the message names the path."""
 
 
-def save_final(model, tokenizer, template: Template, run_dir: RunDir, state_dict: dict | None = None) -> Path:
+def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: dict | None = None) -> Path:
     """Save `adapter/` (LoRA) or `model/` (full fine-tuning) atomically and return its path.
 
     `state_dict` holds the weights when the strategy sharded them (gathered by full_state_dict).
@@ -47,7 +47,7 @@ def save_final(model, tokenizer, template: Template, run_dir: RunDir, state_dict
         tokenizer.chat_template = template.jinja
         tokenizer.save_pretrained(tmp)
 
-    return publish_dir(build, run_dir.weights_dir(is_adapter), overwrite=True)
+    return publish_dir(build, RunDir(run_dir).weights_dir(is_adapter), overwrite=True)
 
 
 def run_weights(run: Path) -> Path:
