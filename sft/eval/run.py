@@ -51,9 +51,9 @@ def evaluate(run: Path, cfg: EvaluationConfig, cache_dir: str, out: Path | None 
     tuned, tokenizer = load_run(run, cache_dir)
     models = {"tuned": tuned}
     if cfg.base:
-        cfg_saved = RunDir(run).read_config()
-        base = load_model(model_config(cfg_saved, None), cache_dir).eval()
-        base.generation_config.eos_token_id = stop_token_ids(cfg_saved, tokenizer, base)
+        run_cfg = RunDir(run).read_config()
+        base = load_model(model_config(run_cfg, None), cache_dir).eval()
+        base.generation_config.eos_token_id = stop_token_ids(run_cfg, tokenizer, base)
         models["base"] = base
     answers = {
         name: {
