@@ -1,16 +1,14 @@
-"""What a run directory records so the run can be repeated, and keeping secrets out of it."""
+"""What a run record holds so the run can be repeated (sft.run_dir writes it), and keeping secrets out."""
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import re
 import shlex
 import socket
 import subprocess
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -265,23 +263,3 @@ def hydra_overrides() -> list[str]:
     except ValueError:
         return []
 
-
-def write_json(data: Any, path: str | os.PathLike, durable: bool = True) -> None:
-    """Write `data` as JSON so that readers see the old file or the whole new one, never a partial one.
-
-    `durable=False` skips the fsync: for a file rewritten every step, where the next write replaces it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,17 +1,6 @@
-"""The end-of-run record: summary.json, the list of skipped data rows, and a short report on stdout."""
+"""The end-of-run report on stdout (summary.json itself is written by sft.run_dir)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
-
-
-def write_summary(summary: dict, run_dir: Path, data_problems: list[str]) -> None:
-    """Write summary.json (and data_problems.txt when rows were skipped), then print the report."""
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if data_problems:
-        (run_dir / "data_problems.txt").write_text("\n".join(data_problems) + "\n")
-    print_summary(summary)
 
 
 def print_summary(s: dict) -> None:

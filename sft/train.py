@@ -18,20 +18,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from . import metrics_file
 from .config import ConfigError, TrainConfig, override_problems, to_record, validate
 from .data.datamodule import SFTDataModule, build_datamodule
 from .data.loading import DataError, system_prompt
 from .data.templates import get_template
 from .data.tokenize import template_overhead
 from .eval.run import evaluate
-from .io import claim_output_dir
 from .locations import CONF_DIR, SOURCE_DIR
-from .provenance import hydra_overrides, run_record, write_json
+from .provenance import hydra_overrides, run_record
+from .run_dir import RunDir
 from .serving.export import save_final
-from .summary import write_summary
+from .summary import print_summary
 from .training.checkpoint import CheckpointWriteError, resolve_resume
 from .training.model import apply_peft, count_parameters, load_model, load_tokenizer
 from .training.module import SFTModule
@@ -72,10 +71,11 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     quiet_other_ranks(rank_zero_only.rank)
     typed = validate(cfg)
     out = Path(typed.paths.output_dir)
+    run_dir = RunDir(out)
     ckpt_path = resolve_resume(typed.resume, typed.paths.log_dir, typed.paths.output_dir)
     if rank_zero_only.rank == 0:
-        if claim_output_dir(out, typed.overwrite, ckpt_path):
-            metrics_file.set_aside(out)  # the CSV logger would delete the curve so far
+        if run_dir.claim(typed.overwrite, ckpt_path):
+            run_dir.set_aside_metrics()  # the CSV logger would delete the curve so far
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()
@@ -87,15 +87,14 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     if local_rank() == 0:  # data problems surface before the model weights are loaded
         datamodule.prepare_data()
     if rank_zero_only.rank == 0:  # written before training, so even a crashed run can be repeated
-        write_json(
+        run_dir.write_record(
             run_record(
                 argv=[Path(sys.executable).name, "-m", "sft.train", *sys.argv[1:]],
                 overrides=hydra_overrides(),
                 seed=typed.seed,
                 data_files=datamodule.stats.files,
                 project_dir=SOURCE_DIR,
-            ),
-            out / "run_record.json",
+            )
         )
     model = apply_peft(
         load_model(typed.model, typed.paths.cache_dir), typed.lora, typed.trainer.gradient_checkpointing
@@ -118,7 +117,7 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     for logger in trainer.loggers:
         logger.log_hyperparams({**record, **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
     if trainer.is_global_zero:
-        OmegaConf.save(OmegaConf.create(record), out / "config.yaml")
+        run_dir.write_config(record)
 
     initial = {} if ckpt_path else _validate(trainer, module, datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -150,7 +149,8 @@ def _run(cfg: DictConfig) -> float | tuple[float, ...]:
     weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
     if trainer.is_global_zero:
         summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
-        write_summary(summary, out, datamodule.stats.problems)
+        run_dir.write_summary(summary, datamodule.stats.problems)
+        print_summary(summary)
         if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would
             evaluate(out, typed.evaluation, typed.paths.cache_dir)
     return _objective(typed, final, train_metrics, summary)

@@ -20,7 +20,6 @@ from sft.provenance import (
     redact,
     redact_override,
     run_record,
-    write_json,
 )
 
 SECRET_NAMES = [
@@ -188,14 +187,6 @@ def test_run_record(tmp_path, monkeypatch):
     assert record["data_files"] == {"data/a.jsonl": "sha256:00"}
     text = json.dumps(record)
     assert 'abc"' not in text and "hf_0123456789abcdef" not in text
-
-
-def test_write_json_round_trips_atomically(tmp_path):
-    path = tmp_path / "run" / "record.json"
-    write_json({"a": 1, "p": tmp_path}, path)
-    write_json({"b": [1, 2], "a": None}, path)
-    assert json.loads(path.read_text()) == {"b": [1, 2], "a": None}
-    assert list(path.parent.iterdir()) == [path]
 
 
 def test_hydra_overrides_outside_hydra():

@@ -20,8 +20,8 @@ import transformers
 from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_from_disk
 from datasets.fingerprint import Hasher
 
+from ..atomic import publish_dir
 from ..config import DataConfig, to_plain
-from ..io import publish_dir
 from .formats import source_files
 from .loading import DataError, mix, read_dataset, split, val_counts, with_problems
 from .stats import KEPT, DatasetStats, DataStats

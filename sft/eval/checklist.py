@@ -36,8 +36,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import write_json, write_text
 from ..locations import CONF_DIR
-from ..provenance import write_json
+from ..run_dir import RunDir
 from ..serving.export import ExportError, load_run
 from .human import aggregate, read_sheets
 from .suite import rates
@@ -105,11 +106,12 @@ def read_generations(path: Path) -> list[dict] | None:
 
 def gather(run: Path, sheets: list[str] | None = None) -> Evidence:
     """Read every piece of evidence a run offers, plus the rating sheets, once."""
+    layout = RunDir(run)
     evidence = Evidence(
         run=run,
-        summary=read_json(run / "summary.json"),
-        scores=read_json(run / "eval" / "scores.json"),
-        generations=read_generations(run / "eval" / "generations.jsonl"),
+        summary=read_json(layout.summary),
+        scores=read_json(layout.scores),
+        generations=read_generations(layout.generations),
         sheets=[str(s) for s in sheets or []],
     )
     if evidence.sheets:
@@ -385,8 +387,9 @@ def check_size(ev: Evidence, max_params: int | None = None, max_bytes: int | Non
     """Item 7: parameter count and bytes on disk within the limits (null limits pass, numbers reported)."""
     item = Item("Model size", UNKNOWN)
     params = (ev.summary or {}).get("parameters") or {}
-    weights = next((ev.run / n for n in ("adapter", "model") if (ev.run / n).is_dir()), None)
-    merged = ev.run / "merged" if (ev.run / "merged").is_dir() else None
+    layout = RunDir(ev.run)
+    weights = layout.weights
+    merged = layout.merged if layout.merged.is_dir() else None
     if _number(params, "total") is None and weights is None:
         item.evidence = ["no summary.json parameters and no adapter/ or model/ directory"]
         item.hint = "finish a training run: python -m sft.train"
@@ -402,7 +405,7 @@ def check_size(ev: Evidence, max_params: int | None = None, max_bytes: int | Non
     deployed = merged or weights
     if deployed is not None and max_bytes is not None:
         failed |= dir_bytes(deployed) > max_bytes
-    if weights is not None and weights.name == "adapter" and merged is None:
+    if weights == layout.adapter and merged is None:
         item.evidence.append(
             f"adapter only: the base weights come on top (python -m sft.export run={ev.run})"
         )
@@ -448,10 +451,11 @@ def to_markdown(items: list[Item], run: Path) -> str:
 def write_report(items: list[Item], run: Path) -> str:
     """Write `<run>/checklist.md` and `<run>/checklist.json`; return the Markdown."""
     markdown = to_markdown(items, run)
-    (run / "checklist.md").write_text(markdown, encoding="utf-8")
+    layout = RunDir(run)
+    write_text(markdown, layout.checklist_md)
     passed = not any(item.status == FAIL for item in items)
     write_json(
-        {"run": str(run), "passed": passed, "items": [asdict(item) for item in items]}, run / "checklist.json"
+        {"run": str(run), "passed": passed, "items": [asdict(item) for item in items]}, layout.checklist_json
     )
     return markdown
 

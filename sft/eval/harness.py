@@ -17,9 +17,10 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
+from ..atomic import write_json
 from ..locations import CONF_DIR
-from ..provenance import write_json
-from ..serving.export import ExportError, load_run, model_config, run_config
+from ..run_dir import RunDir
+from ..serving.export import ExportError, load_run, model_config
 from ..training.model import load_model
 from .suite import compare
 
@@ -83,21 +84,20 @@ def benchmark(cfg: DictConfig) -> dict:
         tasks = list(cfg.tasks)
         scores = {"tuned": run_tasks(tuned, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)}
         if cfg.base:
-            base = load_model(model_config(run_config(run), None), cfg.cache_dir).eval()
+            base = load_model(model_config(RunDir(run).read_config(), None), cfg.cache_dir).eval()
             scores["base"] = run_tasks(base, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)
             scores["compare"] = compare(_rates(scores["base"]), _rates(scores["tuned"]), cfg.tolerance)
     finally:
         shutil.rmtree(include, ignore_errors=True)
-    out = run / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(scores, out / "harness.json")
+    out = RunDir(run).harness
+    write_json(scores, out)
     for task, metrics in scores["tuned"].items():
         base = scores.get("base", {}).get(task, {})
         shown = ", ".join(
             f"{k} {v:.4f}" + (f" (base {base[k]:.4f})" if k in base else "") for k, v in metrics.items()
         )
         print(f"{task}: {shown}")
-    print(f"written: {out / 'harness.json'}")
+    print(f"written: {out}")
     return scores
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import write_json
 from ..locations import CONF_DIR
-from ..provenance import write_json
 from ..serving.endpoint import Client, EndpointError
 
 

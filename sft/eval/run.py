@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import write_json, write_text
 from ..config import EvaluationConfig
 from ..data.formats import MalformedRow, read_source, to_conversation
-from ..provenance import write_json
-from ..serving.export import load_run, model_config, run_config, stop_token_ids
+from ..run_dir import EVAL_REPORT, GENERATIONS, SCORES, RunDir
+from ..serving.export import load_run, model_config, stop_token_ids
 from ..training.model import load_model
 from .generate import generate
 from .suite import compare, load_suite, score_exact, score_ifeval, score_rouge, to_markdown
@@ -43,15 +44,16 @@ def score(suite: str, rows: list[dict], answers: list[str]) -> dict:
 def evaluate(run: Path, cfg: EvaluationConfig, cache_dir: str, out: Path | None = None) -> dict:
     """Generate and score every suite with the tuned model (and the base); write and return the scores."""
     run = Path(run)
-    out = Path(out) if out else run / "eval"
+    out = Path(out) if out else RunDir(run).eval
     suites = {Path(str(name)).stem: load_suite(name)[: cfg.limit or None] for name in cfg.suites}
     if cfg.references:
         suites["references"] = reference_rows(cfg.references, cfg.limit)
     tuned, tokenizer = load_run(run, cache_dir)
     models = {"tuned": tuned}
     if cfg.base:
-        base = load_model(model_config(run_config(run), None), cache_dir).eval()
-        base.generation_config.eos_token_id = stop_token_ids(run_config(run), tokenizer, base)
+        run_cfg = RunDir(run).read_config()
+        base = load_model(model_config(run_cfg, None), cache_dir).eval()
+        base.generation_config.eos_token_id = stop_token_ids(run_cfg, tokenizer, base)
         models["base"] = base
     answers = {
         name: {
@@ -66,19 +68,19 @@ def evaluate(run: Path, cfg: EvaluationConfig, cache_dir: str, out: Path | None 
     }
     if "base" in scores:
         scores["compare"] = compare(scores["base"], scores["tuned"], tolerance=cfg.tolerance)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(scores, out / "scores.json")
+    write_json(scores, out / SCORES)
     report = [f"# Evaluation of {run}", ""]
     report += [f"## {name}\n\n{to_markdown(s)}\n" for name, s in scores.items()]
-    (out / "report.md").write_text("\n".join(report))
-    with open(out / "generations.jsonl", "w") as f:
-        for suite, rows in suites.items():
-            for i, row in enumerate(rows):
-                record = {"id": row["id"], "suite": suite, "category": row.get("category"), "model": "tuned"}
-                record |= {"instruction": row["prompt"], "output": answers["tuned"][suite][i]}
-                if "base" in answers:
-                    record |= {"output_b": answers["base"][suite][i], "model_b": "base"}
-                f.write(json.dumps(record) + "\n")
+    write_text("\n".join(report), out / EVAL_REPORT)
+    lines = []
+    for suite, rows in suites.items():
+        for i, row in enumerate(rows):
+            record = {"id": row["id"], "suite": suite, "category": row.get("category"), "model": "tuned"}
+            record |= {"instruction": row["prompt"], "output": answers["tuned"][suite][i]}
+            if "base" in answers:
+                record |= {"output_b": answers["base"][suite][i], "model_b": "base"}
+            lines.append(json.dumps(record) + "\n")
+    write_text("".join(lines), out / GENERATIONS)
     print(to_markdown(scores.get("compare") or scores["tuned"]))
-    print(f"written: {out / 'scores.json'}, {out / 'report.md'}, {out / 'generations.jsonl'}")
+    print(f"written: {out / SCORES}, {out / EVAL_REPORT}, {out / GENERATIONS}")
     return scores

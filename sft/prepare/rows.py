@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_json
 from ..data.formats import DataFileError, MalformedRow, read_source, to_conversation
-from ..provenance import write_json
 
 
 class PrepareError(ValueError):

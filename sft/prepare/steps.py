@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import write_json
 from ..data.complexity import DIFFICULTIES, complexity, difficulty, role_text
-from ..provenance import write_json
 from ..text import words
 from . import generate
 from .augment import (

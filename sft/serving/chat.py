@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, TextIteratorStreamer
 
 from ..locations import CONF_DIR
+from ..run_dir import RunDir
 from .export import ExportError, load_run
 
 HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty: default), /exit"
@@ -202,7 +203,7 @@ def load(path: Path, cache_dir: str, dtype: str | None = None, trust_remote_code
     """(model, tokenizer) of a run directory (config.yaml) or a transformers model directory (config.json)."""
     if not path.is_dir():
         raise ExportError(f"run={path}: no such directory")
-    if (path / "config.yaml").is_file():
+    if RunDir(path).config.is_file():
         model, tokenizer = load_run(path, cache_dir, dtype)
     elif (path / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

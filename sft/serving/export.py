@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..atomic import publish_dir
 from ..config import ModelConfig
 from ..data.templates import Template, get_template
-from ..io import publish_dir
 from ..locations import CONF_DIR
+from ..run_dir import RunDir
 from ..training.model import DTYPES, load_model
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
@@ -46,24 +47,21 @@ def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: 
         tokenizer.chat_template = template.jinja
         tokenizer.save_pretrained(tmp)
 
-    return publish_dir(build, Path(run_dir) / ("adapter" if is_adapter else "model"), overwrite=True)
+    return publish_dir(build, RunDir(run_dir).weights_dir(is_adapter), overwrite=True)
 
 
 def run_weights(run: Path) -> Path:
     """The run's trained weights directory (`adapter/` or `model/`); an ExportError names what is missing."""
+    layout = RunDir(run)
     if not run.is_dir():
         raise ExportError(f"run={run}: no such directory")
-    if not (run / "config.yaml").is_file():
-        raise ExportError(f"run={run}: no config.yaml here; is this a finished sft run directory?")
-    for name in ("adapter", "model"):
-        if (run / name).is_dir():
-            return run / name
-    raise ExportError(f"run={run}: neither {run / 'adapter'} nor {run / 'model'} exists; did the run finish?")
-
-
-def run_config(run: Path) -> DictConfig:
-    """The run's saved, resolved training config."""
-    return OmegaConf.load(run / "config.yaml")
+    if not layout.config.is_file():
+        raise ExportError(f"run={run}: no {layout.config.name} here; is this a finished sft run directory?")
+    if layout.weights is None:
+        raise ExportError(
+            f"run={run}: neither {layout.adapter} nor {layout.model} exists; did the run finish?"
+        )
+    return layout.weights
 
 
 def model_config(cfg: DictConfig, dtype: str | None):
@@ -96,11 +94,11 @@ def load_run(run: Path, cache_dir: str, dtype: str | None = None):
     The model comes back in eval mode with the template's stop token among its generation eos ids.
     """
     weights = run_weights(run)
-    cfg = run_config(run)
+    cfg = RunDir(run).read_config()
     base_cfg = model_config(cfg, dtype)
     # The tokenizer saved with the weights carries the chat template the run was trained with.
     tokenizer = AutoTokenizer.from_pretrained(weights, trust_remote_code=base_cfg.trust_remote_code)
-    if weights.name == "adapter":
+    if weights == RunDir(run).adapter:
         model = PeftModel.from_pretrained(load_model(base_cfg, cache_dir), weights).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -115,7 +113,7 @@ def load_run(run: Path, cache_dir: str, dtype: str | None = None):
 def check_out(run: Path, out: Path, overwrite: bool) -> None:
     """Refuse an output directory that would replace the run itself or an existing export, unless asked."""
     run, target = run.resolve(), out.resolve()
-    if target == run or target in run.parents or target in (run / "adapter", run / "model"):
+    if target == run or target in run.parents or target in (RunDir(run).adapter, RunDir(run).model):
         raise ExportError(f"out={out}: would replace the run {run} or its weights; choose another directory")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise ExportError(f"out={out}: already exists and is not empty; set overwrite=true to replace it")
@@ -167,7 +165,7 @@ def main(cfg: DictConfig) -> None:
         print("run: missing; python -m sft.export run=<run dir> [out=<dir>] [dtype=...]", file=sys.stderr)
         sys.exit(2)
     run = Path(cfg.run).expanduser()
-    out = Path(cfg.out).expanduser() if cfg.out else run / "merged"
+    out = Path(cfg.out).expanduser() if cfg.out else RunDir(run).merged
     try:
         written, model = export(run, out, cfg.cache_dir, cfg.dtype, cfg.overwrite)
     except ExportError as err:

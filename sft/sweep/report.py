@@ -17,7 +17,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
-import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -28,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import metrics_file
+from ..run_dir import RunDir, series
 
 # Optuna trial states as status words; without a study a job dir is finished (summary.json) or failed.
 STATUS = {
@@ -61,11 +60,8 @@ def load_study(sweep_dir: Path) -> optuna.Study | None:
 
 
 def _overrides(job: Path, parser: OverridesParser) -> dict:
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return {}
     values = {}
-    for override in parser.parse_overrides(yaml.safe_load(path.read_text()) or []):
+    for override in parser.parse_overrides(RunDir(job).overrides()):
         value = override.value()
         # Lists and dicts become text: table cells must be hashable and comparable across runs.
         scalar = value is None or isinstance(value, (str, int, float, bool))
@@ -74,19 +70,14 @@ def _overrides(job: Path, parser: OverridesParser) -> dict:
 
 
 def _trial_number(job: Path) -> int | None:
-    # config.yaml is written once the trainer is built; a job that failed earlier only has Hydra's copy.
-    for path in (job / "config.yaml", job / ".hydra" / "config.yaml"):
-        if path.is_file():
-            trial = (yaml.safe_load(path.read_text()) or {}).get("trial")
-            return trial.get("number") if isinstance(trial, dict) else None
-    return None
+    trial = RunDir(job).composed_config().get("trial")
+    return trial.get("number") if isinstance(trial, dict) else None
 
 
 def _summary(job: Path) -> dict | None:
-    path = job / "summary.json"
-    if not path.is_file():
+    summary = RunDir(job).read_summary()
+    if summary is None:
         return None
-    summary = json.loads(path.read_text())
     return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -218,16 +209,16 @@ def plot_loss_curves(ax: Axes, df: pd.DataFrame, sweep_dir: Path) -> int:
     """Train loss of every run (solid) and its val loss (dashed, same colour) by step; returns runs drawn."""
     drawn = 0
     for _, row in df.dropna(subset=["run"]).iterrows():
-        logged = metrics_file.read(Path(sweep_dir) / str(row["run"]))
+        logged = RunDir(Path(sweep_dir) / str(row["run"])).metrics()
         if logged.empty:
             continue
         label, color = _label(row, df.attrs.get("params", [])), None
         if "train/loss" in logged:
-            train = metrics_file.series(logged, "train/loss")
+            train = series(logged, "train/loss")
             (line,) = ax.plot(train["step"], train["train/loss"], label=label)
             label, color = "_nolegend_", line.get_color()  # one legend entry per run
         if "val/loss" in logged:
-            val = metrics_file.series(logged, "val/loss")
+            val = series(logged, "val/loss")
             ax.plot(val["step"], val["val/loss"], linestyle="--", marker=".", color=color, label=label)
         drawn += 1
     ax.set(xlabel="step", ylabel="loss", title="train loss (solid) and val loss (dashed)")

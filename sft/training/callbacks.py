@@ -6,13 +6,12 @@ import itertools
 import logging
 import os
 import time
-from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..data.tokenize import IGNORE_INDEX
-from ..provenance import write_json
+from ..run_dir import RunDir
 from .resilience import Preempted
 
 log = logging.getLogger(__name__)
@@ -93,8 +92,8 @@ class ProgressFile(Callback):
     running, trained (final evaluation and saving follow), stopped (by a signal) or failed.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = RunDir(run_dir)
         self._start = 0.0
         self._first_step = 0
         self._written = -1
@@ -133,7 +132,7 @@ class ProgressFile(Callback):
             "eta_seconds": None if eta is None else round(eta, 1),
             "pid": os.getpid(),
         }
-        write_json(record, self.path, durable=False)
+        self.run_dir.write_progress(record)
 
 
 class OverfittingWatch(Callback):

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..config import ConfigError
+from ..run_dir import CHECKPOINTS, LAST_CHECKPOINT, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,15 @@ def resolve_resume(resume: str | None, log_dir: str, output_dir: str) -> str | N
         return None
     if resume == "last":
         # Only `last.ckpt` matches, so a killed writer's `.last.ckpt.tmp-*` is never picked.
-        candidates = [
-            *Path(output_dir).glob("checkpoints/last.ckpt"),
-            *Path(log_dir).glob("**/checkpoints/last.ckpt"),
-        ]
+        last = f"{CHECKPOINTS}/{LAST_CHECKPOINT}"
+        candidates = [*Path(output_dir).glob(last), *Path(log_dir).glob(f"**/{last}")]
         if not candidates:
-            raise CheckpointError(f"resume=last: no checkpoints/last.ckpt under {log_dir}")
+            raise CheckpointError(f"resume=last: no {last} under {log_dir}")
         path = max(candidates, key=lambda p: p.stat().st_mtime)
     else:
         path = Path(resume)
         if path.is_dir() and path.suffix != ".ckpt":
-            path = path / "checkpoints" / "last.ckpt"
+            path = RunDir(path).last_checkpoint
     if not path.exists():
         raise CheckpointError(f"resume={resume}: no checkpoint at {path}")
     verify_checkpoint(path)

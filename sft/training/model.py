@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
+from ..atomic import publish_dir
 from ..config import LoraConfig, ModelConfig
 from ..data.templates import CHATML
-from ..io import publish_dir
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
 from ..config import ConfigError, TrainConfig, accumulation_steps
+from ..run_dir import RunDir
 from .checkpoint import AtomicCheckpointIO
 from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
@@ -53,7 +53,8 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
     t = cfg.trainer
     if cfg.strategy.name in ("fsdp", "deepspeed") and not torch.cuda.is_available():
         raise ConfigError(f"strategy {cfg.strategy.name} needs a CUDA GPU, and none is visible here")
-    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    run_dir = RunDir(cfg.paths.output_dir)
+    ckpt_dir = run_dir.checkpoints
     last = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step-{step:06d}",
@@ -73,7 +74,7 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [last, best, GracefulStop(ckpt_dir / "last.ckpt"), RngCheckpoint()]
+    callbacks = [last, best, GracefulStop(run_dir.last_checkpoint), RngCheckpoint()]
     callbacks += [*_instantiate_all(raw.get("callbacks")), *extra_callbacks]
     if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
         from ..sweep.pruning import TrialPruning  # here, so that optuna loads only for sweep jobs

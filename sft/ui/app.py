@@ -15,12 +15,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import metrics_file
 from ..provenance import redact
+from ..run_dir import RunDir
 from ..sweep.storage import default_storage
 from . import runs, sweeps
 from .compare import Comparison, chat_ready
-from .configs import EXTRA, FIELDS, ROOT, Checked, Draft, Roots, check, config_groups, group_options
+from .configs import EXTRA, FIELDS, Checked, Draft, Roots, check, config_groups, group_options
 
 CSS = """
 .field-error p { color: var(--error-text-color, #b91c1c); font-size: 0.85em; margin: 2px 0 0 0; }
@@ -75,7 +75,7 @@ def build(settings: Settings) -> gr.Blocks:
     """The whole page. Runs it starts go on when the browser closes; the server stops them when it exits."""
     groups, defaults = config_groups()
     log_dir = Path(settings.log_dir).resolve()
-    launcher = runs.Launcher(log_dir, ROOT, hidden_env=settings.hidden_env)
+    launcher = runs.Launcher(log_dir, Path.cwd(), hidden_env=settings.hidden_env)
     # Where runs go is the page's decision, and part of the command, so the command runs the same anywhere.
     placed = [f"paths.log_dir={log_dir}"]
     fixed = [*placed, f"paths.output_dir={log_dir / 'train' / 'runs' / 'new'}"]
@@ -308,7 +308,7 @@ def build(settings: Settings) -> gr.Blocks:
             alive = launcher.alive(path)
             known = True if alive else None  # the page's own child, or the pid in progress.json
             state = runs.status(path, known)
-            logged = metrics_file.read(path)  # once per tick, for the charts and the progress line
+            logged = RunDir(path).metrics()  # once per tick, for the charts and the progress line
             curves = runs.curves(logged)
             loss = curves[curves["series"] != "learning rate"]
             lr = curves[curves["series"] == "learning rate"]
@@ -322,7 +322,7 @@ def build(settings: Settings) -> gr.Blocks:
                 line,
                 loss if (loss["series"] == "train loss").any() else None,
                 lr if len(lr) else None,
-                redact(runs.tail(path / runs.CONSOLE_LOG)),  # a key in the environment never shows
+                redact(runs.tail(RunDir(path).console_log)),  # a key in the environment never shows
                 gr.update(interactive=alive),
                 gr.update(interactive=state in ("stopped", "failed") and runs.resumable(path)),
             )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..run_dir import RunDir
 from ..serving.chat import Chat
-from ..serving.export import load_run, model_config, run_config, run_weights, stop_token_ids
+from ..serving.export import load_run, model_config, run_weights, stop_token_ids
 from ..training.model import load_model
 
 
@@ -27,7 +28,7 @@ class Comparison:
 
     def __init__(self, run: Path, max_new_tokens: int = 128, temperature: float = 0.0) -> None:
         run = Path(run)
-        cfg = run_config(run)
+        cfg = RunDir(run).read_config()
         cache_dir = cfg.paths.cache_dir
         tuned, tokenizer = load_run(run, cache_dir)
         # The base is rebuilt from the run's own model config; it speaks through the run's template too.

@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config import ConfigError, override_problems, validate
-from ..locations import CONF_DIR, SOURCE_DIR
+from ..locations import CONF_DIR
 from ..provenance import redact, redact_override
 
 ENTRY = "train"
@@ -287,7 +287,7 @@ def _looks_like_path(key: str, text: str) -> bool:
     text = text.strip()
     if text.lower() in _NOT_PATHS or "://" in text or any(c.isspace() for c in text):
         return False
-    if key.endswith("name_or_path") and _HUB_ID.fullmatch(text) and not (SOURCE_DIR / text).exists():
+    if key.endswith("name_or_path") and _HUB_ID.fullmatch(text) and not Path(text).exists():
         return False
     return (
         bool(_PATH_KEY.search(key))
@@ -321,8 +321,8 @@ def path_problems(cfg: DictConfig, key: str, root_ok) -> list[str]:
 class Roots:
     """The locations the page may read and write: the outputs directory and the data directories."""
 
-    def __init__(self, roots: list[str | Path], base: Path = SOURCE_DIR) -> None:
-        self.base = base
+    def __init__(self, roots: list[str | Path], base: Path | None = None) -> None:
+        self.base = base or Path.cwd()  # relative paths mean what they mean where the page was started
         self.roots = [self.resolve(r) for r in roots]
 
     def resolve(self, value: str | Path) -> Path:

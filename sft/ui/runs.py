@@ -7,7 +7,6 @@ A run is a directory Hydra made under the outputs directory (`<task>/runs/<name>
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -20,13 +19,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .. import metrics_file
-from ..io import FINISHED_MARK
 from ..provenance import redact_override
+from ..run_dir import CONSOLE_LOG, HYDRA, RunDir, series
 
-CONSOLE_LOG = "console.log"
 # Curves the page draws, by metrics.csv column.
 CURVES = {"train/loss": "train loss", "val/loss": "val loss", "train/lr": "learning rate"}
 
@@ -35,19 +31,11 @@ def find_runs(log_dir: Path) -> list[Path]:
     """Every run directory under `log_dir`, newest first."""
     log_dir = Path(log_dir)
     found = [
-        *log_dir.glob("*/runs/*/.hydra"),
-        *log_dir.glob("*/multiruns/*/*/.hydra"),
+        *log_dir.glob(f"*/runs/*/{HYDRA}"),
+        *log_dir.glob(f"*/multiruns/*/*/{HYDRA}"),
     ]
     runs = {p.parent for p in found} | {p.parent for p in log_dir.glob(f"*/runs/*/{CONSOLE_LOG}")}
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON file's object, or None when it is missing or half written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -69,10 +57,10 @@ def status(run: Path, running: bool | None = None) -> str:
     `running` is what the caller knows of the process (the page's own children); otherwise the pid
     that progress.json names decides. A stopped or failed run with `checkpoints/last.ckpt` resumes.
     """
-    run = Path(run)
-    if (run / FINISHED_MARK).is_file():
+    layout = RunDir(run)
+    if layout.finished:
         return "finished"
-    progress = read_json(run / "progress.json") or {}
+    progress = layout.read_progress() or {}
     state = progress.get("state")
     if running is None:
         running = state in ("running", "trained") and pid_alive(progress.get("pid"))
@@ -85,36 +73,19 @@ def status(run: Path, running: bool | None = None) -> str:
 
 def resumable(run: Path) -> bool:
     """True when the run has a checkpoint to continue from and is not finished."""
-    run = Path(run)
-    return (run / "checkpoints" / "last.ckpt").exists() and not (run / FINISHED_MARK).is_file()
-
-
-def choices(run: Path) -> dict[str, str]:
-    """The config group options the run was composed from (Hydra's record)."""
-    try:
-        record = yaml.safe_load((Path(run) / ".hydra" / "hydra.yaml").read_text())
-        return dict(record["hydra"]["runtime"]["choices"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return {}
-
-
-def overrides(run: Path) -> list[str]:
-    """The command-line overrides the run was started with."""
-    try:
-        return list(yaml.safe_load((Path(run) / ".hydra" / "overrides.yaml").read_text()) or [])
-    except (OSError, yaml.YAMLError):
-        return []
+    layout = RunDir(run)
+    return layout.last_checkpoint.exists() and not layout.finished
 
 
 def metrics(run: Path) -> pd.DataFrame:
     """The run's curves in long form: step, value, series (train loss, val loss, learning rate)."""
-    return curves(metrics_file.read(run))
+    return curves(RunDir(run).metrics())
 
 
 def curves(logged: pd.DataFrame) -> pd.DataFrame:
     """Logged metrics rows as the page's curves: step, value, series."""
     frames = [
-        metrics_file.series(logged, column).rename(columns={column: "value"}).assign(series=name)
+        series(logged, column).rename(columns={column: "value"}).assign(series=name)
         for column, name in CURVES.items()
         if column in logged
     ]
@@ -125,17 +96,17 @@ def curves(logged: pd.DataFrame) -> pd.DataFrame:
 
 def progress_line(run: Path, state: str, logged: pd.DataFrame) -> str:
     """One line for a watched run in `state` (see `status`): step of total, tokens/s, ETA, final val loss."""
-    run = Path(run)
-    p = read_json(run / "progress.json") or {}
+    layout = RunDir(run)
+    p = layout.read_progress() or {}
     parts = [state]
     if "step" in p:
         parts.append(f"step {p['step']}/{p['total_steps']}")
-    rates = metrics_file.series(logged, "train/tokens_per_sec")["train/tokens_per_sec"]
+    rates = series(logged, "train/tokens_per_sec")["train/tokens_per_sec"]
     if len(rates):
         parts.append(f"{float(rates.iloc[-1]):,.0f} tokens/s")
     if p.get("eta_seconds") is not None and state == "running":
         parts.append(f"ETA {format_seconds(p['eta_seconds'])}")
-    summary = read_json(run / FINISHED_MARK)
+    summary = layout.read_summary()
     if summary and summary.get("val_loss") is not None:
         parts.append(f"val loss {summary['val_loss']:.4f}")
     return " · ".join(parts)
@@ -155,9 +126,10 @@ def table(log_dir: Path, running: set[Path] = frozenset()) -> pd.DataFrame:
     """One row per run: name, status, config summary and final metrics, newest first."""
     rows = []
     for run in find_runs(log_dir):
-        picked = choices(run)
-        summary = read_json(run / FINISHED_MARK) or {}
-        progress = read_json(run / "progress.json") or {}
+        layout = RunDir(run)
+        picked = layout.choices()
+        summary = layout.read_summary() or {}
+        progress = layout.read_progress() or {}
         known = run in running or None
         rows.append(
             {
@@ -167,7 +139,7 @@ def table(log_dir: Path, running: set[Path] = frozenset()) -> pd.DataFrame:
                 "data": picked.get("data", ""),
                 "preset": picked.get("preset", ""),
                 "overrides": " ".join(
-                    redact_override(o) for o in overrides(run) if not o.startswith(("resume=", "paths."))
+                    redact_override(o) for o in layout.overrides() if not o.startswith(("resume=", "paths."))
                 ),
                 "step": summary.get("global_step", progress.get("step")),
                 "train_loss": _rounded(summary.get("train_loss")),
@@ -271,9 +243,8 @@ class Launcher:
             run.mkdir(parents=True)
             # SFT_RUN_NAME names Hydra's run directory, so its log, curves and progress are found at once.
             args = ["sft.train", *overrides]
-            job = Job(
-                args, run / CONSOLE_LOG, self._spawn(args, run / CONSOLE_LOG, {"SFT_RUN_NAME": run.name}), run
-            )
+            log = RunDir(run).console_log
+            job = Job(args, log, self._spawn(args, log, {"SFT_RUN_NAME": run.name}), run)
             self.jobs[str(run)] = job
             return job
 
@@ -287,12 +258,11 @@ class Launcher:
             )
         if state in ("running", "starting", "finished") or not resumable(run):
             raise ValueError(f"{run.name}: {state}; only a stopped or failed run with a checkpoint resumes")
-        keep = [o for o in overrides(run) if not o.startswith(("resume=", "overwrite="))]
+        keep = [o for o in RunDir(run).overrides() if not o.startswith(("resume=", "overwrite="))]
         args = ["sft.train", *keep, f"resume={run}"]
         with self._lock:
-            job = Job(
-                args, run / CONSOLE_LOG, self._spawn(args, run / CONSOLE_LOG, {"SFT_RUN_NAME": run.name}), run
-            )
+            log = RunDir(run).console_log
+            job = Job(args, log, self._spawn(args, log, {"SFT_RUN_NAME": run.name}), run)
             self.jobs[str(run)] = job
             return job
 

@@ -224,7 +224,7 @@ def test_cli_exit_codes_and_reports(run, cache_dir):
     assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
     statuses = [i["status"] for i in json.loads((run / "checklist.json").read_text())["items"]]
     assert statuses == [PASS, PASS, PASS, PASS, UNKNOWN, UNKNOWN, PASS]
-    assert "sft.eval.human export" in passed.stdout  # an UNKNOWN says what to run
+    assert "sft.human_eval export" in passed.stdout  # an UNKNOWN says what to run
 
 
 def test_cli_names_a_missing_run(tmp_path):

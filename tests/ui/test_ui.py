@@ -16,8 +16,8 @@ from conftest import CONF, ROOT, SHARED_DATA
 from hydra import compose
 from omegaconf import OmegaConf
 
-from sft import metrics_file
 from sft.config import ConfigError, validate
+from sft.run_dir import RunDir
 from sft.ui import configs, runs
 from sft.ui.configs import EXTRA, Draft, Roots, check, config_groups, hydra_conf
 
@@ -139,22 +139,6 @@ def test_secrets_are_never_shown(groups, roots, monkeypatch):
     assert "secret typed into the config" in " ".join(typed.problems[EXTRA])
 
 
-def test_metrics_survive_an_in_place_resume(tmp_path):
-    """A resumed run's curve joins the part before the stop; re-trained steps come from the new part."""
-    csv = tmp_path / "csv"
-    csv.mkdir()
-    before = pd.DataFrame({"step": [0, 1, 2, 3], "train/loss": [4.0, 3.5, 3.0, 2.9]})
-    before.to_csv(csv / "metrics.csv", index=False)
-    assert metrics_file.set_aside(tmp_path) == csv / "metrics.1.csv"
-    pd.DataFrame({"step": [3, 4], "train/loss": [2.8, 2.6]}).to_csv(csv / "metrics.csv", index=False)
-    joined = metrics_file.read(tmp_path)
-    assert joined["step"].tolist() == [0, 1, 2, 3, 4]
-    assert joined["train/loss"].tolist() == [4.0, 3.5, 3.0, 2.8, 2.6]
-    curves = runs.metrics(tmp_path)
-    assert set(curves["series"]) == {"train loss"} and len(curves) == 5
-    assert metrics_file.read(tmp_path / "nothing").empty
-
-
 def test_run_status_progress_and_table(tmp_path):
     """Status, the progress line and the runs table are read from the run's own files."""
     log_dir = tmp_path / "outputs"
@@ -176,7 +160,7 @@ def test_run_status_progress_and_table(tmp_path):
     pd.DataFrame({"step": [4], "train/tokens_per_sec": [1234.0]}).to_csv(
         run / "csv" / "metrics.csv", index=False
     )
-    line = runs.progress_line(run, runs.status(run), metrics_file.read(run))
+    line = runs.progress_line(run, runs.status(run), RunDir(run).metrics())
     assert line == "stopped · step 5/20 · 1,234 tokens/s"
     (run / "summary.json").write_text(json.dumps({"global_step": 20, "val_loss": 1.5, "train_loss": 1.25}))
     row = runs.table(log_dir).iloc[0]

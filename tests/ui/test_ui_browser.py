@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from sft import metrics_file
+from sft.run_dir import RunDir
 
 CHROMIUM = os.environ.get("SFT_CHROMIUM", "/usr/bin/chromium")
 INSTALL = "install it with `sudo apt-get install chromium` (make test does this), or set SFT_CHROMIUM"
@@ -212,7 +212,7 @@ def test_launch_watch_stop_and_resume(page, server):
     _text(page, "#run-status", r"finished")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] == 40
-    curve = metrics_file.read(run)["step"]  # the part before the stop is kept
+    curve = RunDir(run).metrics()["step"]  # the part before the stop is kept
     assert (run / "csv" / "metrics.1.csv").is_file() and curve.min() == 0 and curve.max() >= 39
     assert _points(page, "val loss") >= 2
     _shot(page, "train-finished")
