@@ -30,13 +30,13 @@ from .locations import CONF_DIR, SOURCE_DIR
 from .provenance import hydra_overrides, run_record
 from .run_dir import RunDir
 from .serving.export import save_final
-from .summary import print_summary
 from .training.checkpoint import CheckpointWriteError, resolve_resume
 from .training.model import apply_peft, count_parameters, load_model, load_tokenizer
 from .training.module import SFTModule
 from .training.probe import ProbeAnswers
 from .training.resilience import Diverged, Preempted
 from .training.strategy import full_state_dict, local_rank, quiet_other_ranks
+from .training.summary import print_summary
 from .training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
