@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data.formats import FORMATS, mapping_problems
 from .data.templates import BUILTIN as BUILTIN_TEMPLATES
 from .data.tokenize import TRUNCATION
+from .errors import ConfigError
 from .locations import default_data_dir
 from .provenance import literal_secrets, redact
 
@@ -54,10 +55,6 @@ ALIASES = {
 
 # Keys that moved to another group: the message says where they live now.
 MOVED = {"trainer.strategy": "the strategy group: strategy=ddp (options in conf/strategy/)"}
-
-
-class ConfigError(ValueError):
-    """A user mistake in the composed config; the message lists every problem found."""
 
 
 @functools.cache

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def publish_dir(build: Callable[[Path], None], target: Path, overwrite: bool = False) -> Path:
     """Run `build(tmp_dir)` and move the result to `target`; keep an existing target unless `overwrite`."""
@@ -45,8 +47,6 @@ def claim_output_dir(out: Path, overwrite: bool, resume_from: str | None) -> boo
     Resuming from a checkpoint inside `out` continues that run in place (returns True). With
     `overwrite`, the old outputs are deleted (Hydra's record and log of this launch stay).
     """
-    from .config import ConfigError  # config imports this package's modules
-
     out = Path(out)
     finished = (out / FINISHED_MARK).exists()
     checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))

@@ -21,11 +21,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from . import metrics_file
-from .config import ConfigError, TrainConfig, override_problems, to_record, validate
+from .config import TrainConfig, override_problems, to_record, validate
 from .data.datamodule import SFTDataModule
-from .data.loading import DataError, system_prompt
+from .data.loading import system_prompt
 from .data.templates import get_template
 from .data.tokenize import template_overhead
+from .errors import CheckpointWriteError, ConfigError, DataError, Diverged, Preempted
 from .eval.run import evaluate
 from .io import claim_output_dir
 from .locations import CONF_DIR, SOURCE_DIR
@@ -33,11 +34,10 @@ from .provenance import hydra_overrides, run_record, write_json
 from .serving.export import save_final
 from .summary import write_summary
 from .training.callbacks import OverfittingWatch, ThroughputMonitor
-from .training.checkpoint import CheckpointWriteError, resolve_resume
+from .training.checkpoint import resolve_resume
 from .training.model import apply_peft, count_parameters, load_model, load_tokenizer
 from .training.module import SFTModule
 from .training.probe import answer
-from .training.resilience import Diverged, Preempted
 from .training.strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters
 from .training.trainer import build_trainer
 

@@ -21,9 +21,10 @@ from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_
 from datasets.fingerprint import Hasher
 
 from ..config import DataConfig, to_plain
+from ..errors import DataError
 from ..io import publish_dir
 from .formats import source_files
-from .loading import DataError, mix, read_dataset, split, val_counts, with_problems
+from .loading import mix, read_dataset, split, val_counts, with_problems
 from .stats import KEPT, DatasetStats, DataStats
 from .templates import Template
 from .tokenize import IGNORE_INDEX, encode

@@ -11,10 +11,11 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ..config import ConfigError, validate
+from ..config import validate
+from ..errors import ConfigError, DataError
 from ..locations import CONF_DIR
 from ..training.model import load_tokenizer
-from .loading import DataError, system_prompt
+from .loading import system_prompt
 from .preprocess import prepare
 from .stats import DataStats
 from .templates import get_template

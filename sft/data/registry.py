@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ..config import ConfigError
+from ..errors import DataFileError, RegistryError
 from ..locations import CONF_DIR
-from .formats import SUFFIXES, DataFileError, source_files
+from .formats import SUFFIXES, source_files
 
 CONF_DATA = CONF_DIR / "data"
 
@@ -32,10 +32,6 @@ _INFO_REFUSED = {
     "script_url": "loading scripts are not supported; use file_name or hf_hub_url",
     "folder": "hub sub-folders are not supported; download the files and use file_name",
 }
-
-
-class RegistryError(ConfigError):
-    """Dataset names that cannot be resolved; the message lists every problem."""
 
 
 def missing_path(path: str) -> str | None:

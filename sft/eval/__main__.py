@@ -13,10 +13,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import EvaluationConfig
+from ..errors import ExportError, SuiteError
 from ..locations import CONF_DIR
-from ..serving.export import ExportError
 from .run import evaluate
-from .suite import SuiteError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")

@@ -36,9 +36,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import ExportError
 from ..locations import CONF_DIR
 from ..provenance import write_json
-from ..serving.export import ExportError, load_run
+from ..serving.export import load_run
 from .human import aggregate, read_sheets
 from .suite import rates
 

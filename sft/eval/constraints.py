@@ -20,11 +20,9 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
+from ..errors import CheckerError
+
 Kind = Callable[[object], "str | None"]  # returns why a value does not fit, or None when it does
-
-
-class CheckerError(ValueError):
-    """A checker called with an unknown name or with parameters that do not fit it; the message names it."""
 
 
 CHECKERS: dict[str, Callable[..., bool]] = {}

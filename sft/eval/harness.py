@@ -17,17 +17,14 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
+from ..errors import ExportError, HarnessError
 from ..locations import CONF_DIR
 from ..provenance import write_json
-from ..serving.export import ExportError, load_run, model_config, run_config
+from ..serving.export import load_run, model_config, run_config
 from ..training.model import load_model
 from .suite import compare
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-
-
-class HarnessError(ValueError):
-    """lm-eval is missing, or a task cannot be found."""
 
 
 def local_tasks(into: Path) -> Path:

@@ -27,14 +27,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import EndpointError, JudgeError
 from ..locations import CONF_DIR
 from ..provenance import write_json
-from ..serving.endpoint import Client, EndpointError
-
-
-class JudgeError(EndpointError):
-    """A judge setting or generations file that cannot be used; the message names it."""
-
+from ..serving.endpoint import Client
 
 MODES = ("single", "pairwise")
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..config import EvaluationConfig
-from ..data.formats import MalformedRow, read_source, to_conversation
+from ..data.formats import read_source, to_conversation
+from ..errors import MalformedRow
 from ..provenance import write_json
 from ..serving.export import load_run, model_config, run_config, stop_token_ids
 from ..training.model import load_model

@@ -11,9 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ..errors import EndpointError, PrepareError
 from ..locations import CONF_DIR
-from ..serving.endpoint import EndpointError
-from .rows import PrepareError
 from .steps import STEPS
 
 USAGE = (

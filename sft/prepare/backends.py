@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
-from ..serving.endpoint import Client, EndpointError
-from .rows import PrepareError
+from ..errors import EndpointError, PrepareError
+from ..serving.endpoint import Client
 
 KINDS = ("endpoint", "local")
 

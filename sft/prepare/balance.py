@@ -26,7 +26,8 @@ import re
 import warnings
 from collections import Counter, defaultdict
 
-from .rows import PrepareError, Row
+from ..errors import PrepareError
+from .rows import Row
 
 CATEGORY_TARGETS = {
     "creative_writing": 0.20,

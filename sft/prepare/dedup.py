@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from datasketch import MinHash, MinHashLSH
 
-from .rows import PrepareError, Row
+from ..errors import PrepareError
+from .rows import Row
 
 SHINGLES = ("char", "word")
 # Character 5-grams suit short instructions: a one-word edit in a 20-word prompt keeps them above 0.8

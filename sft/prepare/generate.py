@@ -17,9 +17,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..errors import PrepareError
 from ..eval.rouge import rouge_l
 from .backends import reply_objects
-from .rows import Appender, PrepareError, Tally, finish, intact_lines, load_rows
+from .rows import Appender, Tally, finish, intact_lines, load_rows
 
 SYSTEM = "You write training data for an instruction-following AI assistant."
 PROMPT = (

@@ -17,12 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.formats import DataFileError, MalformedRow, read_source, to_conversation
+from ..data.formats import read_source, to_conversation
+from ..errors import DataFileError, MalformedRow, PrepareError
 from ..provenance import write_json
-
-
-class PrepareError(ValueError):
-    """A preparation setting or input that cannot be used; the message names the key or file."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data.complexity import DIFFICULTIES, complexity, difficulty, role_text
+from ..errors import PrepareError
 from ..provenance import write_json
 from . import generate
 from .augment import (
@@ -29,7 +30,7 @@ from .balance import classify, mix_report, resample
 from .charts import draw_report
 from .dedup import dedup_text, find_duplicates
 from .quality import heuristic_scores, judge_messages, parse_judge
-from .rows import Appender, PrepareError, Row, Tally, finish, intact_lines, load_rows, write_rows
+from .rows import Appender, Row, Tally, finish, intact_lines, load_rows, write_rows
 
 SCORERS = ("heuristic", "llm")
 

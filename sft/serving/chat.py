@@ -19,8 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, TextIteratorStreamer
 
+from ..errors import ExportError
 from ..locations import CONF_DIR
-from .export import ExportError, load_run
+from .export import load_run
 
 HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty: default), /exit"
 PROMPT = "you> "

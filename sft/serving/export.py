@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..config import ModelConfig
 from ..data.templates import Template, get_template
+from ..errors import ExportError
 from ..io import publish_dir
 from ..locations import CONF_DIR
 from ..training.model import DTYPES, load_model
@@ -27,10 +28,6 @@ from ..training.model import DTYPES, load_model
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-class ExportError(ValueError):
-    """A run or model directory that cannot be loaded or exported; the message names the path."""
 
 
 def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: dict | None = None) -> Path:

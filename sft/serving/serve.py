@@ -26,21 +26,13 @@ from jinja2 import TemplateError
 from omegaconf import DictConfig, OmegaConf
 from transformers import StoppingCriteria
 
+from ..errors import ExportError, RequestError
 from ..locations import CONF_DIR
 from .chat import eos_ids, load_on_device
-from .export import ExportError
 
 ROLES = ("system", "user", "assistant")
 MAX_BODY = 4 * 2**20  # a chat request is text; anything larger is a mistake or abuse
 MAX_STOPS = 4  # as the OpenAI API allows
-
-
-class RequestError(ValueError):
-    """A request the server cannot serve; `param` names the offending field, `status` the HTTP status."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.param, self.status = param, status
 
 
 class ServeError(ValueError):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from ..errors import Preempted
 from ..provenance import write_json
-from .resilience import Preempted
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, StrategyConfig
+from ..config import StrategyConfig
+from ..errors import ConfigError
 from ..locations import CONF_DIR
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import ConfigError, override_problems, validate
+from ..config import override_problems, validate
+from ..errors import ConfigError
 from ..locations import CONF_DIR, SOURCE_DIR
 from ..provenance import redact, redact_override
 
