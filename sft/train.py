@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from . import metrics_file
-from .config import TrainConfig, override_problems, to_record, validate
+from .config import TRAIN_GROUPS, TrainConfig, checked_cli, to_record, validate
 from .data.datamodule import SFTDataModule
 from .data.loading import system_prompt
 from .data.templates import get_template
@@ -240,13 +240,7 @@ def _report(err: Exception) -> None:
         print(err, file=sys.stderr)
 
 
-def cli() -> None:
-    """`python -m sft.train`: command-line keys are checked against the schemas, then Hydra runs."""
-    problems = override_problems([arg for arg in sys.argv[1:] if not arg.startswith("-")])
-    if problems:
-        print("Invalid config:\n  " + "\n  ".join(problems), file=sys.stderr)
-        sys.exit(2)
-    main()
+cli = checked_cli(main, TrainConfig, TRAIN_GROUPS)
 
 
 if __name__ == "__main__":

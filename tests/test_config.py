@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, run_module
 
-from sft.config import ConfigError, accumulation_steps, validate
+from sft.config import TRAIN_GROUPS, ConfigError, TrainConfig, accumulation_steps, override_problems, validate
 
 # experiment/ and sweep/ hold multirun grids and search spaces, composed in test_sweep.py; prepare/ and
 # backend/ configure `python -m sft.prepare`, composed in test_prepare_steps.py.
@@ -131,11 +131,8 @@ def test_resilience_settings_are_range_checked(make_cfg):
 
 
 def test_command_line_typos_name_the_closest_key_even_across_groups():
-    from sft.config import override_problems
-
-    problems = override_problems(
-        ["lora.rank=8", "trainer.learning_rate=1e-4", "data.datasets.builtin.num_row=4", "data.cutof_len=9"]
-    )
+    typos = ["lora.rank=8", "trainer.learning_rate=1", "data.datasets.builtin.num_row=4", "data.cutof_len=9"]
+    problems = override_problems(typos, TrainConfig, TRAIN_GROUPS)
     assert [p.split(" (allowed")[0] for p in problems] == [
         "lora.rank: unknown key; did you mean 'lora.r'?",
         "trainer.learning_rate: unknown key; did you mean 'optimizer.lr'?",
@@ -144,7 +141,11 @@ def test_command_line_typos_name_the_closest_key_even_across_groups():
     ]
     valid = ["preset=aggressive", "trainer.max_steps=1,2", "hydra.run.dir=x", "+extra=1", "optimizer.lr=1e-4"]
     assert (
-        override_problems([*valid, "data.datasets.builtin.num_rows=4", "model.random_init.hidden_size=8"])
+        override_problems(
+            [*valid, "experiment=x", "data.datasets.builtin.num_rows=4", "model.random_init.hidden_size=8"],
+            TrainConfig,
+            TRAIN_GROUPS,
+        )
         == []
     )
 

@@ -150,6 +150,8 @@ def expand_datasets(cfg: DictConfig) -> DictConfig:
     info_path = data.get("dataset_info")
     info = read_dataset_info(info_path) if info_path else None
     info_dir = Path(info_path).expanduser().parent if info_path else None
+    # Every entry starts from data.dataset_defaults; a named dataset's config and the overrides win.
+    defaults = _plain(data.get("dataset_defaults"))
     expanded: dict[str, dict] = {}
     problems = []
     for i, (name, override) in enumerate(_requested(data.datasets)):
@@ -168,7 +170,7 @@ def expand_datasets(cfg: DictConfig) -> DictConfig:
             base = found[0][1] if found else {}
             found = [(key, OmegaConf.to_container(OmegaConf.merge(base, override)))]
         for key, entry in found:  # a mix config contributes all of its datasets, unchanged
-            expanded[key if key not in expanded else f"{key}_{i}"] = entry
+            expanded[key if key not in expanded else f"{key}_{i}"] = {**defaults, **entry}
     if problems:
         raise RegistryError("Invalid config:\n  " + "\n  ".join(problems))
     with open_dict(cfg):

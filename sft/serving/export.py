@@ -23,7 +23,7 @@ from ..data.templates import Template, get_template
 from ..errors import ExportError
 from ..io import publish_dir
 from ..locations import CONF_DIR
-from ..training.model import DTYPES, load_model
+from ..training.model import TORCH_DTYPES, load_model
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
@@ -101,7 +101,7 @@ def load_run(run: Path, cache_dir: str, dtype: str | None = None):
         model = PeftModel.from_pretrained(load_model(base_cfg, cache_dir), weights).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            weights, dtype=DTYPES[base_cfg.dtype], trust_remote_code=base_cfg.trust_remote_code
+            weights, dtype=TORCH_DTYPES[base_cfg.dtype], trust_remote_code=base_cfg.trust_remote_code
         )
     model.generation_config.eos_token_id = stop_token_ids(cfg, tokenizer, model)
     if model.generation_config.pad_token_id is None:
