@@ -11,7 +11,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from sft.config import DatasetConfig, TrainConfig, unknown_keys
+from sft.config import (
+    BACKENDS,
+    COMMANDS,
+    PREPARE_STEPS,
+    DatasetConfig,
+    TrainConfig,
+    unknown_keys,
+    with_backend,
+)
 from sft.config.rules import hints
 from sft.config.validate import missing_keys
 from sft.data.registry import expand_datasets
@@ -22,9 +30,10 @@ OPTIONS = [(g, f) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
 
 def _own_keys(file) -> DictConfig:
-    """A YAML file's settings without its defaults list."""
+    """A YAML file's settings without its defaults list and Hydra's own settings."""
     node = OmegaConf.load(file)
     node.pop("defaults", None)
+    node.pop("hydra", None)
     return node
 
 
@@ -83,3 +92,38 @@ def test_a_schema_and_yaml_that_disagree_are_caught(tmp_path):
     assert unknown_keys(node, GROUPS["trainer"])[0].startswith("micro_batch: unknown key")
     wrong_type = OmegaConf.create({"micro_batch_size": "four"})
     assert "micro_batch_size" in _type_problems(wrong_type, GROUPS["trainer"])
+
+
+ENTRY_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml"))
+STEP_CONFIGS = sorted(p.stem for p in (CONF / "prepare").glob("*.yaml") if p.stem != "common")
+
+
+def test_every_command_and_prepare_step_has_a_schema():
+    assert ENTRY_CONFIGS == sorted(COMMANDS)
+    assert STEP_CONFIGS == sorted(PREPARE_STEPS)
+
+
+def _composed(name: str, *overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", [n for n in ENTRY_CONFIGS if n != "train"])
+def test_a_command_config_sets_only_and_every_schema_key(name):
+    cfg, schema = _composed(name), COMMANDS[name]
+    assert unknown_keys(_own_keys(CONF / f"{name}.yaml"), schema) == []
+    assert set(cfg.keys()) == set(hints(schema))
+    assert _type_problems(cfg, schema) is None
+
+
+@pytest.mark.parametrize(
+    ("step", "kind"),
+    [(s, k) for s in STEP_CONFIGS for k in (BACKENDS if "backend" in hints(PREPARE_STEPS[s]) else [""])],
+)
+def test_a_prepare_step_sets_only_and_every_schema_key(step, kind):
+    cfg = _composed(f"prepare/{step}", *([f"backend={kind}"] if kind else []))
+    schema = with_backend(PREPARE_STEPS[step], kind)
+    assert unknown_keys(cfg, schema) == []
+    assert set(cfg.keys()) == set(hints(schema))
+    assert _type_problems(cfg, schema) is None

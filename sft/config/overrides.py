@@ -4,6 +4,7 @@ composed config. `checked_cli` wraps every command's Hydra entry point with the 
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import functools
 import sys
@@ -53,13 +54,13 @@ def _homes(schema: type) -> dict[str, str]:
     return {name: keys[0] for name, keys in homes.items() if len(keys) == 1}
 
 
-def unknown(key: str, known: list[str], prefix: str, schema: type) -> str:
+def unknown(key: str, known: list[str], prefix: str = "", schema: type | None = None) -> str:
     """The message for an unknown key: the closest valid name (or the PEFT/TRL alias) and the allowed ones."""
     alias = ALIASES.get(key, key)
     close = difflib.get_close_matches(key, known, n=1)
     if alias in known:
         hint = f"; did you mean '{prefix}{alias}'?"
-    elif alias in _homes(schema):  # a setting of another group, e.g. trainer.learning_rate
+    elif schema and alias in _homes(schema):  # a setting of another group, e.g. trainer.learning_rate
         hint = f"; did you mean '{_homes(schema)[alias]}'?"
     else:
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
@@ -137,10 +138,29 @@ def checked_cli(main: Callable[[], Any], schema: type, groups: tuple[str, ...] =
 
     @functools.wraps(main)
     def cli() -> None:
-        problems = override_problems([a for a in sys.argv[1:] if not a.startswith("-")], schema, groups)
-        if problems:
-            print("Invalid config:\n  " + "\n  ".join(problems), file=sys.stderr)
-            sys.exit(2)
+        exit_on_unknown_keys(sys.argv[1:], schema, groups)
         main()
 
     return cli
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse's parse, except that an unknown option exits 2 naming the closest one, as the Hydra
+    commands do for an unknown key."""
+    args, extra = parser.parse_known_args(argv)
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    problems = [unknown(arg.split("=")[0], options) for arg in extra if arg.startswith("--")]
+    if problems:
+        print("Invalid arguments:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(2)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def exit_on_unknown_keys(args: list[str], schema: type, groups: tuple[str, ...] = ()) -> None:
+    """Print every unknown key among the command-line overrides and exit 2, if there are any."""
+    problems = override_problems([a for a in args if not a.startswith("-")], schema, groups)
+    if problems:
+        print("Invalid config:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(2)

@@ -55,24 +55,29 @@ def field_problems(obj: Any, schema: type, prefix: str = "") -> list[str]:
     return problems
 
 
-def check(cfg: DictConfig, schema: type[T], cross: Callable[[T], list[str]] | None = None) -> T:
-    """`cfg` as a typed `schema` object, or a `ConfigError` listing every problem (see the module doc)."""
-    problems = unknown_keys(cfg, schema)
+def check(
+    cfg: DictConfig, schema: type[T], cross: Callable[[T], list[str]] | None = None, prefix: str = ""
+) -> T:
+    """`cfg` as a typed `schema` object, or a `ConfigError` listing every problem (see the module doc).
+
+    `prefix` is where `cfg` sits in the command's config (`preview.`), for the keys in messages.
+    """
+    problems = unknown_keys(cfg, schema, prefix)
     problems += [
-        f"{key}: a secret typed into the config; set it in the environment instead (configs are saved "
-        "with every run), e.g. WANDB_API_KEY, or refer to one with ${oc.env:NAME}"
+        f"{prefix}{key}: a secret typed into the config; set it in the environment instead (configs are "
+        "saved with every run), e.g. WANDB_API_KEY, or refer to one with ${oc.env:NAME}"
         for key in literal_secrets(cfg)
     ]
     _raise(problems)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        _raise([f"{key}: missing; set {key}=... on the command line" for key in missing_keys(merged)])
+        _raise([f"{prefix}{key}: missing; give {prefix}{key}=<...>" for key in missing_keys(merged)])
         typed: T = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except ConfigError:
         raise
     except Exception as err:  # omegaconf names the full key and the bad value
         raise ConfigError(f"Invalid config: {err}") from None
-    _raise(field_problems(typed, schema) + (cross(typed) if cross else []))
+    _raise(field_problems(typed, schema, prefix) + (cross(typed) if cross else []))
     return typed
 
 

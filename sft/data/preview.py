@@ -11,7 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ..config import validate
+from ..config import TRAIN_GROUPS, PreviewConfig, check, checked_cli, validate
+from ..config.commands import PreviewSettings
 from ..errors import ConfigError, DataError
 from ..locations import CONF_DIR
 from ..training.model import load_tokenizer
@@ -75,7 +76,7 @@ def report(stats: DataStats) -> str:
 
 def preview(cfg: DictConfig) -> str:
     """The preview text for a composed `preview` config."""
-    options = cfg.preview
+    options = check(cfg.preview, PreviewSettings, prefix="preview.")
     with open_dict(cfg):
         cfg.pop("preview")
     typed = validate(cfg)
@@ -108,3 +109,6 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
+
+
+cli = checked_cli(main, PreviewConfig, TRAIN_GROUPS)

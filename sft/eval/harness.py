@@ -17,7 +17,8 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from ..errors import ExportError, HarnessError
+from ..config import HarnessConfig, check, checked_cli
+from ..errors import ConfigError, ExportError, HarnessError
 from ..locations import CONF_DIR
 from ..provenance import write_json
 from ..serving.export import load_run, model_config, run_config
@@ -107,11 +108,14 @@ def _rates(scores: dict) -> dict:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing run, lm-eval or task exits with the message, not a traceback."""
     try:
+        check(cfg, HarnessConfig)
         benchmark(cfg)
-    except (ExportError, HarnessError) as err:
+    except (ConfigError, ExportError, HarnessError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
 
 
+cli = checked_cli(main, HarnessConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

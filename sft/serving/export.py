@@ -18,14 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..config import ModelConfig
+from ..config import DTYPES, ExportConfig, ModelConfig, check, checked_cli
 from ..data.templates import Template, get_template
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 from ..io import publish_dir
 from ..locations import CONF_DIR
 from ..training.model import TORCH_DTYPES, load_model
 
-EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -133,8 +132,8 @@ def shareable(directory: Path) -> None:
 
 def export(run: Path, out: Path, cache_dir: str, dtype: str | None = None, overwrite: bool = False):
     """Write the run as a standard transformers model directory at `out`; return (out, model)."""
-    if dtype is not None and dtype not in EXPORT_DTYPES:
-        raise ExportError(f"dtype={dtype!r}: one of {EXPORT_DTYPES} (or null for the run's model.dtype)")
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"dtype={dtype!r}: one of {DTYPES} (or null for the run's model.dtype)")
     run_weights(run)  # a wrong run directory is reported before anything is loaded or checked
     check_out(run, out, overwrite)
     model, tokenizer = load_run(run, cache_dir, dtype)
@@ -160,19 +159,19 @@ def describe(out: Path, model) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """`python -m sft.export run=<run dir>`; a wrong run or output directory exits 2 with its message."""
-    if OmegaConf.is_missing(cfg, "run"):
-        print("run: missing; python -m sft.export run=<run dir> [out=<dir>] [dtype=...]", file=sys.stderr)
-        sys.exit(2)
-    run = Path(cfg.run).expanduser()
-    out = Path(cfg.out).expanduser() if cfg.out else run / "merged"
     try:
+        check(cfg, ExportConfig)
+        run = Path(cfg.run).expanduser()
+        out = Path(cfg.out).expanduser() if cfg.out else run / "merged"
         written, model = export(run, out, cfg.cache_dir, cfg.dtype, cfg.overwrite)
-    except ExportError as err:
+    except (ConfigError, ExportError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
     print(describe(written, model))
 
 
+cli = checked_cli(main, ExportConfig)
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
-    main()
+    cli()

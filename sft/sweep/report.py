@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import metrics_file
+from ..config.overrides import parse_args
 
 # Optuna trial states as status words; without a study a job dir is finished (summary.json) or failed.
 STATUS = {
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         "--direction", choices=("minimize", "maximize"), help="default: the study's direction, else minimize"
     )
     parser.add_argument("--out", type=Path, help="output dir (default: <sweep_dir>/report)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     matplotlib.use("Agg")  # files only, also where no display exists
     try:
         df = collect(args.sweep_dir, args.metric, args.direction)
