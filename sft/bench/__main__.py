@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from transformers import AutoTokenizer
 
 from ..config import BenchConfig, check, checked_cli
 from ..errors import ConfigError
@@ -29,14 +30,11 @@ from ..locations import CONF_DIR
 from ..training.model import load_tokenizer, resolve_source
 from .clock import rates
 from .flops import flops_per_token, matmul_peak, mean_context
+from .worker import alpaca_chat
 
 
 def row_lengths(model_dir: str, data: Path, cutoff: int) -> list[int]:
     """Token lengths of the rows as one-exchange chats under the model's template, cut at `cutoff`."""
-    from transformers import AutoTokenizer
-
-    from .worker import alpaca_chat
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lengths = []
     for row in json.loads(data.read_text()):

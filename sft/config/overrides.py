@@ -104,7 +104,8 @@ def override_problems(args: list[str], schema: type, groups: tuple[str, ...] = (
     groups (`preset=x`) and of the extra `groups` (`experiment=x`), additions (`+key=`), deletions and
     keys under free-form groups (optimizer, logger, ...) are left to Hydra and to validation.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # Hydra only when asked
+    # Hydra's override grammar (ANTLR) loads only for a command line, not wherever a schema is imported.
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         overrides = OverridesParser.create().parse_overrides(args)
@@ -115,9 +116,9 @@ def override_problems(args: list[str], schema: type, groups: tuple[str, ...] = (
         key = override.key_or_group
         if override.type.name != "CHANGE" or "/" in key or "@" in key or key.startswith("hydra."):
             continue
-        current, prefix, parts = schema, "", key.split(".")
         if key in groups:
             continue
+        current, prefix, parts = schema, "", key.split(".")
         while parts and is_dataclass(current):
             known = hints(current)
             key, parts = parts[0], parts[1:]
@@ -145,10 +146,10 @@ def checked_cli(main: Callable[[], Any], schema: type, groups: tuple[str, ...] =
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """argparse's parse, except that an unknown option exits 2 naming the closest one, as the Hydra
-    commands do for an unknown key."""
+    """argparse's parse, but an unknown option exits 2 naming the closest one (as unknown keys do)."""
     args, extra = parser.parse_known_args(argv)
-    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    actions = [action for action in parser._actions if action.dest != "help"]
+    options = [o for action in actions for o in action.option_strings if o.startswith("--")]
     problems = [unknown(arg.split("=")[0], options) for arg in extra if arg.startswith("--")]
     if problems:
         print("Invalid arguments:\n  " + "\n  ".join(problems), file=sys.stderr)

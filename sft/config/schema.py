@@ -1,7 +1,7 @@
 """Typed schemas of `python -m sft.train`'s config groups: types, allowed values and bounds, no defaults.
 
 Every value comes from the YAML under conf/ (one source of truth); a field's metadata says what it may
-hold, and `sft.config.validate` checks it. tests/test_config.py fails when a schema and its YAML disagree.
+hold, and `sft.config.validate` checks it. tests/test_schemas.py fails when a schema and its YAML disagree.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class LocalBackend:
 
     def complete(self, prompts: list[list[dict]], **sampling) -> list[str | Exception]:
         """One sampled reply per prompt, in order."""
-        from ..eval.generate import generate
+        from ..eval.generate import generate  # torch, as above: only a local model needs it
 
         return generate(
             self.model,

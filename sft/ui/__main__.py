@@ -37,7 +37,7 @@ def option_problems(cfg: DictConfig, password: str | None) -> list[str]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ui")
 def main(cfg: DictConfig) -> None:
     """Check the settings, build the page and serve it."""
-    from .app import CSS, Settings, build
+    from .app import CSS, Settings, build  # the page's Gradio blocks load once the settings are good
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     password = os.environ.get(cfg.password_env) or None
