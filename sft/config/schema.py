@@ -122,12 +122,12 @@ class SchedulerConfig:
 
 @dataclass
 class PresetConfig:
-    """One row of the hyperparameter table; other groups interpolate these values."""
+    """One row of the hyperparameter table; other groups interpolate these values (and check them there)."""
 
-    learning_rate: float = setting(gt=0)
-    lora_rank: int = setting(gt=0)
-    epochs: int = setting(gt=0)
-    batch_size: int = setting(gt=0)
+    learning_rate: float = setting()
+    lora_rank: int = setting()
+    epochs: int = setting()
+    batch_size: int = setting()
 
 
 @dataclass
