@@ -154,3 +154,31 @@ def test_the_cli_reports_a_mistyped_key_without_a_traceback():
     result = run_module("sft.train", "trainer.learning_rate=1e-4")
     assert result.returncode == 2
     assert "did you mean 'optimizer.lr'?" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_field_is_checked_by_its_metadata(make_cfg):
+    cfg = make_cfg(
+        "scheduler.warmup_ratio=1.5",
+        "data.num_workers=-1",
+        "data.datasets.builtin.num_rows=0",
+        "objective.directions=[up]",
+        "strategy.reduce_dtype=int8",
+        "evaluation.limit=0",
+    )
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    for expected in (
+        "scheduler.warmup_ratio=1.5: a number in [0, 1)",
+        "data.num_workers=-1: an integer >= 0",
+        "data.datasets.builtin.num_rows=0: a positive integer",
+        "objective.directions[0]='up': one of ('minimize', 'maximize')",
+        "strategy.reduce_dtype='int8': one of ('float32', 'bfloat16', 'float16')",
+        "evaluation.limit=0: null or a positive integer",
+    ):
+        assert expected in str(err.value)
+
+
+def test_a_setting_no_yaml_gives_is_named_as_missing(make_cfg):
+    """The schemas hold no defaults: a key removed from the YAML is reported, not silently filled."""
+    with pytest.raises(ConfigError, match=r"trainer.micro_batch_size: missing; give trainer.micro_batch_s"):
+        validate(make_cfg("~trainer.micro_batch_size"))
