@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     if rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest[0] = f"input={rest[0]}"  # `report <file>`, `dedup <file> output=...`
 
+    # Before composing, the backend's keys are those of the one chosen here, else of the steps' default
+    # (`/backend: local` in conf/prepare/); after composing, of the one composed.
     chosen = next((a.split("=", 1)[1] for a in rest if a.startswith("backend=")), "local")
     try:
         exit_on_unknown_keys(rest, with_backend(PREPARE_STEPS[step], chosen))
