@@ -3,7 +3,7 @@
 The command's code is in `sft.serving.chat`; this module keeps the command's name.
 """
 
-from .serving.chat import main
+from .serving.chat import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -3,7 +3,7 @@
 The command's code is in `sft.eval.checklist`; this module keeps the command's name.
 """
 
-from .eval.checklist import main
+from .eval.checklist import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -5,8 +5,8 @@ The command's code is in `sft.serving.export`; this module keeps the command's n
 
 import torch
 
-from .serving.export import main
+from .serving.export import cli
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
-    main()
+    cli()

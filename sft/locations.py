@@ -15,3 +15,15 @@ SOURCE_DIR = PACKAGE_DIR.parent
 def default_data_dir() -> str:
     """SFT_DATA_DIR, else the `shared/data` folder beside the checkout: where named data configs look."""
     return os.environ.get("SFT_DATA_DIR") or str(SOURCE_DIR.parent / "shared" / "data")
+
+
+def find_deepspeed_config(value: str) -> Path | None:
+    """A DeepSpeed JSON given as a path, or as a name (with or without .json) in conf/deepspeed/."""
+    for candidate in (
+        Path(value).expanduser(),
+        CONF_DIR / "deepspeed" / value,
+        CONF_DIR / "deepspeed" / f"{value}.json",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None

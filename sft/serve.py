@@ -3,7 +3,7 @@
 The command's code is in `sft.serving.serve`; this module keeps the command's name.
 """
 
-from .serving.serve import main
+from .serving.serve import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

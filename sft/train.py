@@ -20,21 +20,21 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from .config import ConfigError, TrainConfig, override_problems, to_record, validate
+from .config import TRAIN_GROUPS, TrainConfig, checked_cli, to_record, validate
 from .data.datamodule import SFTDataModule, build_datamodule
-from .data.loading import DataError, system_prompt
+from .data.loading import system_prompt
 from .data.templates import get_template
 from .data.tokenize import template_overhead
+from .errors import CheckpointWriteError, ConfigError, DataError, Diverged, Preempted
 from .eval.run import evaluate
 from .locations import CONF_DIR, SOURCE_DIR
 from .provenance import hydra_overrides, run_record
 from .run_dir import RunDir
 from .serving.export import save_final
-from .training.checkpoint import CheckpointWriteError, resolve_resume
+from .training.checkpoint import resolve_resume
 from .training.model import apply_peft, count_parameters, load_model, load_tokenizer
 from .training.module import SFTModule
 from .training.probe import ProbeAnswers
-from .training.resilience import Diverged, Preempted
 from .training.strategy import full_state_dict, local_rank, quiet_other_ranks
 from .training.summary import print_summary
 from .training.trainer import build_trainer
@@ -208,13 +208,7 @@ def _report(err: Exception) -> None:
         print(err, file=sys.stderr)
 
 
-def cli() -> None:
-    """`python -m sft.train`: command-line keys are checked against the schemas, then Hydra runs."""
-    problems = override_problems([arg for arg in sys.argv[1:] if not arg.startswith("-")])
-    if problems:
-        print("Invalid config:\n  " + "\n  ".join(problems), file=sys.stderr)
-        sys.exit(2)
-    main()
+cli = checked_cli(main, TrainConfig, TRAIN_GROUPS)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, run_module
 
-from sft.config import ConfigError, accumulation_steps, validate
+from sft.config import TRAIN_GROUPS, ConfigError, TrainConfig, accumulation_steps, override_problems, validate
 
 # experiment/ and sweep/ hold multirun grids and search spaces, composed in test_sweep.py; prepare/ and
 # backend/ configure `python -m sft.prepare`, composed in test_prepare_steps.py.
@@ -131,11 +131,8 @@ def test_resilience_settings_are_range_checked(make_cfg):
 
 
 def test_command_line_typos_name_the_closest_key_even_across_groups():
-    from sft.config import override_problems
-
-    problems = override_problems(
-        ["lora.rank=8", "trainer.learning_rate=1e-4", "data.datasets.builtin.num_row=4", "data.cutof_len=9"]
-    )
+    typos = ["lora.rank=8", "trainer.learning_rate=1", "data.datasets.builtin.num_row=4", "data.cutof_len=9"]
+    problems = override_problems(typos, TrainConfig, TRAIN_GROUPS)
     assert [p.split(" (allowed")[0] for p in problems] == [
         "lora.rank: unknown key; did you mean 'lora.r'?",
         "trainer.learning_rate: unknown key; did you mean 'optimizer.lr'?",
@@ -144,7 +141,11 @@ def test_command_line_typos_name_the_closest_key_even_across_groups():
     ]
     valid = ["preset=aggressive", "trainer.max_steps=1,2", "hydra.run.dir=x", "+extra=1", "optimizer.lr=1e-4"]
     assert (
-        override_problems([*valid, "data.datasets.builtin.num_rows=4", "model.random_init.hidden_size=8"])
+        override_problems(
+            [*valid, "experiment=x", "data.datasets.builtin.num_rows=4", "model.random_init.hidden_size=8"],
+            TrainConfig,
+            TRAIN_GROUPS,
+        )
         == []
     )
 
@@ -153,3 +154,31 @@ def test_the_cli_reports_a_mistyped_key_without_a_traceback():
     result = run_module("sft.train", "trainer.learning_rate=1e-4")
     assert result.returncode == 2
     assert "did you mean 'optimizer.lr'?" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_field_is_checked_by_its_metadata(make_cfg):
+    cfg = make_cfg(
+        "scheduler.warmup_ratio=1.5",
+        "data.num_workers=-1",
+        "data.datasets.builtin.num_rows=0",
+        "objective.directions=[up]",
+        "strategy.reduce_dtype=int8",
+        "evaluation.limit=0",
+    )
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    for expected in (
+        "scheduler.warmup_ratio=1.5: a number in [0, 1)",
+        "data.num_workers=-1: an integer >= 0",
+        "data.datasets.builtin.num_rows=0: a positive integer",
+        "objective.directions[0]='up': one of ('minimize', 'maximize')",
+        "strategy.reduce_dtype='int8': one of ('float32', 'bfloat16', 'float16')",
+        "evaluation.limit=0: null or a positive integer",
+    ):
+        assert expected in str(err.value)
+
+
+def test_a_setting_no_yaml_gives_is_named_as_missing(make_cfg):
+    """The schemas hold no defaults: a key removed from the YAML is reported, not silently filled."""
+    with pytest.raises(ConfigError, match=r"trainer.micro_batch_size: missing; give trainer.micro_batch_s"):
+        validate(make_cfg("~trainer.micro_batch_size"))

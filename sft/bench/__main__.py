@@ -22,20 +22,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from transformers import AutoTokenizer
 
-from ..config import ModelConfig
+from ..config import BenchConfig, check, checked_cli
+from ..errors import ConfigError
 from ..locations import CONF_DIR
 from ..training.model import load_tokenizer, resolve_source
 from .clock import rates
 from .flops import flops_per_token, matmul_peak, mean_context
+from .worker import alpaca_chat
 
 
 def row_lengths(model_dir: str, data: Path, cutoff: int) -> list[int]:
     """Token lengths of the rows as one-exchange chats under the model's template, cut at `cutoff`."""
-    from transformers import AutoTokenizer
-
-    from .worker import alpaca_chat
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lengths = []
     for row in json.loads(data.read_text()):
@@ -150,10 +149,14 @@ def markdown(rows: dict[str, dict], ours: str) -> str:
 def main(cfg: DictConfig) -> None:
     """Measure the peaks, run every configured trainer, print the table, save results.json and table.md."""
     out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        model_cfg = check(cfg, BenchConfig).model
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
     data = Path(cfg.data_file).resolve()
     if not data.is_file():
         sys.exit(f"data_file={cfg.data_file}: no such file ({data})")
-    model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     load_tokenizer(model_cfg, cfg.cache_dir)  # converts or builds the model once, outside every timing
     model_dir = resolve_source(model_cfg, cfg.cache_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -214,5 +217,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"failed: {', '.join(failed)} (logs in {out})")
 
 
+cli = checked_cli(main, BenchConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

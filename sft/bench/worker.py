@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..data.formats import to_conversation
 from ..locations import CONF_DIR
 
 
 def alpaca_chat(row: dict) -> list[dict]:
     """An Alpaca row's user and assistant turns, exactly as the training pipeline builds them."""
-    from ..data.formats import to_conversation
-
     return to_conversation(row, "alpaca")["messages"]
 
 
@@ -35,6 +34,7 @@ def peak_memory() -> dict:
 
 def run_trl(spec: dict) -> dict:
     """TRL's SFTTrainer with LoRA on the Alpaca rows as prompt-completion chats (loss on completions)."""
+    # A worker process runs one trainer: TRL and its stack load only in the process that runs it.
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,6 +102,7 @@ def run_trl(spec: dict) -> dict:
 
 def run_sft(spec: dict) -> dict:
     """sft.train on the same rows, model and LoRA, composed from conf/ with the spec's overrides."""
+    # sft.train's stack loads only in the process that runs it (not in a TRL worker).
     from hydra import compose, initialize_config_dir
 
     from ..config import validate

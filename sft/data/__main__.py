@@ -1,5 +1,5 @@
 """`python -m sft.data data=<...> model=<...>`: preview rendered examples and data statistics."""
 
-from .preview import main
+from .preview import cli
 
-main()
+cli()

@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from ..errors import DataFileError, MalformedRow
+
 FORMATS = ("auto", "alpaca", "sharegpt", "messages")
 SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
@@ -52,14 +54,6 @@ SHAREGPT_ALIASES = {"user": "user", "assistant": "assistant", "tool": "tool"}
 # Keys that mark a lone JSON object as a row itself rather than a wrapper around a list of rows.
 ROW_KEYS = ("instruction", "output", "conversations", "messages")
 MESSAGES_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-
-
-class MalformedRow(ValueError):
-    """A data row that cannot be turned into a conversation; the message says why."""
-
-
-class DataFileError(ValueError):
-    """A data file that cannot be read past some point; the message names the file and line."""
 
 
 # ---------------------------------------------------------------------------------------------- readers

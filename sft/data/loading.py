@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from datasets import Dataset, Features, Value, concatenate_datasets, interleave_datasets
 
 from ..config import DataConfig, DatasetConfig
+from ..errors import DataError, DataFileError, MalformedRow
 from .builtin import builtin_conversations
 from .complexity import complexity
-from .formats import DataFileError, MalformedRow, read_hub, read_source, to_conversation
+from .formats import read_hub, read_source, to_conversation
 from .stats import DataStats
 
 # One schema for every dataset, so rows of different formats (and all-null categories) concatenate.
@@ -26,10 +27,6 @@ FEATURES = Features(
         "complexity": Value("float32"),
     }
 )
-
-
-class DataError(ValueError):
-    """Data the run must not train on: strict-mode problems, too-long rows under truncation=error, no rows."""
 
 
 def with_problems(message: str, problems: list[str], limit: int = 5) -> str:

@@ -22,8 +22,9 @@ from datasets.fingerprint import Hasher
 
 from ..atomic import publish_dir
 from ..config import DataConfig, to_plain
+from ..errors import DataError
 from .formats import source_files
-from .loading import DataError, mix, read_dataset, split, val_counts, with_problems
+from .loading import mix, read_dataset, split, val_counts, with_problems
 from .stats import KEPT, DatasetStats, DataStats
 from .templates import Template
 from .tokenize import IGNORE_INDEX, encode

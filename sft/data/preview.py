@@ -11,10 +11,12 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ..config import ConfigError, validate
+from ..config import TRAIN_GROUPS, PreviewConfig, check, checked_cli, validate
+from ..config.commands import PreviewSettings
+from ..errors import ConfigError, DataError
 from ..locations import CONF_DIR
 from ..training.model import load_tokenizer
-from .loading import DataError, system_prompt
+from .loading import system_prompt
 from .preprocess import prepare
 from .stats import DataStats
 from .templates import get_template
@@ -74,7 +76,7 @@ def report(stats: DataStats) -> str:
 
 def preview(cfg: DictConfig) -> str:
     """The preview text for a composed `preview` config."""
-    options = cfg.preview
+    options = check(cfg.preview, PreviewSettings, prefix="preview.")
     with open_dict(cfg):
         cfg.pop("preview")
     typed = validate(cfg)
@@ -107,3 +109,6 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
+
+
+cli = checked_cli(main, PreviewConfig, TRAIN_GROUPS)

@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ..config import ConfigError
+from ..errors import DataFileError, RegistryError
 from ..locations import CONF_DIR
-from .formats import SUFFIXES, DataFileError, source_files
+from .formats import SUFFIXES, source_files
 
 CONF_DATA = CONF_DIR / "data"
 
@@ -32,10 +32,6 @@ _INFO_REFUSED = {
     "script_url": "loading scripts are not supported; use file_name or hf_hub_url",
     "folder": "hub sub-folders are not supported; download the files and use file_name",
 }
-
-
-class RegistryError(ConfigError):
-    """Dataset names that cannot be resolved; the message lists every problem."""
 
 
 def missing_path(path: str) -> str | None:
@@ -154,6 +150,8 @@ def expand_datasets(cfg: DictConfig) -> DictConfig:
     info_path = data.get("dataset_info")
     info = read_dataset_info(info_path) if info_path else None
     info_dir = Path(info_path).expanduser().parent if info_path else None
+    # Every entry starts from data.dataset_defaults; a named dataset's config and the overrides win.
+    defaults = _plain(data.get("dataset_defaults"))
     expanded: dict[str, dict] = {}
     problems = []
     for i, (name, override) in enumerate(_requested(data.datasets)):
@@ -172,7 +170,7 @@ def expand_datasets(cfg: DictConfig) -> DictConfig:
             base = found[0][1] if found else {}
             found = [(key, OmegaConf.to_container(OmegaConf.merge(base, override)))]
         for key, entry in found:  # a mix config contributes all of its datasets, unchanged
-            expanded[key if key not in expanded else f"{key}_{i}"] = entry
+            expanded[key if key not in expanded else f"{key}_{i}"] = {**defaults, **entry}
     if problems:
         raise RegistryError("Invalid config:\n  " + "\n  ".join(problems))
     with open_dict(cfg):

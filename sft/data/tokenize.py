@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from jinja2 import TemplateError as JinjaTemplateError
 
+from ..errors import TemplateError
 from .templates import Template, render, with_system
 
 IGNORE_INDEX = -100
@@ -23,10 +24,6 @@ EMPTY_EXCHANGE = [{"role": "user", "content": ""}, {"role": "assistant", "conten
 
 # Errors a template may raise while rendering one row (a refused role, a missing field, ...).
 _RENDER_ERRORS = (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError)
-
-
-class TemplateError(ValueError):
-    """The template does not render a conversation as a growing prefix, so masks cannot be derived."""
 
 
 def trained_spans(

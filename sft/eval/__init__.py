@@ -6,10 +6,11 @@ put a base and a tuned run side by side with `compare`, and render either with `
 
 from __future__ import annotations
 
+from ..errors import CheckerError, SuiteError
 from .answers import is_correct, normalise
-from .constraints import CHECKERS, CheckerError, check
+from .constraints import CHECKERS, check
 from .rouge import rouge_l
-from .suite import SuiteError, compare, load_suite, score_exact, score_ifeval, score_rouge, to_markdown
+from .suite import compare, load_suite, score_exact, score_ifeval, score_rouge, to_markdown
 
 __all__ = [
     "CHECKERS",

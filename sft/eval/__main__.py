@@ -10,25 +10,26 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ..config import EvaluationConfig
+from ..config import EvalConfig, check, checked_cli
+from ..errors import ConfigError, ExportError, SuiteError
 from ..locations import CONF_DIR
-from ..serving.export import ExportError
 from .run import evaluate
-from .suite import SuiteError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing run or a bad suite file exits with the message, not a traceback."""
-    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluationConfig), cfg.evaluation))
     try:
-        evaluate(cfg.run, settings, cfg.cache_dir, cfg.out)
-    except (ExportError, SuiteError, FileNotFoundError) as err:
+        typed = check(cfg, EvalConfig)
+        evaluate(typed.run, typed.evaluation, typed.cache_dir, typed.out)
+    except (ConfigError, ExportError, SuiteError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
 
 
+cli = checked_cli(main, EvalConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -37,9 +37,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import write_json, write_text
+from ..config import ChecklistConfig, check, checked_cli
+from ..errors import ConfigError, ExportError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from ..serving.export import ExportError, load_run
+from ..serving.export import load_run
 from .human import aggregate, read_sheets
 from .suite import rates
 
@@ -463,11 +465,10 @@ def write_report(items: list[Item], run: Path) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="checklist")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: print the checklist; exit 1 when an item FAILs, 2 when the run is not there."""
-    if OmegaConf.is_missing(cfg, "run"):
-        print(
-            "run: missing; python -m sft.checklist run=<run dir> [sheets=[...]] [thresholds={...}]",
-            file=sys.stderr,
-        )
+    try:
+        check(cfg, ChecklistConfig)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
         sys.exit(2)
     run = Path(cfg.run).expanduser()
     if not run.is_dir():
@@ -482,5 +483,7 @@ def main(cfg: DictConfig) -> None:
     sys.exit(1 if any(item.status == FAIL for item in items) else 0)
 
 
+cli = checked_cli(main, ChecklistConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

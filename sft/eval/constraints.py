@@ -21,14 +21,11 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
+from ..errors import CheckerError
 from ..text import paragraphs as paragraph_blocks  # the `paragraphs` checker takes the plain name
 from ..text import sentences, words
 
 Kind = Callable[[object], "str | None"]  # returns why a value does not fit, or None when it does
-
-
-class CheckerError(ValueError):
-    """A checker called with an unknown name or with parameters that do not fit it; the message names it."""
 
 
 CHECKERS: dict[str, Callable[..., bool]] = {}

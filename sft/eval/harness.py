@@ -18,17 +18,15 @@ import yaml
 from omegaconf import DictConfig
 
 from ..atomic import write_json
+from ..config import HarnessConfig, check, checked_cli
+from ..errors import ConfigError, ExportError, HarnessError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from ..serving.export import ExportError, load_run, model_config
+from ..serving.export import load_run, model_config
 from ..training.model import load_model
 from .suite import compare
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-
-
-class HarnessError(ValueError):
-    """lm-eval is missing, or a task cannot be found."""
 
 
 def local_tasks(into: Path) -> Path:
@@ -110,11 +108,14 @@ def _rates(scores: dict) -> dict:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a missing run, lm-eval or task exits with the message, not a traceback."""
     try:
+        check(cfg, HarnessConfig)
         benchmark(cfg)
-    except (ExportError, HarnessError) as err:
+    except (ConfigError, ExportError, HarnessError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
 
 
+cli = checked_cli(main, HarnessConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

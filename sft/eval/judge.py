@@ -25,18 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..atomic import write_json
+from ..config import JudgeConfig, check, checked_cli
+from ..errors import ConfigError, EndpointError, JudgeError
 from ..locations import CONF_DIR
-from ..serving.endpoint import Client, EndpointError
-
-
-class JudgeError(EndpointError):
-    """A judge setting or generations file that cannot be used; the message names it."""
-
-
-MODES = ("single", "pairwise")
+from ..serving.endpoint import Client
 
 SINGLE_SYSTEM = "You are a helpful assistant."
 SINGLE_PROMPT = (
@@ -254,10 +249,6 @@ def summary(stats: dict) -> str:
 
 def judge(cfg: DictConfig) -> dict:
     """Judge the generations file named by `cfg`; write judgements.jsonl and judge.json beside it."""
-    if cfg.mode not in MODES:
-        raise JudgeError(f"mode={cfg.mode}: one of {', '.join(MODES)}")
-    if not cfg.concurrency >= 1:
-        raise JudgeError(f"concurrency={cfg.concurrency}: a positive integer")
     path = Path(cfg.generations).expanduser()
     rows = read_rows(path, cfg.mode, cfg.limit)
     client = Client(
@@ -282,18 +273,15 @@ def judge(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="judge")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; a bad setting, file or endpoint exits 2 with its message."""
-    if OmegaConf.is_missing(cfg, "generations"):
-        print(
-            "generations: missing; python -m sft.eval.judge generations=<run>/eval/generations.jsonl",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     try:
+        check(cfg, JudgeConfig)
         judge(cfg)
-    except EndpointError as err:
+    except (ConfigError, EndpointError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
 
 
+cli = checked_cli(main, JudgeConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

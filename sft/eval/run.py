@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..atomic import write_json, write_text
 from ..config import EvaluationConfig
-from ..data.formats import MalformedRow, read_source, to_conversation
+from ..data.formats import read_source, to_conversation
+from ..errors import MalformedRow
 from ..run_dir import EVAL_REPORT, GENERATIONS, SCORES, RunDir
 from ..serving.export import load_run, model_config, stop_token_ids
 from ..training.model import load_model

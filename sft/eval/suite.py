@@ -19,8 +19,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..errors import CheckerError, SuiteError
 from .answers import is_correct, last_sentence
-from .constraints import CHECKERS, CheckerError, check, validate
+from .constraints import CHECKERS, check, validate
 from .rouge import rouge_l
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -34,10 +35,6 @@ _FIELDS = {
     "exact": {"id", "category", "prompt", "answer", "aliases"},
 }
 _OPTIONAL = {"aliases"}
-
-
-class SuiteError(ValueError):
-    """A suite file with rows that cannot be used; the message lists every problem as file:line."""
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -11,10 +11,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ..config import PREPARE_STEPS, check, exit_on_unknown_keys, with_backend
+from ..errors import ConfigError, EndpointError, PrepareError
 from ..locations import CONF_DIR
-from ..serving.endpoint import EndpointError
-from .rows import PrepareError
+from .generate import cross_field_problems
 from .steps import STEPS
+
+# Rules that relate several settings of a step (each setting's own range is in its schema).
+CROSS_FIELD = {"generate": cross_field_problems}
 
 USAGE = (
     "usage: python -m sft.prepare {"
@@ -33,10 +37,21 @@ def main(argv: list[str] | None = None) -> None:
     if rest and "=" not in rest[0] and not rest[0].startswith("-"):
         rest[0] = f"input={rest[0]}"  # `report <file>`, `dedup <file> output=...`
 
+    # Before composing, the backend's keys are those of the one chosen here, else of the steps' default
+    # (`/backend: local` in conf/prepare/); after composing, of the one composed.
+    chosen = next((a.split("=", 1)[1] for a in rest if a.startswith("backend=")), "local")
+    try:
+        exit_on_unknown_keys(rest, with_backend(PREPARE_STEPS[step], chosen))
+    except ConfigError as err:
+        print(f"{step}: {err}", file=sys.stderr)
+        sys.exit(2)
+
     def run(cfg: DictConfig) -> None:
         try:
+            kind = cfg.backend.kind if "backend" in cfg else ""
+            check(cfg, with_backend(PREPARE_STEPS[step], kind), CROSS_FIELD.get(step))
             STEPS[step](cfg)
-        except (PrepareError, EndpointError) as err:
+        except (ConfigError, PrepareError, EndpointError) as err:
             print(f"{step}: {err}", file=sys.stderr)
             sys.exit(2)
 

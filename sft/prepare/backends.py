@@ -13,10 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ModelConfig
-from ..serving.endpoint import Client, EndpointError
-from .rows import PrepareError
-
-KINDS = ("endpoint", "local")
+from ..errors import EndpointError, PrepareError
+from ..serving.endpoint import Client
 
 
 def reply_objects(text: str) -> list[object]:
@@ -88,7 +86,7 @@ class LocalBackend:
 
     def complete(self, prompts: list[list[dict]], **sampling) -> list[str | Exception]:
         """One sampled reply per prompt, in order."""
-        from ..eval.generate import generate
+        from ..eval.generate import generate  # torch, as above: only a local model needs it
 
         return generate(
             self.model,
@@ -101,25 +99,8 @@ class LocalBackend:
         )
 
 
-def option_problems(cfg: DictConfig) -> list[str]:
-    """Backend settings that cannot work, each named with its key."""
-    problems = []
-    if cfg.kind not in KINDS:
-        problems.append(f"backend.kind={cfg.kind!r}: one of {', '.join(KINDS)} (backend=endpoint|local)")
-    if cfg.kind == "endpoint" and not str(cfg.get("url") or "").startswith(("http://", "https://")):
-        problems.append(f"backend.url={cfg.get('url')!r}: an http(s) URL up to and including /v1")
-    for key in ("max_tokens", "concurrency", "batch_size"):
-        if key in cfg and not cfg[key] >= 1:
-            problems.append(f"backend.{key}={cfg[key]}: a positive integer")
-    if not cfg.temperature >= 0:
-        problems.append(f"backend.temperature={cfg.temperature}: 0 (greedy) or a positive number")
-    return problems
-
-
 def open_backend(cfg: DictConfig) -> EndpointBackend | LocalBackend:
-    """The backend `cfg` describes, checked first."""
-    if problems := option_problems(cfg):
-        raise PrepareError("\n".join(problems))
+    """The backend `cfg` describes (checked by the step's schema, sft.config.BACKENDS)."""
     backend = EndpointBackend(cfg) if cfg.kind == "endpoint" else LocalBackend(cfg)
     print(f"backend: {backend.name}", file=sys.stderr)
     return backend

@@ -26,8 +26,9 @@ import re
 import warnings
 from collections import Counter, defaultdict
 
+from ..errors import PrepareError
 from ..text import is_code_task, words
-from .rows import PrepareError, Row
+from .rows import Row
 
 CATEGORY_TARGETS = {
     "creative_writing": 0.20,

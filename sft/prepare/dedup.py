@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 from datasketch import MinHash, MinHashLSH
 
-from .rows import PrepareError, Row
+from ..config.commands import FIELDS, SHINGLES
+from ..errors import PrepareError
+from .rows import Row
 
-SHINGLES = ("char", "word")
 # Character 5-grams suit short instructions: a one-word edit in a 20-word prompt keeps them above 0.8
 # Jaccard, while prompts sharing only a template ("Name three ... of X") stay below it. Word n-grams
 # of a 10-word prompt move in steps of ~10%, too coarse for a 0.8 threshold.
 DEFAULT_NGRAM = {"char": 5, "word": 1}
-FIELDS = ("prompt", "prompt_response")
 # A pair at the threshold is a candidate with at least this probability (see `lsh_bands`).
 RECALL = 0.99
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..errors import PrepareError
 from ..eval.rouge import rouge_l
 from ..text import words
 from .backends import reply_objects
-from .rows import Appender, PrepareError, Tally, finish, intact_lines, load_rows
+from .rows import Appender, Tally, finish, intact_lines, load_rows
 
 SYSTEM = "You write training data for an instruction-following AI assistant."
 PROMPT = (
@@ -123,20 +124,11 @@ def most_similar(instruction: str, pool: list[str]) -> tuple[float, str | None]:
     return best, match
 
 
-def option_problems(cfg: DictConfig) -> list[str]:
-    """Generation settings that cannot work, each named with its key."""
-    problems = []
-    if not cfg.num >= 1:
-        problems.append(f"num={cfg.num}: a positive number of tasks to have in the output")
-    if not 1 <= cfg.num_examples <= 20:
-        problems.append(f"num_examples={cfg.num_examples}: 1-20 tasks shown per prompt")
-    if not 0 <= cfg.machine_examples <= cfg.num_examples:
-        problems.append(f"machine_examples={cfg.machine_examples}: 0 to num_examples ({cfg.num_examples})")
-    if not 0 < cfg.similarity_threshold <= 1:
-        problems.append(f"similarity_threshold={cfg.similarity_threshold}: a ROUGE-L bound in (0, 1]")
-    if not cfg.max_requests_per_task >= 1:
-        problems.append(f"max_requests_per_task={cfg.max_requests_per_task}: at least 1")
-    return problems
+def cross_field_problems(cfg) -> list[str]:
+    """More machine-made examples per prompt than examples shown (each setting's range: GenerateConfig)."""
+    if cfg.machine_examples <= cfg.num_examples:
+        return []
+    return [f"machine_examples={cfg.machine_examples}: 0 to num_examples ({cfg.num_examples})"]
 
 
 def run(cfg: DictConfig, backend) -> Tally:

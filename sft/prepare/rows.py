@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_json
-from ..data.formats import DataFileError, MalformedRow, read_source, to_conversation
-
-
-class PrepareError(ValueError):
-    """A preparation setting or input that cannot be used; the message names the key or file."""
+from ..data.formats import read_source, to_conversation
+from ..errors import DataFileError, MalformedRow, PrepareError
 
 
 @dataclass

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..atomic import write_json
 from ..data.complexity import DIFFICULTIES, complexity, difficulty, role_text
+from ..errors import PrepareError
 from ..text import words
 from . import generate
 from .augment import (
@@ -30,31 +31,18 @@ from .balance import classify, mix_report, resample
 from .charts import draw_report
 from .dedup import dedup_text, find_duplicates
 from .quality import heuristic_scores, judge_messages, parse_judge
-from .rows import Appender, PrepareError, Row, Tally, finish, intact_lines, load_rows, write_rows
-
-SCORERS = ("heuristic", "llm")
+from .rows import Appender, Row, Tally, finish, intact_lines, load_rows, write_rows
 
 console = Console(stderr=True)
 
 
-def missing(cfg: DictConfig) -> None:
-    """Stop with the names of required settings left unset."""
-    unset = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
-    if unset:
-        raise PrepareError(", ".join(f"{key}: missing; give {key}=<...>" for key in unset))
-
-
 def run_generate(cfg: DictConfig) -> None:
     """Self-instruct generation (sft.prepare.generate)."""
-    missing(cfg)
-    if problems := generate.option_problems(cfg):
-        raise PrepareError("\n".join(problems))
     generate.run(cfg, open_backend(cfg.backend))
 
 
 def _read(cfg: DictConfig) -> tuple[list[Row], Tally, Path]:
     """The usable input rows, the tally that counted them, and the output path."""
-    missing(cfg)
     tally = Tally()
     return load_rows(cfg.input, tally, fmt=cfg.format), tally, Path(cfg.output).expanduser()
 
@@ -178,8 +166,6 @@ def _judged(scores: dict, reply: str | Exception, location: str, tally: Tally) -
 def run_score(cfg: DictConfig) -> None:
     """Write each row with its `quality` scores, appending, so an interrupted run resumes."""
     rows, tally, output = _read(cfg)
-    if cfg.scorer not in SCORERS:
-        raise PrepareError(f"scorer={cfg.scorer!r}: one of {', '.join(SCORERS)}")
     start = _resumed(rows, output, tally)
     backend = open_backend(cfg.backend) if cfg.scorer == "llm" else None
     batch = backend.batch_size if backend else 256
@@ -296,7 +282,6 @@ def run_augment(cfg: DictConfig) -> None:
 
 def run_report(cfg: DictConfig) -> None:
     """Category and difficulty mix, lengths and quality of a file as PNG charts and a JSON summary."""
-    missing(cfg)
     tally = Tally()
     rows = load_rows(cfg.input, tally, fmt=cfg.format)
     out_dir = Path(cfg.out_dir or f"{cfg.input}.report").expanduser()

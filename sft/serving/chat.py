@@ -16,20 +16,18 @@ from typing import TextIO
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, TextIteratorStreamer
 
+from ..config import ChatConfig, check, checked_cli
+from ..errors import ConfigError, ExportError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from .export import ExportError, load_run
+from .export import load_run
 
 HELP = "commands: /reset (clear history), /system <text> (set the system prompt; empty: default), /exit"
 PROMPT = "you> "
 REPLY = "assistant> "
-
-
-class ChatError(ValueError):
-    """A chat setting out of range; the message names each key."""
 
 
 def render_prompt(tokenizer, history: list[dict], system: str | None = None) -> str:
@@ -227,27 +225,9 @@ def load_on_device(cfg: DictConfig):
     return model.to(device), tokenizer, device
 
 
-def option_problems(cfg: DictConfig) -> list[str]:
-    """Out-of-range generation settings, each named with its key."""
-    problems = []
-    if OmegaConf.is_missing(cfg, "run"):
-        problems.append("run: missing; python -m sft.chat run=<run dir or model dir>")
-    if not cfg.max_new_tokens > 0:
-        problems.append(f"max_new_tokens={cfg.max_new_tokens}: a positive integer")
-    if not cfg.temperature >= 0:
-        problems.append(f"temperature={cfg.temperature}: 0 (greedy) or a positive number")
-    if not 0 < cfg.top_p <= 1:
-        problems.append(f"top_p={cfg.top_p}: a number in (0, 1]")
-    if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
-        problems.append(f"dtype={cfg.dtype!r}: float32, bfloat16, float16 or null")
-    return problems
-
-
 def open_chat(cfg: DictConfig) -> Chat:
     """Load the model named by `cfg.run` onto the device and start an empty conversation."""
-    problems = option_problems(cfg)
-    if problems:
-        raise ChatError("\n".join(problems))
+    check(cfg, ChatConfig)
     model, tokenizer, device = load_on_device(cfg)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
@@ -261,11 +241,13 @@ def main(cfg: DictConfig) -> None:
     """`python -m sft.chat run=<dir>`; a wrong directory or setting exits 2 with its message."""
     try:
         chat = open_chat(cfg)
-    except (ExportError, ChatError) as err:
+    except (ExportError, ConfigError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
     chat_loop(chat, read_lines(), sys.stdout)
 
 
+cli = checked_cli(main, ChatConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

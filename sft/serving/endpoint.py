@@ -13,11 +13,9 @@ import time
 import urllib.error
 import urllib.request
 
+from ..errors import EndpointError
+
 RETRY_STATUS = (429, 500, 502, 503, 504)
-
-
-class EndpointError(ValueError):
-    """An endpoint that cannot be reached or answers with an error; the message names the URL."""
 
 
 class Client:

@@ -19,19 +19,15 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..atomic import publish_dir
-from ..config import ModelConfig
+from ..config import DTYPES, ExportConfig, ModelConfig, check, checked_cli
 from ..data.templates import Template, get_template
+from ..errors import ConfigError, ExportError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from ..training.model import DTYPES, load_model
+from ..training.model import TORCH_DTYPES, load_model
 
-EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-class ExportError(ValueError):
-    """A run or model directory that cannot be loaded or exported; the message names the path."""
 
 
 def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: dict | None = None) -> Path:
@@ -102,7 +98,7 @@ def load_run(run: Path, cache_dir: str, dtype: str | None = None):
         model = PeftModel.from_pretrained(load_model(base_cfg, cache_dir), weights).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            weights, dtype=DTYPES[base_cfg.dtype], trust_remote_code=base_cfg.trust_remote_code
+            weights, dtype=TORCH_DTYPES[base_cfg.dtype], trust_remote_code=base_cfg.trust_remote_code
         )
     model.generation_config.eos_token_id = stop_token_ids(cfg, tokenizer, model)
     if model.generation_config.pad_token_id is None:
@@ -134,8 +130,8 @@ def shareable(directory: Path) -> None:
 
 def export(run: Path, out: Path, cache_dir: str, dtype: str | None = None, overwrite: bool = False):
     """Write the run as a standard transformers model directory at `out`; return (out, model)."""
-    if dtype is not None and dtype not in EXPORT_DTYPES:
-        raise ExportError(f"dtype={dtype!r}: one of {EXPORT_DTYPES} (or null for the run's model.dtype)")
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"dtype={dtype!r}: one of {DTYPES} (or null for the run's model.dtype)")
     run_weights(run)  # a wrong run directory is reported before anything is loaded or checked
     check_out(run, out, overwrite)
     model, tokenizer = load_run(run, cache_dir, dtype)
@@ -161,19 +157,19 @@ def describe(out: Path, model) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """`python -m sft.export run=<run dir>`; a wrong run or output directory exits 2 with its message."""
-    if OmegaConf.is_missing(cfg, "run"):
-        print("run: missing; python -m sft.export run=<run dir> [out=<dir>] [dtype=...]", file=sys.stderr)
-        sys.exit(2)
-    run = Path(cfg.run).expanduser()
-    out = Path(cfg.out).expanduser() if cfg.out else RunDir(run).merged
     try:
+        check(cfg, ExportConfig)
+        run = Path(cfg.run).expanduser()
+        out = Path(cfg.out).expanduser() if cfg.out else RunDir(run).merged
         written, model = export(run, out, cfg.cache_dir, cfg.dtype, cfg.overwrite)
-    except ExportError as err:
+    except (ConfigError, ExportError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
     print(describe(written, model))
 
 
+cli = checked_cli(main, ExportConfig)
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
-    main()
+    cli()

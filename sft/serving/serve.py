@@ -23,28 +23,17 @@ from pathlib import Path
 import hydra
 import torch
 from jinja2 import TemplateError
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import StoppingCriteria
 
+from ..config import ServeConfig, check, checked_cli
+from ..errors import ConfigError, ExportError, RequestError
 from ..locations import CONF_DIR
 from .chat import eos_ids, load_on_device
-from .export import ExportError
 
 ROLES = ("system", "user", "assistant")
 MAX_BODY = 4 * 2**20  # a chat request is text; anything larger is a mistake or abuse
 MAX_STOPS = 4  # as the OpenAI API allows
-
-
-class RequestError(ValueError):
-    """A request the server cannot serve; `param` names the offending field, `status` the HTTP status."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.param, self.status = param, status
-
-
-class ServeError(ValueError):
-    """A server setting that cannot be used; the message names the key."""
 
 
 def error_body(message: str, param: str | None, kind: str = "invalid_request_error") -> dict:
@@ -350,27 +339,23 @@ def is_loopback(host: str) -> bool:
 
 
 def option_problems(cfg: DictConfig) -> list[str]:
-    """Settings that cannot be served, each named with its key."""
+    """A host that would serve other machines without allow_remote (each setting's own range is checked by
+    its schema, ServeConfig)."""
     problems = []
-    if OmegaConf.is_missing(cfg, "run"):
-        problems.append("run: missing; python -m sft.serve run=<run dir or model dir>")
     if not is_loopback(str(cfg.host)) and not cfg.allow_remote:
         problems.append(
             f"host={cfg.host}: not a loopback address and the server has no authentication beyond an "
             "optional shared key; set allow_remote=true to bind it anyway"
         )
-    if not 0 <= cfg.port <= 65535:
-        problems.append(f"port={cfg.port}: 0-65535")
-    if not cfg.max_tokens > 0:
-        problems.append(f"max_tokens={cfg.max_tokens}: a positive integer (the default per request)")
     return problems
 
 
 def open_server(cfg: DictConfig) -> ThreadingHTTPServer:
     """Check the settings, load the model onto its device and bind the server."""
+    check(cfg, ServeConfig)
     problems = option_problems(cfg)
     if problems:
-        raise ServeError("\n".join(problems))
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
     model, tokenizer, _ = load_on_device(cfg)
     name = cfg.model_name or Path(cfg.run).expanduser().resolve().name
     return make_server(model, tokenizer, name, cfg.host, cfg.port, cfg.api_key_env, cfg.max_tokens)
@@ -381,7 +366,7 @@ def main(cfg: DictConfig) -> None:
     """`python -m sft.serve run=<dir>`; a wrong directory or setting exits 2 with its message."""
     try:
         server = open_server(cfg)
-    except (ExportError, ServeError, OSError) as err:
+    except (ExportError, ConfigError, OSError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
     host, port = server.server_address[:2]
@@ -396,5 +381,7 @@ def main(cfg: DictConfig) -> None:
         server.server_close()
 
 
+cli = checked_cli(main, ServeConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..config.overrides import parse_args
 from ..run_dir import RunDir, series
 
 # Optuna trial states as status words; without a study a job dir is finished (summary.json) or failed.
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         "--direction", choices=("minimize", "maximize"), help="default: the study's direction, else minimize"
     )
     parser.add_argument("--out", type=Path, help="output dir (default: <sweep_dir>/report)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     matplotlib.use("Agg")  # files only, also where no display exists
     try:
         df = collect(args.sweep_dir, args.metric, args.direction)

@@ -17,9 +17,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-
-class SearchSpaceError(ValueError):
-    """A search-space entry Optuna cannot sample from."""
+from ..errors import SearchSpaceError
 
 
 def _distribution(override: Override) -> BaseDistribution:

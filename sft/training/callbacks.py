@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..data.tokenize import IGNORE_INDEX
+from ..errors import Preempted
 from ..run_dir import RunDir
-from .resilience import Preempted
 
 log = logging.getLogger(__name__)
 

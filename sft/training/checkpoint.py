@@ -19,21 +19,13 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..config import ConfigError
+from ..errors import CheckpointError, CheckpointWriteError
 from ..run_dir import CHECKPOINTS, LAST_CHECKPOINT, RunDir
 
 log = logging.getLogger(__name__)
 
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that is missing, truncated, corrupt or unsafe to load."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the previous file at its path is untouched."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

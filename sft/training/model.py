@@ -12,12 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
 from ..atomic import publish_dir
-from ..config import LoraConfig, ModelConfig
+from ..config import DTYPES, LoraConfig, ModelConfig
 from ..data.templates import CHATML
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# torch dtypes by the names the configs allow (sft.config.DTYPES); "auto" lets transformers choose.
+TORCH_DTYPES = {**{name: getattr(torch, name) for name in DTYPES}, "auto": "auto"}
 
 
 def package_dir(uri: str) -> Path:
@@ -122,7 +123,7 @@ def load_model(cfg: ModelConfig, cache_dir: str):
     """The base model's weights, ready to be wrapped."""
     return AutoModelForCausalLM.from_pretrained(
         resolve_source(cfg, cache_dir),
-        dtype=DTYPES[cfg.dtype],
+        dtype=TORCH_DTYPES[cfg.dtype],
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
         revision=cfg.revision,

@@ -12,24 +12,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ..errors import Diverged, Preempted
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after saving a checkpoint to resume from."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved to {checkpoint}. "
-            f"Resume with the same command plus resume={checkpoint}"
-        )
-
-
-class Diverged(RuntimeError):
-    """The loss was not finite for too many optimizer steps in a row."""
 
 
 class GracefulStop(Callback):

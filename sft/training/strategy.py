@@ -13,13 +13,13 @@ import importlib.util
 import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import ConfigError, StrategyConfig
-from ..locations import CONF_DIR
+from ..config import StrategyConfig
+from ..errors import ConfigError
+from ..locations import CONF_DIR, find_deepspeed_config
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,6 @@ LIGHTNING_KEYS = ("gradient_accumulation_steps",)
 GROUP_KEYS = ("optimizer", "scheduler")
 # Wrapper prefixes FSDP and activation checkpointing put into parameter names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-
-
-def find_deepspeed_config(value: str) -> Path | None:
-    """A DeepSpeed JSON given as a path, or as a name (with or without .json) in conf/deepspeed/."""
-    for candidate in (
-        Path(value).expanduser(),
-        CONF_DIR / "deepspeed" / value,
-        CONF_DIR / "deepspeed" / f"{value}.json",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_deepspeed_config(value: str) -> dict:

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
-from ..config import ConfigError, TrainConfig, accumulation_steps
+from ..config import TrainConfig, accumulation_steps
+from ..errors import ConfigError
 from ..run_dir import RunDir
 from .checkpoint import AtomicCheckpointIO
 from .resilience import GracefulStop, RngCheckpoint

@@ -16,33 +16,36 @@ try:
 except ImportError:
     sys.exit("sft.ui needs Gradio: pip install -e '.[ui]' (or make setup)")
 
+from ..config import UiConfig, check, checked_cli
+from ..errors import ConfigError
 from ..locations import CONF_DIR
 from ..serving.serve import is_loopback  # noqa: E402 (after the check above, which is quick)
 from .configs import Roots  # noqa: E402
 
 
 def option_problems(cfg: DictConfig, password: str | None) -> list[str]:
-    """Settings that must not start a server, each named with its key."""
+    """A host other machines reach without a password (each setting's own range is checked by UiConfig)."""
     problems = []
-    if not 0 < cfg.port < 65536:
-        problems.append(f"port={cfg.port}: a number in 1..65535")
     if not is_loopback(cfg.host) and not password:
         problems.append(
             f"host={cfg.host}: other machines could reach the page and start runs; set a password in "
             f"${cfg.password_env} (the page then asks for user '{cfg.user}'), or keep host=127.0.0.1"
         )
-    if cfg.refresh_seconds <= 0:
-        problems.append(f"refresh_seconds={cfg.refresh_seconds}: a positive number")
     return problems
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ui")
 def main(cfg: DictConfig) -> None:
     """Check the settings, build the page and serve it."""
-    from .app import CSS, Settings, build
+    from .app import CSS, Settings, build  # the page's Gradio blocks load once the settings are good
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     password = os.environ.get(cfg.password_env) or None
+    try:
+        check(cfg, UiConfig)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
     problems = option_problems(cfg, password)
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -68,5 +71,7 @@ def main(cfg: DictConfig) -> None:
         page.launcher.shutdown()
 
 
+cli = checked_cli(main, UiConfig)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import ConfigError, override_problems, validate
+from ..config import TRAIN_GROUPS, TrainConfig, override_problems, validate
+from ..errors import ConfigError
 from ..locations import CONF_DIR
 from ..provenance import redact, redact_override
 
@@ -209,7 +210,7 @@ def check(draft: Draft, defaults: dict[str, str], fixed: list[str], root_ok) -> 
     groups = list(draft.choices)
     typed = [_key(o) for o in overrides if _key(o) not in groups]
     found = [p for key in typed if (p := refused(key))]
-    found += override_problems(overrides)
+    found += override_problems(overrides, TrainConfig, TRAIN_GROUPS)
     values: dict[str, Any] = {}
     cfg = None
     text = ""

@@ -1,0 +1,261 @@
+"""Typed schemas of `python -m sft.train`'s config groups: types, allowed values and bounds, no defaults.
+
+Every value comes from the YAML under conf/ (one source of truth); a field's metadata says what it may
+hold, and `sft.config.validate` checks it. tests/test_schemas.py fails when a schema and its YAML disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..data.formats import FORMATS
+from ..data.templates import BUILTIN as BUILTIN_TEMPLATES
+from ..data.tokenize import TRUNCATION
+from .rules import setting
+
+# Weight dtypes by torch name: the one list every command checks (model loading adds "auto").
+DTYPES = ("float32", "bfloat16", "float16")
+TEMPLATES = (*BUILTIN_TEMPLATES, "auto")
+DATA_SOURCES = ("file", "hub", "builtin")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+CURRICULA = ("none", "easy_to_hard")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+LORA_BIAS = ("none", "all", "lora_only")
+DIRECTIONS = ("minimize", "maximize")
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP")
+# Groups of train.yaml without a schema field: multirun grids, search spaces and the optional local group.
+TRAIN_GROUPS = ("experiment", "sweep", "local")
+
+
+def _fraction_or_count(value: float) -> bool:
+    return 0 <= value < 1 or value >= 1 and float(value).is_integer()
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a hub id, a local directory, a GGUF file, or a random tiny model."""
+
+    name_or_path: str | None = setting()
+    gguf_file: str | None = setting()
+    template: str = setting(choices=TEMPLATES)
+    default_system: str | None = setting()
+    trust_remote_code: bool = setting()
+    dtype: str = setting(choices=("auto", *DTYPES))
+    attn_implementation: str | None = setting()
+    revision: str | None = setting()
+    random_init: dict[str, Any] | None = setting()
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset: where its rows are, their format, and how their columns and roles are named."""
+
+    source: str = setting(choices=DATA_SOURCES)
+    path: str | None = setting()
+    subset: str | None = setting()
+    split: str = setting()
+    format: str = setting(choices=FORMATS)
+    columns: dict[str, str] = setting()
+    tags: dict[str, str] = setting()
+    num_rows: int = setting(gt=0)
+    max_samples: int | None = setting(gt=0)
+    weight: float = setting(gt=0)
+    placeholders: dict[str, str] = setting()
+
+
+@dataclass
+class DataConfig:
+    """Which datasets to train on, how they are mixed, rendered, masked, cut and batched."""
+
+    datasets: dict[str, DatasetConfig] = setting()
+    dataset_defaults: DatasetConfig = setting()
+    dataset_info: str | None = setting()
+    mix: str = setting(choices=MIX_STRATEGIES)
+    template: str = setting(choices=TEMPLATES)
+    system: str | None = setting()
+    placeholders: dict[str, str] = setting()
+    max_samples: int | None = setting(gt=0)
+    val_size: float = setting(check=(_fraction_or_count, "a fraction in [0, 1) or a whole count of rows"))
+    cutoff_len: int = setting(ge=16)
+    truncation: str = setting(choices=TRUNCATION)
+    train_on_prompt: bool = setting()
+    mask_history: bool = setting()
+    packing: bool = setting()
+    group_by_length: bool = setting()
+    curriculum: str = setting(choices=CURRICULA)
+    curriculum_stages: int = setting(ge=1)
+    strict: bool = setting()
+    num_proc: int = setting(ge=1)
+    num_workers: int = setting(ge=0)
+    overwrite_cache: bool = setting()
+
+
+@dataclass
+class LoraConfig:
+    """PEFT LoRA settings; `enabled: false` means full fine-tuning."""
+
+    enabled: bool = setting()
+    r: int = setting(gt=0)
+    alpha: float = setting(gt=0)
+    dropout: float = setting(ge=0, lt=1)
+    target: Any = setting(
+        check=(lambda v: v == "all" or isinstance(v, list), "'all' or a list of module names")
+    )
+    bias: str = setting(choices=LORA_BIAS)
+    use_dora: bool = setting()
+    use_rslora: bool = setting()
+    modules_to_save: list[str] | None = setting()
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule by transformers' `get_scheduler` name, with warm-up."""
+
+    name: str = setting(choices=SCHEDULERS)
+    warmup_ratio: float = setting(ge=0, lt=1)
+    warmup_steps: int | None = setting(ge=0)
+
+
+@dataclass
+class PresetConfig:
+    """One row of the hyperparameter table; other groups interpolate these values (and check them there)."""
+
+    learning_rate: float = setting()
+    lora_rank: int = setting()
+    epochs: int = setting()
+    batch_size: int = setting()
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings plus batch arithmetic; steps are optimizer steps."""
+
+    accelerator: str = setting(choices=ACCELERATORS)
+    devices: Any = setting()
+    num_nodes: int = setting(ge=1)
+    precision: str = setting(choices=PRECISIONS)
+    gradient_checkpointing: bool = setting()
+    max_epochs: int = setting()
+    max_steps: int = setting()
+    effective_batch_size: int = setting(gt=0)
+    micro_batch_size: int = setting(gt=0)
+    gradient_clip_val: float | None = setting(ge=0)
+    eval_steps: int | None = setting(gt=0)
+    log_every_n_steps: int = setting(ge=1)
+    save_steps: int | None = setting(gt=0)
+    save_total_limit: int = setting(ge=1)
+    early_stopping_patience: int | None = setting(gt=0)
+    restore_best: bool = setting()
+    limit_val_batches: float = setting(ge=0)
+    deterministic: bool = setting()
+    max_nonfinite_steps: int = setting(ge=1)
+    trained_logits_only: bool = setting()
+
+
+@dataclass
+class StrategyConfig:
+    """How training spreads over devices: one of Lightning's strategies, with its settings.
+
+    `process_group_backend` applies to ddp and fsdp; `find_unused_parameters` to ddp;
+    `sharding_strategy`, `wrap_layers`, `activation_checkpointing`, `reduce_dtype` and `cpu_offload`
+    to fsdp; `deepspeed_config` (a JSON under conf/deepspeed/ or a path) to deepspeed.
+    """
+
+    name: str = setting(choices=STRATEGIES)
+    process_group_backend: str | None = setting()
+    find_unused_parameters: bool = setting()
+    sharding_strategy: str = setting(choices=FSDP_SHARDING)
+    wrap_layers: Any = setting(
+        check=(
+            lambda v: v == "auto" or isinstance(v, list) and bool(v),
+            "'auto' (the model's _no_split_modules) or a list of layer class names",
+        )
+    )
+    activation_checkpointing: bool = setting()
+    reduce_dtype: str = setting(choices=DTYPES)
+    cpu_offload: bool = setting()
+    deepspeed_config: str | None = setting()
+
+
+@dataclass
+class PathsConfig:
+    """Output and cache locations."""
+
+    root_dir: str = setting()
+    log_dir: str = setting()
+    data_dir: str = setting()
+    output_dir: str = setting()
+    cache_dir: str = setting()
+
+
+@dataclass
+class ObjectiveConfig:
+    """What `train()` returns to a sweeper: logged metrics or summary values, and which way is better.
+
+    One metric gives a float; several give a tuple (a multi-objective Optuna study).
+    """
+
+    metrics: list[str] = setting()
+    directions: list[str] = setting(choices=DIRECTIONS)
+
+
+@dataclass
+class EvaluationConfig:
+    """Generation-based evaluation (sft.eval): which suites, how many prompts, the base-model comparison."""
+
+    enabled: bool = setting()
+    suites: list[str] = setting()
+    references: str | None = setting()
+    limit: int | None = setting(gt=0)
+    max_new_tokens: int = setting(gt=0)
+    batch_size: int = setting(gt=0)
+    base: bool = setting()
+    tolerance: float = setting(ge=0)
+
+
+@dataclass
+class TrialConfig:
+    """The Optuna trial a sweep job belongs to (set by the sweeper): reported to for pruning."""
+
+    study_name: str = setting()
+    storage: str = setting()
+    id: int = setting(ge=0)
+    number: int = setting(ge=0)
+
+
+@dataclass
+class ProbeConfig:
+    """Prompts answered before and after training, to show what changed."""
+
+    enabled: bool = setting()
+    prompts: list[str] = setting()
+    max_new_tokens: int = setting(gt=0)
+
+
+@dataclass
+class TrainConfig:
+    """The whole composed run config (optimizer, logger and callbacks stay `_target_` dicts)."""
+
+    task_name: str = setting()
+    seed: int = setting()
+    resume: str | None = setting()
+    overwrite: bool = setting()
+    paths: PathsConfig = setting()
+    model: ModelConfig = setting()
+    data: DataConfig = setting()
+    lora: LoraConfig = setting()
+    optimizer: dict[str, Any] = setting()
+    scheduler: SchedulerConfig = setting()
+    preset: PresetConfig = setting()
+    trainer: TrainerConfig = setting()
+    strategy: StrategyConfig = setting()
+    logger: dict[str, Any] | None = setting()
+    callbacks: dict[str, Any] | None = setting()
+    objective: ObjectiveConfig = setting()
+    evaluation: EvaluationConfig = setting()
+    trial: TrialConfig | None = setting()
+    probe: ProbeConfig = setting()

@@ -1,0 +1,182 @@
+"""One validator for every command's config: unknown keys, secrets, types, missing values, then each field's
+metadata (choices, bounds) walked through the schema; rules that relate several fields are written out here.
+
+Every problem is collected and raised as one `ConfigError` that names each key, its value and what is
+allowed, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.formats import mapping_problems
+from ..data.registry import expand_datasets, missing_path
+from ..errors import ConfigError
+from ..locations import find_deepspeed_config
+from ..provenance import literal_secrets
+from .overrides import entry_schema, unknown_keys
+from .rules import allowed, breaks, hints
+from .schema import DatasetConfig, TrainConfig
+
+T = TypeVar("T")
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+def field_problems(obj: Any, schema: type, prefix: str = "") -> list[str]:
+    """Values that break their field's metadata, recursively: `key=value: what is allowed`."""
+    problems = []
+    for f in fields(schema):
+        value, (hint, nullable) = getattr(obj, f.name), hints(schema)[f.name]
+        key = f"{prefix}{f.name}"
+        if value is None:
+            continue
+        if is_dataclass(hint):
+            problems += field_problems(value, hint, f"{key}.")
+        elif item := entry_schema(hint):
+            for name, entry in value.items():
+                problems += field_problems(entry, item, f"{key}.{name}.")
+        elif f.metadata:
+            kind = hint if hint in (int, float) else float
+            text = allowed(f.metadata, kind, nullable)
+            if isinstance(value, list) and "choices" in f.metadata:  # each item is one of the choices
+                problems += [
+                    f"{key}[{i}]={v!r}: {text}" for i, v in enumerate(value) if breaks(f.metadata, v)
+                ]
+            elif breaks(f.metadata, value):
+                problems.append(f"{key}={value!r}: {text}")
+    return problems
+
+
+def check(
+    cfg: DictConfig, schema: type[T], cross: Callable[[T], list[str]] | None = None, prefix: str = ""
+) -> T:
+    """`cfg` as a typed `schema` object, or a `ConfigError` listing every problem (see the module doc).
+
+    `prefix` is where `cfg` sits in the command's config (`preview.`), for the keys in messages.
+    """
+    problems = unknown_keys(cfg, schema, prefix)
+    problems += [
+        f"{prefix}{key}: a secret typed into the config; set it in the environment instead (configs are "
+        "saved with every run), e.g. WANDB_API_KEY, or refer to one with ${oc.env:NAME}"
+        for key in literal_secrets(cfg)
+    ]
+    _raise(problems)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        _raise([f"{prefix}{key}: missing; give {prefix}{key}=<...>" for key in missing_keys(merged)])
+        typed: T = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except ConfigError:
+        raise
+    except Exception as err:  # omegaconf names the full key and the bad value
+        raise ConfigError(f"Invalid config: {err}") from None
+    _raise(field_problems(typed, schema, prefix) + (cross(typed) if cross else []))
+    return typed
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys still `???` after composing, without resolving interpolations (they may need Hydra's state)."""
+    if prefix == "":
+        node = OmegaConf.to_container(node, resolve=False)
+    if node == "???":
+        return [prefix.rstrip(".")]
+    if isinstance(node, dict):
+        return [m for k, v in node.items() for m in missing_keys(v, f"{prefix}{k}.")]
+    return []
+
+
+def validate(cfg: DictConfig) -> TrainConfig:
+    """Check the composed `python -m sft.train` config against its schema and return it as typed objects."""
+    return check(expand_datasets(cfg), TrainConfig, train_problems)
+
+
+def _dataset_problems(key: str, d: DatasetConfig) -> list[str]:
+    """Where a dataset's rows are, and whether its column and role-tag mapping fits its format."""
+    p: list[str] = []
+    if d.source in ("file", "hub") and not d.path:
+        p.append(
+            f"{key}.path: missing; a file, directory or glob (source: file) or a hub dataset id (source: hub)"
+        )
+    elif d.source == "file" and (missing := missing_path(d.path)):
+        p.append(f"{key}.path={d.path!r}: {missing}")
+    return p + [f"{key}.{problem}" for problem in mapping_problems(d.format, d.columns, d.tags)]
+
+
+def train_problems(c: TrainConfig) -> list[str]:
+    """The rules that relate several fields of a training config (each field's own rules are metadata)."""
+    p: list[str] = []
+    if not (c.model.name_or_path or c.model.random_init is not None):
+        p.append(
+            f"model.name_or_path={c.model.name_or_path!r}: a hub id, a local directory or pkg://<package>, "
+            "unless model.random_init is set"
+        )
+    if not c.data.datasets:
+        p.append(
+            "data.datasets={}: at least one dataset (a name from conf/data/, a path, or an entry of "
+            "data.dataset_info)"
+        )
+    for name, entry in c.data.datasets.items():
+        p += _dataset_problems(f"data.datasets.{name}", entry)
+    lr = c.optimizer.get("lr")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        p.append(f"optimizer.lr={lr!r}: a positive number")
+    if "_target_" not in c.optimizer:
+        p.append("optimizer._target_=None: a class path, e.g. torch.optim.AdamW")
+    t = c.trainer
+    if t.effective_batch_size % max(t.micro_batch_size, 1):
+        p.append(
+            f"trainer.effective_batch_size={t.effective_batch_size!r}: a positive multiple of "
+            f"trainer.micro_batch_size ({t.micro_batch_size})"
+        )
+    if not (t.max_epochs > 0 or t.max_steps > 0):
+        p.append(f"trainer.max_epochs={t.max_epochs!r}: a positive integer (or set trainer.max_steps)")
+    o = c.objective
+    if not len(o.metrics) == len(o.directions) > 0:
+        p.append(
+            f"objective.directions={o.directions!r}: one direction per metric of objective.metrics "
+            f"({len(o.metrics)})"
+        )
+    return p + _strategy_problems(c)
+
+
+def _strategy_problems(c: TrainConfig) -> list[str]:
+    """How the strategy fits the model, precision and accelerator."""
+    s, p = c.strategy, []
+    if s.name in ("fsdp", "deepspeed") and c.trainer.accelerator == "cpu":
+        p.append(f"trainer.accelerator='cpu': gpu for strategy {s.name}")
+    if s.name == "fsdp" and c.lora.enabled and c.model.dtype != "float32":
+        p.append(
+            f"model.dtype={c.model.dtype!r}: float32 for LoRA under FSDP (each wrapped layer is flattened "
+            "into one dtype and LoRA weights are float32); compute in bf16 with trainer.precision=bf16-mixed"
+        )
+    if s.name == "fsdp" and s.activation_checkpointing and c.trainer.gradient_checkpointing:
+        p.append(
+            "strategy.activation_checkpointing=True: false when trainer.gradient_checkpointing is true "
+            "(choose one)"
+        )
+    if s.name == "deepspeed":
+        if not s.deepspeed_config:
+            p.append("strategy.deepspeed_config: missing; a JSON name from conf/deepspeed/ or a path")
+        elif find_deepspeed_config(s.deepspeed_config) is None:
+            p.append(
+                f"strategy.deepspeed_config={s.deepspeed_config!r}: no such file (here or in conf/deepspeed/)"
+            )
+    return p
+
+
+def accumulation_steps(effective_batch: int, micro_batch: int, world_size: int) -> int:
+    """Gradient accumulation that turns micro-batches on `world_size` devices into the effective batch."""
+    per_step = micro_batch * world_size
+    if effective_batch % per_step:
+        raise ConfigError(
+            f"trainer.effective_batch_size={effective_batch} is not divisible by trainer.micro_batch_size "
+            f"({micro_batch}) x devices ({world_size}) = {per_step}; choose a multiple of {per_step}"
+        )
+    return effective_batch // per_step
