@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from jinja2 import TemplateError as JinjaTemplateError
 
-from ..errors import TemplateError
+from ..errors import ConfigError, TemplateError
 from .templates import Template, render, with_system
 
 IGNORE_INDEX = -100
@@ -166,3 +166,13 @@ def encode(
     if all(label == IGNORE_INDEX for label in example["labels"][1:]):
         return _rejected("no_trained_token")
     return {**example, "status": status}
+
+
+def check_cutoff(cutoff_len: int, tokenizer, template: Template) -> None:
+    """A cutoff that the template's markup alone fills would leave no room for any text."""
+    overhead = template_overhead(tokenizer, template)
+    if cutoff_len <= overhead:
+        raise ConfigError(
+            f"Invalid config:\n  data.cutoff_len={cutoff_len}: must exceed {overhead} tokens, "
+            f"which the {template.name} template's markup and default system prompt take with no text at all"
+        )

@@ -1,0 +1,155 @@
+"""The steps of one training run: claim the run directory, build tokenizer, data, model, trainer and module,
+fit, validate, save, summarise. `sft.train` validates the config first and calls `run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from ..config import TrainConfig, to_record
+from ..data.datamodule import SFTDataModule, build_datamodule
+from ..data.loading import system_prompt
+from ..data.templates import get_template
+from ..data.tokenize import check_cutoff
+from ..eval.run import evaluate
+from ..locations import SOURCE_DIR
+from ..provenance import hydra_overrides, run_record
+from ..run_dir import RunDir
+from ..serving.export import save_final
+from .checkpoint import resolve_resume
+from .model import apply_peft, count_parameters, load_model, load_tokenizer
+from .module import SFTModule
+from .probe import ProbeAnswers
+from .strategy import full_state_dict, local_rank, quiet_other_ranks
+from .summary import print_summary
+from .trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
+    """Run one fine-tuning job from its raw and validated config; return its objective metric."""
+    # Ranks > 0 run this too (Lightning's launcher, torchrun, srun): they log warnings only.
+    quiet_other_ranks(rank_zero_only.rank)
+    out = Path(typed.paths.output_dir)
+    run_dir = RunDir(out)
+    ckpt_path = resolve_resume(typed.resume, typed.paths.log_dir, typed.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        if run_dir.claim(typed.overwrite, ckpt_path):
+            run_dir.set_aside_metrics()  # the CSV logger would delete the curve so far
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(typed.seed, workers=True)
+    started = time.perf_counter()
+
+    tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
+    template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
+    check_cutoff(typed.data.cutoff_len, tokenizer, template)
+    datamodule = build_datamodule(typed, tokenizer, template)
+    if local_rank() == 0:  # data problems surface before the model weights are loaded
+        datamodule.prepare_data()
+    if rank_zero_only.rank == 0:  # written before training, so even a crashed run can be repeated
+        run_dir.write_record(
+            run_record(
+                argv=[Path(sys.executable).name, "-m", "sft.train", *sys.argv[1:]],
+                overrides=hydra_overrides(),
+                seed=typed.seed,
+                data_files=datamodule.stats.files,
+                project_dir=SOURCE_DIR,
+            )
+        )
+    model = apply_peft(
+        load_model(typed.model, typed.paths.cache_dir), typed.lora, typed.trainer.gradient_checkpointing
+    )
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    probe = typed.probe
+    probes = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
+    built = build_trainer(typed, cfg, model, probes)  # FSDP wraps the model's own layer classes
+    trainer = built.trainer
+    quiet_other_ranks(trainer.global_rank)  # now known on every node
+    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer)
+
+    run_info = {
+        "batch": asdict(built.plan),
+        "parameters": {"trainable": trainable, "total": total},
+        "strategy": type(trainer.strategy).__name__,
+    }  # package versions, git commit and data hashes are in run_record.json
+    record = to_record(typed)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**record, **{f"batch/{k}": v for k, v in run_info["batch"].items()}})
+    if trainer.is_global_zero:
+        run_dir.write_config(record)
+
+    initial = {} if ckpt_path else _validate(trainer, module, datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = built.best.best_model_path if typed.trainer.restore_best else ""
+    if best:
+        log.info("restoring the best weights from %s", best)
+    final = _validate(trainer, module, datamodule, ckpt_path=best or None)
+
+    summary = {
+        "output_dir": str(out),
+        "global_step": trainer.global_step,
+        "train_loss": _metric(train_metrics, "train/loss"),
+        "initial_val_loss": _metric(initial, "val/loss"),
+        "val_loss": _metric(final, "val/loss"),
+        "val_ppl": _metric(final, "val/ppl"),
+        "val_token_accuracy": _metric(final, "val/token_accuracy"),
+        "best_checkpoint": built.best.best_model_path or None,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "peak_cuda_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if torch.cuda.is_available()
+        else None,
+        "data": {k: v for k, v in asdict(datamodule.stats).items() if k != "problems"},
+        **run_info,
+    }
+    for part in (module.guard, *trainer.callbacks):  # throughput, overfitting warnings, probes, ...
+        if hasattr(part, "summary_section"):
+            summary.update(part.summary_section())
+    weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
+    if trainer.is_global_zero:
+        summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
+        run_dir.write_summary(summary, datamodule.stats.problems)
+        print_summary(summary)
+        if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would
+            evaluate(out, typed.evaluation, typed.paths.cache_dir)
+    return _objective(typed, final, train_metrics, summary)
+
+
+def _objective(cfg: TrainConfig, final: dict, train_metrics: dict, summary: dict) -> float | tuple:
+    """The objective metrics: from the final validation, else the last logged values, else the summary."""
+    values = []
+    for name in cfg.objective.metrics:
+        value = _metric(final, name)
+        if value is None:
+            value = _metric(train_metrics, name)
+        if value is None and isinstance(summary.get(name), (int, float)):
+            value = float(summary[name])
+        values.append(math.nan if value is None else value)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _metric(metrics: dict, name: str) -> float | None:
+    value = metrics.get(name)
+    return None if value is None else float(value)
+
+
+def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule, ckpt_path=None) -> dict:
+    """Validation metrics, or {} when the run has no validation rows.
+
+    With `ckpt_path`, Lightning first loads that checkpoint's weights (whatever the strategy's
+    checkpoint format), and they stay in the module afterwards.
+    """
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    return dict(results[0]) if results else {}
