@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import optuna
 import pytest
@@ -164,7 +163,10 @@ def test_wandb_groups_the_trials_of_a_study(make_cfg):
     cfg = make_cfg("logger=wandb", "trial={study_name:abc,storage:'sqlite:///x.db',id:1,number:0}")
     assert cfg.logger.wandb.group == "abc"
     assert make_cfg("logger=wandb").logger.wandb.group is None
-    assert Path(ROOT / "conf" / "sweep").resolve() == ROOT / "sweeps"
+
+
+def test_search_spaces_ship_with_the_configs():
+    assert (ROOT / "sweeps").resolve() == CONF / "sweep"  # the top-level sweeps/ is a view of them
 
 
 def test_two_workers_share_one_study_and_a_multi_objective_one_keeps_both_values(tmp_path, cache_dir):
