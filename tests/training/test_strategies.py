@@ -332,9 +332,9 @@ def test_each_step_deals_the_one_device_examples_over_the_ranks():
 # --- DDP on two CPU processes, through the real command line ------------------------------------------
 
 
-def _losses(run: Path) -> dict[int, float]:
+def _losses(run: Path, key: str = "train/loss") -> dict[int, float]:
     with open(run / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
 def _files(path: Path) -> set[str]:
@@ -393,6 +393,14 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     assert summary["val_loss"] == pytest.approx(
         json.loads((single / "summary.json").read_text())["val_loss"], rel=1e-5
     )
+    # The gradient scale itself (the norm before clipping): one process divides by its 2 accumulation
+    # steps, two processes by their 2 ranks. Dropping either factor doubles that run's gradients, which
+    # AdamW's nearly scale-free update and the losses above would hide unless clipping triggered.
+    norm_one, norm_two = _losses(single, "train/grad_norm"), _losses(run, "train/grad_norm")
+    assert norm_one.keys() == norm_two.keys() == set(range(6))
+    for step in norm_one:
+        assert norm_one[step] > 0
+        assert norm_two[step] == pytest.approx(norm_one[step], rel=1e-4), (step, norm_one, norm_two)
 
     # Exactly one copy of every output: rank 1 wrote no .hydra/, no files of its own, no second adapter.
     assert _files(run) == {

@@ -161,6 +161,15 @@ def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     assert big.keys() == accum.keys() == {0, 1, 2}
     for step in big:
         assert accum[step] == pytest.approx(big[step], rel=1e-5)
+    # The gradient itself (its norm before clipping), not only AdamW's nearly scale-free update: losing
+    # the 1/accumulation factor doubles every accumulated gradient, which this sees whether or not
+    # clipping triggers.
+    big_norm = series(tmp_path / "big", "train/grad_norm")
+    accum_norm = series(tmp_path / "accum", "train/grad_norm")
+    assert big_norm.keys() == accum_norm.keys() == {0, 1, 2}
+    for step in big_norm:
+        assert big_norm[step] > 0
+        assert accum_norm[step] == pytest.approx(big_norm[step], rel=1e-4)
     a = torch.load(tmp_path / "big" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "accum" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key in a:
