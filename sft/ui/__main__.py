@@ -16,9 +16,9 @@ try:
 except ImportError:
     sys.exit("sft.ui needs Gradio: pip install -e '.[ui]' (or make setup)")
 
-from ..locations import CONF_DIR
+from ..locations import CONF_DIR, SOURCE_DIR
 from ..serving.serve import is_loopback  # noqa: E402 (after the check above, which is quick)
-from .configs import ROOT, Roots  # noqa: E402
+from .configs import Roots  # noqa: E402
 
 
 def option_problems(cfg: DictConfig, password: str | None) -> list[str]:
@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> None:
     roots = Roots([cfg.log_dir, *cfg.data_dirs])
     log_dir = roots.resolve(cfg.log_dir)
     # Relative paths in configs (data files, ../shared/data) mean what they mean to `make train`.
-    os.chdir(ROOT)
+    os.chdir(SOURCE_DIR)
     page = build(Settings(log_dir, roots, list(cfg.overrides), cfg.refresh_seconds, (cfg.password_env,)))
     auth = (cfg.user, password) if password else None
     print(f"sft.ui: http://{cfg.host}:{cfg.port}  (runs in {log_dir})", flush=True)

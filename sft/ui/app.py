@@ -16,11 +16,12 @@ from pathlib import Path
 import gradio as gr
 
 from .. import metrics_file
+from ..locations import SOURCE_DIR
 from ..provenance import redact
 from ..sweep.storage import default_storage
 from . import runs, sweeps
 from .compare import Comparison, chat_ready
-from .configs import EXTRA, FIELDS, ROOT, Checked, Draft, Roots, check, config_groups, group_options
+from .configs import EXTRA, FIELDS, Checked, Draft, Roots, check, config_groups, group_options
 
 CSS = """
 .field-error p { color: var(--error-text-color, #b91c1c); font-size: 0.85em; margin: 2px 0 0 0; }
@@ -75,7 +76,7 @@ def build(settings: Settings) -> gr.Blocks:
     """The whole page. Runs it starts go on when the browser closes; the server stops them when it exits."""
     groups, defaults = config_groups()
     log_dir = Path(settings.log_dir).resolve()
-    launcher = runs.Launcher(log_dir, ROOT, hidden_env=settings.hidden_env)
+    launcher = runs.Launcher(log_dir, SOURCE_DIR, hidden_env=settings.hidden_env)
     # Where runs go is the page's decision, and part of the command, so the command runs the same anywhere.
     placed = [f"paths.log_dir={log_dir}"]
     fixed = [*placed, f"paths.output_dir={log_dir / 'train' / 'runs' / 'new'}"]
