@@ -164,11 +164,12 @@ def _pick(page, elem_id: str, option: str) -> None:
     page.locator("[role=option]", has_text=re.compile(rf"^\W*{re.escape(option)}$")).click()
 
 
-def _text(page, selector: str, pattern: str) -> str:
+def _text(page, selector: str, pattern: str, timeout: float = WAIT) -> str:
     """Wait until the element's text matches `pattern`; return the text."""
     page.wait_for_function(
         "([s, p]) => new RegExp(p).test((document.querySelector(s) || {}).innerText || '')",
         arg=[selector, pattern],
+        timeout=timeout,
     )
     return page.inner_text(selector)
 
@@ -243,7 +244,7 @@ def test_launch_watch_stop_and_resume(page, server):
     _shot(page, "train-stopped")
     page.wait_for_function("!document.querySelector('#resume').disabled")
     page.click("#resume")
-    _text(page, "#run-status", r"finished")
+    _text(page, "#run-status", r"finished", timeout=360_000)  # the rest of 40 steps on a busy machine
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] == 40
     curve = metrics_file.read(run)["step"]  # the part before the stop is kept
