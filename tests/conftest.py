@@ -70,6 +70,20 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(cache_dir):
+    """SFT_CACHE is the session's cache for every test and every command a test starts.
+
+    Every config's cache_dir defaults to $SFT_CACHE, else ~/.cache/sft: a test that forgets to pass its
+    cache (or a code path that falls back to the default) still shares the session's models and never
+    writes into the user's real cache.
+    """
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SFT_CACHE", str(cache_dir))
+    yield cache_dir
+    patch.undo()
+
+
 @pytest.fixture
 def make_cfg(tmp_path, cache_dir):
     """Compose `train.yaml` with overrides; outputs go to a fresh directory under tmp_path."""

@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Scripted(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint answering from a script; a None entry answers HTTP 503 once."""
+    """An OpenAI-compatible endpoint answering from a script; a None entry answers HTTP 503 once, and a
+    callable entry is called (outside the lock; it may block, to hold a client mid-run) for the reply."""
 
     def do_GET(self):  # /v1/models
         self._send(200, {"data": [{"id": "scripted"}]})
@@ -19,6 +20,8 @@ class Scripted(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.prompts.append(body["messages"][-1]["content"])
             reply = self.server.script.pop(0) if self.server.script else "no more script"
+        if callable(reply):
+            reply = reply()
         if reply is None:
             self._send(503, {"error": {"message": "busy"}})
         else:
@@ -26,11 +29,14 @@ class Scripted(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client was killed while it waited
+            pass
 
     def log_message(self, *args):  # keep the test output clean
         pass

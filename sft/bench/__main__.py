@@ -161,15 +161,24 @@ def main(cfg: DictConfig) -> None:
     model_dir = resolve_source(model_cfg, cfg.cache_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {
-        "fp32_gflops": matmul_peak(torch.float32, device=device),
-        "bf16_gflops": matmul_peak(torch.bfloat16, device=device),
+        "fp32_gflops": matmul_peak(torch.float32, n=cfg.peak_matrix, device=device),
+        "bf16_gflops": matmul_peak(torch.bfloat16, n=cfg.peak_matrix, device=device),
     }
     # A CPU may list bf16 instructions yet multiply faster in fp32: the measurement decides.
     bf16 = peaks["bf16_gflops"] > peaks["fp32_gflops"] if cfg.bf16 == "auto" else bool(cfg.bf16)
-    context = mean_context(row_lengths(model_dir, data, cfg.cutoff))
+    # Only rows whose whole chat fits the cutoff, so both trainers train on the same rows and tokens: TRL
+    # would truncate a longer row's response, sft.train keeps responses whole and skips the row instead.
+    given = json.loads(data.read_text())
+    lengths = row_lengths(model_dir, data, sys.maxsize)
+    fitting = [n for n in lengths if n <= cfg.cutoff]
+    if not fitting:
+        sys.exit(f"data_file={cfg.data_file}: no row fits cutoff={cfg.cutoff} tokens")
+    rows_file = out / "rows.json"
+    rows_file.write_text(json.dumps([r for r, n in zip(given, lengths, strict=True) if n <= cfg.cutoff]))
+    context = mean_context(fitting)
     common = {
         "model_dir": model_dir,
-        "data": str(data),
+        "data": str(rows_file),
         "steps": cfg.steps,
         "cutoff": cfg.cutoff,
         "effective_batch": cfg.effective_batch,
@@ -198,9 +207,16 @@ def main(cfg: DictConfig) -> None:
         **peaks,
         "mean_attention_context": context,
     }
+    data_rows = {"file": str(data), "rows": len(given), "fit_cutoff": len(fitting)}
     (out / "results.json").write_text(
         json.dumps(
-            {"machine": machine, "config": OmegaConf.to_container(cfg), "runs": rows, "raw": results},
+            {
+                "machine": machine,
+                "config": OmegaConf.to_container(cfg),
+                "data": data_rows,
+                "runs": rows,
+                "raw": results,
+            },
             indent=1,
             default=str,
         )

@@ -1,7 +1,8 @@
 """One benchmark run in its own process (so peak memory is its own): `python -m sft.bench.worker spec.json`.
 
 The spec names the trainer (`trl` or `sft`), the model directory, the data file and the settings; the
-result (per-step records, preparation time, parameter counts, peak memory) is written to `spec["result"]`.
+result (per-step records with the loss, the rows and trained tokens of the prepared training set,
+preparation time, parameter counts, peak memory) is written to `spec["result"]`.
 """
 
 from __future__ import annotations
@@ -90,14 +91,27 @@ def run_trl(spec: dict) -> dict:
     trainer.data_collator = counter
     clock = TrlClock(counter)
     trainer.add_callback(clock)
+    seen = trl_data(trainer.train_dataset)
     trainer.train()
     settled = {k: getattr(args, k) for k in ("packing", "padding_free", "gradient_checkpointing")}
     return {
         "steps": clock.steps,
+        "data": seen,
         "prep_seconds": prep,
         "settings": settled,
         **parameter_counts(trainer.model),
     }
+
+
+def trl_data(dataset) -> dict:
+    """Rows and trained (completion) tokens of TRL's prepared training set."""
+    columns = dataset.column_names
+    rows = sum(map(len, dataset["seq_lengths"])) if "seq_lengths" in columns else len(dataset)
+    if "completion_mask" in columns:
+        trained = sum(map(sum, dataset["completion_mask"]))
+    else:
+        trained = sum(sum(1 for t in labels if t != -100) for labels in dataset["labels"])
+    return {"rows": rows, "trained_tokens": trained}
 
 
 def run_sft(spec: dict) -> dict:
@@ -118,6 +132,7 @@ def run_sft(spec: dict) -> dict:
         "data=alpaca_en",
         f"data.datasets.alpaca_en.path={spec['data']}",
         f"data.cutoff_len={spec['cutoff']}",
+        "data.val_size=0",  # train on every row, as TRL does
         f"model.name_or_path={spec['model_dir']}",
         "model.gguf_file=null",
         f"model.dtype={'bfloat16' if spec['bf16'] else 'float32'}",
@@ -149,14 +164,15 @@ def run_sft(spec: dict) -> dict:
     template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
     with tempfile.TemporaryDirectory() as cache:  # cold, then a cache hit
         start = time.perf_counter()
-        prepare(typed.data, tokenizer, template, typed.seed, cache)
+        stats = prepare(typed.data, tokenizer, template, typed.seed, cache).stats
         cold = time.perf_counter() - start
         start = time.perf_counter()
         prepare(typed.data, tokenizer, template, typed.seed, cache)
         warm = time.perf_counter() - start
     train(cfg)
     recorded = json.loads(clock_path.read_text())
-    return {"prep_seconds": cold, "prep_cached_seconds": warm, **recorded}
+    seen = {"rows": stats.train, "trained_tokens": stats.train_trained_tokens}
+    return {"prep_seconds": cold, "prep_cached_seconds": warm, "data": seen, **recorded}
 
 
 def main() -> None:

@@ -85,6 +85,7 @@ def test_tiny_comparison_runs_both_trainers_end_to_end(tmp_path, cache_dir):
         "warmup=1",
         "cutoff=128",
         "effective_batch=2",
+        "peak_matrix=256",  # a CPU without bf16 matmul kernels takes minutes over the default 2048
         f"cache_dir={cache_dir}",
         f"hydra.run.dir={tmp_path}",
         "~runs.trl_packed_no_gc", "~runs.sft_packed", "ours=sft",
@@ -99,4 +100,16 @@ def test_tiny_comparison_runs_both_trainers_end_to_end(tmp_path, cache_dir):
     assert results["runs"]["trl_default"]["settings"]["gradient_checkpointing"] is True  # TRL's own default
     assert results["runs"]["sft"]["prep_cached_seconds"] < results["runs"]["sft"]["prep_seconds"]
     assert results["machine"]["fp32_gflops"] > 0
+    # Both trained on the same rows (those that fit the cutoff whole) and the same tokens: TRL's
+    # completion is everything after the prompt, "<|im_end|>\n", so it trains one more token per row.
+    given = json.loads((SHARED_DATA / "alpaca_en_demo.json").read_text())
+    assert 0 < results["data"]["fit_cutoff"] < results["data"]["rows"] == len(given)
+    trl, ours = results["raw"]["trl_default"]["data"], results["raw"]["sft"]["data"]
+    assert trl["rows"] == ours["rows"] == results["data"]["fit_cutoff"]
+    assert trl["trained_tokens"] == ours["trained_tokens"] + ours["rows"]
+    # The first step's loss (the random base model: LoRA starts as the identity) is a per-trained-token
+    # mean over two rows in both trainers; the rows differ (each shuffles its own way), so within 2%
+    # (observed: 6.063 vs 6.093).
+    first = {name: run["steps"][0]["loss"] for name, run in results["raw"].items()}
+    assert first["sft"] == pytest.approx(first["trl_default"], rel=0.02), first
     assert "| sft |" in (tmp_path / "table.md").read_text()

@@ -363,3 +363,81 @@ def test_heads_of_unknown_families_are_not_split():
     model = lora_model("sdpa")
     model.get_base_model().config.model_type = "gemma2"
     assert split_head(model) is None
+
+
+# --- end to end: the data module's packed batches through the Lightning module --------------------------
+
+
+def test_packed_batches_from_the_data_module_train_like_the_unpacked_rows(make_cfg):
+    """The production path (SFTDataModule with data.packing=true, then SFTModule.training_step) gives
+    restarting position ids and no attention mask, and the first micro-batch's loss, trained tokens and
+    every LoRA gradient equal those of the same samples padded one per row (fp32, tiny model).
+
+    A packed row treated as one long causal sequence (an attention mask of ones, or positions running on
+    across samples) lets samples attend to each other: the loss and gradients then differ.
+    """
+    from conftest import TINY
+
+    from sft.config import validate
+    from sft.data.datamodule import SFTDataModule
+    from sft.data.loading import system_prompt
+    from sft.data.templates import get_template
+    from sft.training.model import apply_peft, load_model, load_tokenizer
+    from sft.training.module import SFTModule
+
+    overrides = ("data.packing=true", "data.datasets.builtin.num_rows=48", "lora.dropout=0")
+    cfg = validate(make_cfg(*TINY, *overrides))
+    assert cfg.model.dtype == "float32"
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    template = get_template(cfg.data.template, tokenizer, system_prompt(cfg.data))
+    data = SFTDataModule(
+        cfg.data,
+        tokenizer,
+        template,
+        cfg.trainer.micro_batch_size,
+        cfg.seed,
+        cfg.paths.cache_dir,
+        group_size=cfg.trainer.effective_batch_size,
+    )
+    data.prepare_data()
+    data.setup("fit")
+    loader = data.train_dataloader()
+    packed = next(iter(loader))
+    rows = list(loader.sampler)[: cfg.trainer.micro_batch_size]  # the packed rows of that first batch
+    samples = [[data.prepared.train[i] for i in data.train_set.bins[row]] for row in rows]
+    assert sum(len(s) for s in samples) > len(rows)  # some row really holds several samples
+
+    assert "attention_mask" not in packed
+    width = packed["input_ids"].shape[1]
+    for r, row_samples in enumerate(samples):
+        expected = [p for s in row_samples for p in range(len(s["input_ids"]))]
+        expected += range(width - len(expected))  # the padding run is a block of its own
+        assert packed["position_ids"][r].tolist() == expected
+        ids = [t for s in row_samples for t in s["input_ids"]]
+        assert packed["input_ids"][r, : len(ids)].tolist() == ids
+
+    unpacked = PadCollator(data.pad_id)([s for row_samples in samples for s in row_samples])
+    assert int(unpacked["num_tokens"]) == int(packed["num_tokens"])
+
+    model = apply_peft(load_model(cfg.model, cfg.paths.cache_dir), cfg.lora)
+    with torch.no_grad():  # LoRA B starts at zero, which would leave every A gradient zero either way
+        generator = torch.Generator().manual_seed(0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+    module = SFTModule(model, cfg.optimizer, cfg.scheduler)
+    results = []
+    for batch in (packed, unpacked):
+        model.zero_grad()
+        module._window = torch.zeros(2)
+        module.training_step(batch, 0).backward()
+        loss_sum, n_tokens = module._window
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((float(loss_sum / n_tokens), int(n_tokens), grads))
+    (packed_loss, packed_tokens, packed_grads), (loss, tokens, grads) = results
+    assert packed_tokens == tokens > 0
+    assert packed_loss == pytest.approx(loss, rel=1e-5)
+    assert packed_grads.keys() == grads.keys() and all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(packed_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 
 import pytest
-from conftest import SHARED_DATA, compose_step, run_module
+from conftest import SHARED_DATA, compose_step, run_module, start_module
 
 from sft.prepare import generate
 from sft.prepare.backends import open_backend
@@ -106,6 +107,56 @@ def test_endpoint_generation_rejects_bad_replies_retries_and_resumes(scripted, t
     stats = json.loads(out.with_name(out.name + ".stats.json").read_text())
     assert stats["counts"]["resumed"] == 2 and stats["total"] == 3
     assert any("Fahrenheit" in p or "sky looks blue" in p for p in server.prompts)
+
+
+# Five tasks no ROUGE-L check confuses with each other or with the seed tasks.
+DISTINCT = [
+    "Explain why the sky looks blue at noon but red at sunset.",
+    "Convert 100 degrees Fahrenheit to Celsius and show the formula.",
+    "Suggest a name for a bakery that sells only bread.",
+    "Summarise the story of a heist film in two sentences.",
+    "List four unusual uses for a paper clip in an office.",
+]
+
+
+def test_a_killed_generation_resumes_without_regenerating_its_rows(scripted, tmp_path):
+    """SIGKILL a real `python -m sft.prepare generate` after three rows; the rerun keeps them and asks the
+    endpoint only for the two missing ones."""
+    server, url = scripted
+    out = tmp_path / "generated.jsonl"
+    args = [f"seeds={SEEDS}", f"output={out}", "backend=endpoint", f"backend.url={url}"]
+    args.append("backend.concurrency=1")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> str:  # the fourth request waits here until the process has been killed
+        held.set()
+        release.wait(120)
+        return task("Never delivered: the client was killed while it waited.")
+
+    server.script = [task(t) for t in DISTINCT[:3]] + [hold]
+    process = start_module("sft.prepare", "generate", "num=5", *args, log=tmp_path / "first.log")
+    try:
+        assert held.wait(180), (tmp_path / "first.log").read_text()[-3000:]
+        before = out.read_text()
+        assert [r["instruction"] for r in intact_lines(out)] == DISTINCT[:3]  # flushed, one line each
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(60) == -signal.SIGKILL
+    finally:
+        release.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not out.with_name(out.name + ".stats.json").exists()  # it never got to finish
+
+    server.prompts.clear()
+    server.script = [task(t) for t in DISTINCT[3:]]
+    done = run_module("sft.prepare", "generate", "num=5", *args)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().startswith(before)  # the rows from before the kill, byte for byte
+    assert [r["instruction"] for r in intact_lines(out)] == DISTINCT
+    stats = json.loads(out.with_name(out.name + ".stats.json").read_text())
+    assert stats["counts"]["resumed"] == 3 and stats["counts"]["requests"] == 2 and stats["total"] == 5
+    assert len(server.prompts) == 2  # only the missing rows were asked for
 
 
 def test_torn_last_line_is_cut_and_generation_continues(scripted, tmp_path):

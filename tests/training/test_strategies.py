@@ -332,9 +332,9 @@ def test_each_step_deals_the_one_device_examples_over_the_ranks():
 # --- DDP on two CPU processes, through the real command line ------------------------------------------
 
 
-def _losses(run: Path) -> dict[int, float]:
+def _losses(run: Path, key: str = "train/loss") -> dict[int, float]:
     with open(run / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
 def _files(path: Path) -> set[str]:
@@ -382,6 +382,16 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
         "world_size": 2,
         "accumulate_grad_batches": 1,
     }
+    # The gradient scale itself (the norm before clipping): one process divides by its 2 accumulation
+    # steps, two processes by their 2 ranks. Dropping either factor doubles that run's gradients, which
+    # AdamW's nearly scale-free update hides from the losses below (at most a 3e-5 relative drift by
+    # step 4) unless clipping triggers.
+    norm_one, norm_two = _losses(single, "train/grad_norm"), _losses(run, "train/grad_norm")
+    assert norm_one.keys() == norm_two.keys() == set(range(6))
+    for step in norm_one:
+        assert norm_one[step] > 0
+        assert norm_two[step] == pytest.approx(norm_one[step], rel=1e-4), (step, norm_one, norm_two)
+
     # Each rank takes every other index of the step's length-sorted block of 8 (the data module
     # deals the shares itself), so every step trains on exactly the examples of the one-process
     # step; only the order of float32 additions differs (micro-batch composition and padding,

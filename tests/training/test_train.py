@@ -161,6 +161,15 @@ def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     assert big.keys() == accum.keys() == {0, 1, 2}
     for step in big:
         assert accum[step] == pytest.approx(big[step], rel=1e-5)
+    # The gradient itself (its norm before clipping), not only AdamW's nearly scale-free update: losing
+    # the 1/accumulation factor doubles every accumulated gradient, which this sees whether or not
+    # clipping triggers.
+    big_norm = series(tmp_path / "big", "train/grad_norm")
+    accum_norm = series(tmp_path / "accum", "train/grad_norm")
+    assert big_norm.keys() == accum_norm.keys() == {0, 1, 2}
+    for step in big_norm:
+        assert big_norm[step] > 0
+        assert accum_norm[step] == pytest.approx(big_norm[step], rel=1e-4)
     a = torch.load(tmp_path / "big" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "accum" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key in a:
@@ -232,21 +241,84 @@ def test_tensorboard_and_wandb_log_offline_without_a_key(make_cfg, tmp_path, mon
     assert list(wandb_run.glob("*.wandb"))
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["trainer.precision=bf16-mixed"],
-        ["trainer.gradient_checkpointing=true"],
-        ["lora=dora"],
+# Each option with what it must change; every other expectation keeps its default below, so an option that
+# is silently dropped (or that switches on another) fails.
+OPTION_DEFAULTS = {
+    "precision": "32-true",
+    "compute_dtype": torch.float32,  # of a LoRA-wrapped projection's output in a training forward
+    "forwards_per_micro_batch": 1,  # gradient checkpointing runs each layer again in backward
+    "use_dora": False,
+    "scaling": 16 / 8,  # lora_alpha / r; rsLoRA: alpha / sqrt(r)
+    "target_modules": None,  # all linear layers
+    "optimizer": torch.optim.AdamW,
+}
+OPTIONS = [
+    (["trainer.precision=bf16-mixed"], {"precision": "bf16-mixed", "compute_dtype": torch.bfloat16}),
+    (["trainer.gradient_checkpointing=true"], {"forwards_per_micro_batch": 2}),
+    (["lora=dora"], {"use_dora": True}),
+    (
         ["lora=rslora", "lora.target=[q_proj,v_proj]"],
-        ["optimizer=sgd", "scheduler=cosine", "scheduler.warmup_ratio=0.5"],
-    ],
-    ids=lambda o: ",".join(o),
-)
-def test_training_options_run(make_cfg, tmp_path, overrides):
+        {"scaling": 16 / 8**0.5, "target_modules": {"q_proj", "v_proj"}},
+    ),
+    (["optimizer=sgd", "scheduler=cosine", "scheduler.warmup_ratio=0.5"], {"optimizer": torch.optim.SGD}),
+]
+
+
+@pytest.mark.parametrize("overrides,changes", OPTIONS, ids=[",".join(o) for o, _ in OPTIONS])
+def test_training_options_run(make_cfg, tmp_path, monkeypatch, overrides, changes):
+    """Each option trains and takes effect: in the trainer, the model it trains and the saved adapter."""
+    import sft.train
+    from sft.training.module import SFTModule
+
+    seen = {"calls": 0}
+
+    class Spy(SFTModule):
+        def on_fit_start(self) -> None:
+            super().on_fit_start()
+            seen["module"] = self
+            q_proj = next(m for n, m in self.model.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+
+            def hook(_module, _args, output):
+                if torch.is_grad_enabled():  # training forwards and their recomputation, not validation
+                    seen["calls"] += 1
+                    seen["dtype"] = output.dtype
+
+            q_proj.register_forward_hook(hook)
+
+    monkeypatch.setattr(sft.train, "SFTModule", Spy)
     value = train(make_cfg(*TINY, "trainer.max_steps=2", "trainer.eval_steps=2", *overrides, run="opt"))
     assert 0 < value < 20
     assert (tmp_path / "opt" / "adapter" / "adapter_model.safetensors").is_file()
+
+    expect = {**OPTION_DEFAULTS, **changes}
+    module = seen["module"]
+    trainer = module.trainer
+    assert trainer.precision == expect["precision"]
+    assert seen["dtype"] == expect["compute_dtype"]
+    micro_batches = trainer.global_step * trainer.accumulate_grad_batches
+    assert (trainer.global_step, micro_batches) == (2, 4)
+    assert seen["calls"] == expect["forwards_per_micro_batch"] * micro_batches
+    assert module.model.is_gradient_checkpointing == (expect["forwards_per_micro_batch"] == 2)
+    (optimizer,) = trainer.optimizers
+    assert type(optimizer) is expect["optimizer"]
+    if expect["optimizer"] is torch.optim.SGD:
+        assert optimizer.param_groups[0]["momentum"] == 0.9
+    q_proj = next(m for n, m in module.model.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+    assert q_proj.scaling["default"] == pytest.approx(expect["scaling"])
+
+    adapter = tmp_path / "opt" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["use_dora"] == expect["use_dora"]
+    assert config["use_rslora"] == (expect["scaling"] != OPTION_DEFAULTS["scaling"])
+    from safetensors.torch import load_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in k for k in weights) == expect["use_dora"]
+    targets = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in weights if ".lora_A." in k}
+    if expect["target_modules"] is None:
+        assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    else:
+        assert targets == expect["target_modules"]
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(make_cfg, tmp_path):

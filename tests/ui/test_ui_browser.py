@@ -2,7 +2,9 @@
 
 The server is `python -m sft.ui` on a free loopback port with the tiny model; the browser is Debian's
 Chromium driven by Playwright (its own browser download is impossible offline). Screenshots of every tab go
-to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The tests run in file order and share one page.
+to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The server and the browser are shared by the module;
+each test opens its own page (a fresh Gradio session), and the tests that need a finished run get one from
+the `finished_run` fixture, so every test runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_module
 
 from sft.run_dir import RunDir
 
@@ -95,22 +97,55 @@ def server(chromium, tmp_path_factory, cache_dir):
 
 
 @pytest.fixture(scope="module")
-def page(chromium, server):
-    """One Chromium page on the server, its screenshots going to ARTIFACTS."""
+def finished_run(server, cache_dir) -> Path:
+    """A short finished run of the tiny model in the page's outputs, trained by `python -m sft.train`."""
+    outputs = server[1]
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(outputs.parent)}
+    before = set(outputs.glob("train/runs/*"))
+    done = run_module(
+        "sft.train",
+        "model=tiny",
+        "preset=conservative",
+        "trainer=debug",
+        "trainer.max_steps=4",
+        "trainer.eval_steps=4",
+        "optimizer.lr=3e-2",  # enough for the tuned model to answer differently from its base
+        "data.max_samples=40",
+        "probe.enabled=false",
+        "logger=csv",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = set(outputs.glob("train/runs/*")) - before
+    assert (run / "summary.json").is_file()
+    return run
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """Chromium, launched once for the module."""
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        launched = p.chromium.launch(
             executable_path=chromium,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
         )
-        tab = browser.new_page(viewport={"width": 1400, "height": 1500})
-        tab.set_default_timeout(WAIT)
-        tab.goto(server[0])
-        _wait_command(tab, "sft.train")
-        yield tab
-        browser.close()
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh Chromium page (its own context and Gradio session) on the server; screenshots to ARTIFACTS."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1500})
+    tab = context.new_page()
+    tab.set_default_timeout(WAIT)
+    tab.goto(server[0])
+    _wait_command(tab, "sft.train")
+    yield tab
+    context.close()
 
 
 def _shot(page, name: str) -> None:
@@ -130,11 +165,12 @@ def _pick(page, elem_id: str, option: str) -> None:
     page.locator("[role=option]", has_text=re.compile(rf"^\W*{re.escape(option)}$")).click()
 
 
-def _text(page, selector: str, pattern: str) -> str:
+def _text(page, selector: str, pattern: str, timeout: float = WAIT) -> str:
     """Wait until the element's text matches `pattern`; return the text."""
     page.wait_for_function(
         "([s, p]) => new RegExp(p).test((document.querySelector(s) || {}).innerText || '')",
         arg=[selector, pattern],
+        timeout=timeout,
     )
     return page.inner_text(selector)
 
@@ -209,7 +245,7 @@ def test_launch_watch_stop_and_resume(page, server):
     _shot(page, "train-stopped")
     page.wait_for_function("!document.querySelector('#resume').disabled")
     page.click("#resume")
-    _text(page, "#run-status", r"finished")
+    _text(page, "#run-status", r"finished", timeout=360_000)  # the rest of 40 steps on a busy machine
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] == 40
     curve = RunDir(run).metrics()["step"]  # the part before the stop is kept
@@ -218,31 +254,52 @@ def test_launch_watch_stop_and_resume(page, server):
     _shot(page, "train-finished")
 
 
-def test_runs_table_lists_the_run_and_overlays_curves(page, server):
+def test_runs_table_lists_the_run_and_overlays_curves(page, finished_run):
     """The run is in the Runs tab with its status and metrics; selecting it draws its curve."""
     page.get_by_role("tab", name="Runs").click()
-    table = _text(page, "#runs-table", r"finished")
-    (run_dir,) = (server[1] / "train" / "runs").iterdir()
-    run = f"train/runs/{run_dir.name}"
-    assert run in table and "tiny" in table and "conservative" in table
+    run = f"train/runs/{finished_run.name}"
+    table = _text(page, "#runs-table", re.escape(run))
+    assert "finished" in table and "tiny" in table and "conservative" in table
     _pick(page, "overlay-pick", run)
     page.wait_for_selector("#overlay-plot canvas, #overlay-plot svg")
     _shot(page, "runs")
 
 
-def test_chat_with_the_run_beside_its_base(page):
-    """The finished run and its base model answer the same prompt side by side."""
+def _bot_text(page, box: str) -> str:
+    """The text of the one bot message in a chat box."""
+    (reply,) = page.locator(f"{box} [data-testid=bot]").all_inner_texts()
+    return reply
+
+
+def test_chat_with_the_run_beside_its_base(page, finished_run):
+    """The finished run and its base model answer the same prompt side by side: each box holds the prompt
+    and that model's own greedy reply, as sft.ui.compare produces it outside the page."""
+    from sft.ui.compare import Comparison
+
+    run = f"train/runs/{finished_run.name}"
     page.get_by_role("tab", name="Chat").click()
     page.wait_for_function("document.querySelector('#chat-run input').value.includes('train/runs/')")
+    _pick(page, "chat-run", run)
     page.click("#chat-load")
-    _text(page, "#chat-status", "Loaded")
+    assert run in _text(page, "#chat-status", "Loaded")
     page.fill("#chat-prompt textarea", "Who are you?")
     page.click("#chat-send")
     for box in ("#chat-tuned", "#chat-base"):
-        _text(page, box, "Who are you")
+        assert "Who are you?" in _text(page, box, "Who are you")
+    # Both replies are streamed in full (the base one after the tuned one) and the prompt box is cleared.
     page.wait_for_function(
-        "document.querySelectorAll('#chat-base .message, #chat-base [data-testid=bot]').length > 0"
+        "document.querySelectorAll('#chat-base [data-testid=bot]').length === 1"
+        " && document.querySelector('#chat-prompt textarea').value === ''"
     )
+    *_, (tuned, base) = Comparison(finished_run, max_new_tokens=128).ask("Who are you?")  # the page's default
+    tuned_text, base_text = _bot_text(page, "#chat-tuned"), _bot_text(page, "#chat-base")
+
+    # Only letters and digits are compared: the page renders each reply as Markdown.
+    def words(text: str) -> str:
+        return re.sub(r"[\W_]", "", text)
+
+    assert words(tuned) != words(base)  # so the boxes cannot pass by showing one model twice
+    assert words(tuned_text) == words(tuned) and words(base_text) == words(base)
     _shot(page, "chat")
 
 
