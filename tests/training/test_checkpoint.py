@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import get_scheduler
 
-from sft.training import checkpoint as ckpt
 from sft.config import ConfigError
+from sft.training import checkpoint as ckpt
 from sft.training.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
