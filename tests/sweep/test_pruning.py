@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -209,6 +210,52 @@ def test_an_illegal_batch_fails_its_trials_before_raising(tmp_path):
         s.sweep([])
     study = optuna.load_study(study_name="s", storage=s.storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+
+
+def test_each_outcome_is_logged_with_its_trial(caplog):
+    with caplog.at_level(logging.INFO, logger="sft.sweep.sweeper"):
+        told(done((0.25, 3)), ("minimize", "maximize"))
+        told(failed(optuna.TrialPruned("at step 7")))
+        told(failed(RuntimeError("out of memory")))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "trial 0: 0.2500, 3.0000"),
+        ("INFO", "trial 0: pruned (at step 7)"),
+        ("WARNING", "trial 0 failed: RuntimeError: out of memory"),
+    ]
+
+
+def test_the_sweep_hands_each_job_its_parameters_and_trial_and_records_the_study(tmp_path, caplog):
+    launcher = Launcher()
+    enqueue = [{"optimizer.lr": 0.2}, {"optimizer.lr": 0.1}]
+    s = swept(tmp_path, launcher, n_trials=2, params={"optimizer.lr": "choice(0.1,0.2)"}, enqueue=enqueue)
+    with caplog.at_level(logging.INFO, logger="sft.sweep.sweeper"):
+        s.sweep(["trainer.max_steps=3"])
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    ids = [t._trial_id for t in study.trials]
+    assert launcher.batches == [
+        (
+            [
+                [
+                    "trainer.max_steps=3",
+                    f"optimizer.lr={lr}",
+                    f"trial={{study_name:'s',storage:'{s.storage}',id:{ids[n]},number:{n}}}",
+                    f"hydra.sweep.subdir={n}",
+                ]
+                for n, lr in enumerate([0.2, 0.1])
+            ],
+            0,
+        )
+    ]
+    assert [(t.state, t.values) for t in study.trials] == [
+        (TrialState.COMPLETE, [0.0]),
+        (TrialState.COMPLETE, [1.0]),
+    ]
+    assert json.loads((tmp_path / "sweep" / "study.json").read_text()) == {
+        "study_name": "s",
+        "storage": s.storage,
+    }
+    assert OmegaConf.load(tmp_path / "sweep" / "multirun.yaml") == s.config
+    assert f"study s in {s.storage}: 2 trials so far; running 2 more over optimizer.lr" in caplog.messages
 
 
 def test_a_sweep_without_a_search_space_is_refused(tmp_path):

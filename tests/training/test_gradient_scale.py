@@ -128,13 +128,19 @@ def module(devices=1, accumulate=2, clip=None, max_bad=5):
     m = SFTModule(Logits(), optimizer={}, scheduler=None, gradient_clip_val=clip, max_nonfinite_steps=max_bad)
     m._head = None  # full logits
     m.trainer = SimpleNamespace(
-        strategy=plain(reduce=lambda t, reduce_op: t * devices),
+        strategy=plain(reduce=lambda t, reduce_op: t * devices if reduce_op == "sum" else None),
         accumulate_grad_batches=accumulate,
         world_size=devices,
         global_step=4,
     )
-    m.logged = {}
-    m.log = lambda name, value, **kw: m.logged.__setitem__(name, float(value))
+    m.logged, m.bars = {}, set()
+
+    def log(name, value, prog_bar=False):
+        m.logged[name] = float(value)
+        if prog_bar:
+            m.bars.add(name)
+
+    m.log = log
     return m
 
 
@@ -171,6 +177,7 @@ def test_the_step_rescales_to_a_per_token_mean_over_the_window_and_all_devices()
         "train/window_tokens": 8.0,
         "train/skipped_steps": 0.0,
     }
+    assert m.bars == {"train/loss", "train/lr"}
     assert m._window.tolist() == [0.0, 0.0]
     assert m._since_eval.tolist() == [2.5, 1.0]
     assert m.empty_windows.item() == 0
@@ -182,7 +189,7 @@ def test_clipping_uses_the_configured_bound():
     m.model.w.grad = torch.tensor([3.0, 4.0])
     m.on_before_optimizer_step(optimizer(m))
     assert m.model.w.grad.tolist() == pytest.approx([0.6, 0.8])
-    assert m.logged["train/grad_norm"] == 5.0
+    assert (m.logged["train/loss"], m.logged["train/grad_norm"]) == (3.0, 5.0)
 
 
 def test_a_window_without_trained_tokens_is_counted_and_divides_by_one():
@@ -203,7 +210,9 @@ def test_a_non_finite_step_drops_the_gradients_and_counts_the_skip():
     assert m.model.w.grad is None
     assert m.logged["train/skipped_steps"] == 1.0
     m._window = torch.tensor([float("inf"), 2.0])
-    with pytest.raises(Diverged, match="for 2 optimizer steps in a row"):
+    with pytest.raises(
+        Diverged, match=r"for 2 optimizer steps in a row \(at step 4\).*optimizer.lr \(now 0.1\)"
+    ):
         m.on_before_optimizer_step(optimizer(m))
 
 
