@@ -27,7 +27,12 @@ FUNCTIONS: dict[str, list[str] | None] = {
     "sft/data/packing.py": None,
     # Label building (masks); truncation's length search is exercised by test_masks but is not a mask.
     "sft/data/tokenize.py": ["trained_spans", "overlap_labels", "_labelled", "encode"],
-    "sft/training/strategy.py": ["gradient_divisor", "finish_gradients", "at_step_boundary"],
+    "sft/training/strategy.py": [
+        "gradient_divisor",
+        "finish_gradients",
+        "_scale_deepspeed_gradients",
+        "at_step_boundary",
+    ],
     "sft/training/module.py": ["SFTModule.training_step", "SFTModule.on_before_optimizer_step"],
     "sft/sweep/pruning.py": None,
     "sft/training/checkpoint.py": ["verify_checkpoint", "resolve_resume", "load_checkpoint", "atomic_save"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -76,6 +77,32 @@ def test_clipping_follows_scaling_and_returns_the_norm_before_it():
 def test_no_gradient_at_all_gives_a_zero_norm():
     assert (
         finish_gradients(SimpleNamespace(strategy=plain()), with_grads(None), torch.tensor(2.0), 1.0).item()
+        == 0.0
+    )
+
+
+def test_deepspeed_gradients_are_scaled_through_its_accessors(monkeypatch):
+    # DeepSpeed keeps gradients in its partitions; a stand-in for its accessors keeps them in a dict.
+    model = with_grads([6.0, 0.0], [1.0, 1.0], None, [0.0, 8.0])
+    model.p1.requires_grad_(False)  # frozen: never read nor written
+    full = {id(p): p.grad for p in model.parameters()}
+    utils = SimpleNamespace(
+        safe_get_full_grad=lambda p: full.get(id(p)),
+        safe_set_full_grad=lambda p, g: full.__setitem__(id(p), g),
+    )
+    monkeypatch.setitem(sys.modules, "deepspeed", SimpleNamespace(utils=utils))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", utils)
+    norm = finish_gradients(SimpleNamespace(strategy=DeepSpeedStrategy()), model, torch.tensor(0.5), 1.0)
+    assert norm.item() == 5.0  # DeepSpeed's engine clips (gradient_clipping), not this
+    assert [None if g is None else g.tolist() for g in full.values()] == [
+        [3.0, 0.0],
+        [1.0, 1.0],
+        None,
+        [0.0, 4.0],
+    ]
+    empty = with_grads(None)
+    assert (
+        finish_gradients(SimpleNamespace(strategy=DeepSpeedStrategy()), empty, torch.tensor(0.5), 1.0).item()
         == 0.0
     )
 
