@@ -251,3 +251,16 @@ def test_between_deepspeed_micro_batches_nothing_happens():
     m.model.w.grad = torch.tensor([6.0, 8.0])
     m.on_before_optimizer_step(optimizer(m))
     assert m.model.w.grad.tolist() == [6.0, 8.0] and m.logged == {} and m._window.tolist() == [10.0, 4.0]
+
+
+def test_the_window_follows_the_loss_onto_its_device():
+    # The meta device stands in for a GPU: a window left on the CPU cannot add a 2-element loss row there.
+    m = module()
+    meta = torch.device("meta")
+    m.token_loss = lambda batch: (
+        torch.zeros((), device=meta),
+        torch.zeros((), dtype=torch.long, device=meta),
+        None,
+    )
+    m.training_step({"input_ids": torch.zeros(1, 3, dtype=torch.long), "num_tokens": torch.tensor(3)}, 0)
+    assert m._window.device == meta
