@@ -2,6 +2,7 @@
 
     python scripts/mutate.py                          # every module below
     python scripts/mutate.py sft/training/loss.py     # one (or several) of them
+    python scripts/mutate.py --report [MODULE ...]    # the scores of the last run, running nothing
 
 mutmut ([tool.mutmut] in pyproject.toml) mutates the modules; each mutant runs only the selected fast
 tests that touched its function. Where a module is large and only part of it is the risk, only those
@@ -70,7 +71,8 @@ def score(module: str) -> tuple[int, int, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    modules = argv or list(FUNCTIONS)
+    report_only = "--report" in argv
+    modules = [a for a in argv if a != "--report"] or list(FUNCTIONS)
     unknown = [m for m in modules if m not in FUNCTIONS]
     if unknown:
         print(f"not a mutation-tested module: {', '.join(unknown)}; choose from {', '.join(FUNCTIONS)}")
@@ -78,7 +80,10 @@ def main(argv: list[str]) -> int:
     patterns = [p for m in modules for p in globs(m)]
     children = os.environ.get("MUTATE_JOBS", "2")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutants must shadow sft
-    subprocess.run([str(MUTMUT), "run", "--max-children", children, *patterns], cwd=ROOT, env=env, check=True)
+    if not report_only:
+        subprocess.run(
+            [str(MUTMUT), "run", "--max-children", children, *patterns], cwd=ROOT, env=env, check=True
+        )
     print("\nmodule | mutants | killed | score")
     survivors = []
     for m in modules:

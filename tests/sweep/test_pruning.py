@@ -23,6 +23,8 @@ THRESHOLD = {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0}
 def study_with(tmp_path, pruner=THRESHOLD, directions=("minimize",)):
     """A stored study whose pruner config sits on it, as the sweeper leaves it; and its first trial."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # A second study in the storage: the callback must open its own by name.
+    optuna.create_study(study_name="other", storage=storage)
     study = optuna.create_study(study_name="s", storage=storage, directions=list(directions))
     study.set_user_attr("pruner", pruner)
     trial = study.ask()
@@ -37,7 +39,9 @@ def trainer(value=None, *, rank0=True, sanity=False, fn="fit", broadcast=None):
         state=SimpleNamespace(fn=fn),
         callback_metrics={} if value is None else {"val/loss": value},
         global_step=7,
-        strategy=SimpleNamespace(broadcast=lambda x, src: x if broadcast is None else broadcast),
+        strategy=SimpleNamespace(
+            broadcast=lambda x, src: (x if broadcast is None else broadcast) if src == 0 else None
+        ),
     )
 
 
@@ -53,7 +57,7 @@ def test_a_trial_worse_than_the_pruner_allows_is_reported_and_stopped(tmp_path, 
     with caplog.at_level(logging.INFO), pytest.raises(optuna.TrialPruned) as pruned:
         attached(cfg, t).on_validation_end(t, None)
     assert str(pruned.value) == "trial 0 pruned at step 7 (val/loss=2.0000)"
-    assert "trial 0 pruned at step 7 (val/loss=2.0000)" in caplog.text
+    assert "trial 0 pruned at step 7 (val/loss=2.0000)" in caplog.messages
     assert study.trials[0].intermediate_values == {7: 2.0}
 
 
