@@ -90,3 +90,19 @@ def test_a_tokenizer_that_adds_a_bos_token_adds_none_to_the_rendered_text():
         "labels": [M, ids[1]],
         "status": "ok",
     }
+
+
+def test_a_generation_prompt_the_answer_does_not_extend_is_refused():
+    # The turn is a prefix of the conversation, but the generation prompt ("a>") is not one of the turn.
+    tok = byte_tokenizer()
+    marked = Template(
+        "marked",
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}",
+        "",
+    )
+    assert encode(conversation("a", "b"), tok, marked, 16) == {
+        "input_ids": [],
+        "labels": [],
+        "status": "invalid: TemplateError: template 'marked' does not render turn 1 as a prefix of the "
+        "conversation; loss masks cannot be derived from it",
+    }
