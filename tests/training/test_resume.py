@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
-from sft.training.checkpoint import AtomicCheckpointIO, resolve_resume
+import pytest
+import torch
+
+from sft.training.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    CheckpointWriteError,
+    atomic_save,
+    load_checkpoint,
+    resolve_resume,
+    verify_checkpoint,
+)
 
 
 def written(path: Path, mtime: float) -> Path:
@@ -34,3 +46,40 @@ def test_a_checkpoint_is_taken_as_given_whatever_its_name_or_form(tmp_path):
     (shards / "checkpoint").mkdir(parents=True)
     (shards / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"x")
     assert resolve_resume(str(shards), str(tmp_path), str(tmp_path)) == str(shards)
+
+
+def test_what_cannot_be_resumed_from_is_named_with_the_other_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError) as missing:
+        verify_checkpoint(tmp_path / "gone.ckpt")
+    assert str(missing.value) == f"no checkpoint at {tmp_path / 'gone.ckpt'}"
+    written(tmp_path / "epoch=0.ckpt", 1_000)
+    (tmp_path / "last.ckpt").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "cut.ckpt").write_bytes(b"PK not a zip")
+    for name, reason in [
+        ("last.ckpt", "an empty directory"),
+        ("run", "a directory, not a .ckpt"),
+        ("cut.ckpt", "truncated or corrupt (File is not a zip file)"),
+    ]:
+        with pytest.raises(CheckpointError) as refused:
+            verify_checkpoint(tmp_path / name)
+        others = ", ".join(n for n in ("epoch=0.ckpt", "last.ckpt", "cut.ckpt") if n != name)
+        assert str(refused.value).startswith(f"{tmp_path / name} is {reason}; it cannot be resumed from.")
+        assert set(str(refused.value).split(": ")[-1].split(", ")) == set(others.split(", "))
+
+
+def test_an_unpicklable_checkpoint_names_the_offending_global(tmp_path):
+    path = tmp_path / "unsafe.ckpt"
+    torch.save({"when": datetime.date(2026, 1, 1)}, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value).startswith(
+        f"{path} holds objects other than tensors and plain containers, so it will not be unpickled"
+        " (weights_only=True); WeightsUnpickler error: Unsupported global: GLOBAL datetime.date"
+    )
+
+
+def test_a_checkpoint_whose_directory_cannot_be_made_is_a_write_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointWriteError, match="could not write checkpoint"):
+        atomic_save({"step": 1}, tmp_path / "file" / "last.ckpt")
