@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import logging
 import os
 from pathlib import Path
 
@@ -83,3 +85,25 @@ def test_a_checkpoint_whose_directory_cannot_be_made_is_a_write_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointWriteError, match="could not write checkpoint"):
         atomic_save({"step": 1}, tmp_path / "file" / "last.ckpt")
+
+
+def test_the_resumed_checkpoint_is_logged(tmp_path, caplog):
+    plain = written(tmp_path / "weights.pt", 1_000)
+    with caplog.at_level(logging.INFO, logger="sft.training.checkpoint"):
+        resolve_resume(str(plain), str(tmp_path), str(tmp_path))
+    assert caplog.messages == [f"resuming from {plain}"]
+
+
+def test_a_checkpoint_gets_the_usual_file_mode(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert written(tmp_path / "last.ckpt", 1_000).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_temp_file_that_was_never_created_leaves_the_write_error_intact(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(CheckpointWriteError, match="no space left on device"):
+        atomic_save({"step": 1}, tmp_path / "last.ckpt")
