@@ -107,3 +107,10 @@ def test_a_temp_file_that_was_never_created_leaves_the_write_error_intact(tmp_pa
     monkeypatch.setattr(os, "open", full)
     with pytest.raises(CheckpointWriteError, match="no space left on device"):
         atomic_save({"step": 1}, tmp_path / "last.ckpt")
+
+
+def test_a_checkpoint_loads_onto_the_cpu_by_default(tmp_path):
+    path = written(tmp_path / "last.ckpt", 1_000)
+    atomic_save({"w": torch.arange(3)}, path)
+    loaded = load_checkpoint(path)
+    assert list(loaded) == ["w"] and loaded["w"].tolist() == [0, 1, 2] and loaded["w"].device.type == "cpu"
