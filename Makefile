@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup train test bench ui lint clean
+.PHONY: setup train test bench ui lint mutate clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,15 @@ bench: setup
 ui: setup
 	$(PY) -m sft.ui $(ARGS)
 
+# Mutation testing of loss, masks, packing/collation, gradient scaling, resume and the sweeper's pruning and
+# failure handling, each with its fast tests (BENCHMARKS.md, "Mutation testing"). One module:
+# make mutate MODULE=sft/training/loss.py. MUTATE_JOBS sets the parallel mutants (default 2).
+mutate: setup
+	rm -rf mutants
+	$(PY) scripts/mutate.py $(MODULE)
+
 lint: setup
 	$(PY) -m ruff check sft tests
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs mutants
