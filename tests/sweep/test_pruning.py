@@ -174,15 +174,17 @@ class Launcher:
         return [done(float(o.split("=")[1])) for o in (b[-1] for b in batch)]
 
 
-def swept(tmp_path, launcher, n_trials=3, n_jobs=2, **kw):
+def swept(tmp_path, launcher, n_trials=3, n_jobs=2, pruner=THRESHOLD, sweep_dir=None, **kw):
     s = StudySweeper(
         study_name="s", storage=None, n_trials=n_trials, n_jobs=n_jobs, sampler=None, pruner=None, **kw
     )
+    sweep_dir = sweep_dir or tmp_path / "sweep"
     s.config = OmegaConf.create(
         {
             "objective": {"directions": ["minimize"]},
             "paths": {"log_dir": str(tmp_path)},
-            "hydra": {"sweeper": {"pruner": THRESHOLD}, "sweep": {"dir": str(tmp_path / "sweep")}},
+            "upper": 1.0,
+            "hydra": {"sweeper": {"pruner": pruner}, "sweep": {"dir": str(sweep_dir)}},
         }
     )
     s.launcher = launcher
@@ -265,3 +267,36 @@ def test_the_sweep_hands_each_job_its_parameters_and_trial_and_records_the_study
 def test_a_sweep_without_a_search_space_is_refused(tmp_path):
     with pytest.raises(ValueError, match="^hydra.sweeper: no search space"):
         swept(tmp_path, Launcher()).sweep(["trainer.max_steps=3"])
+
+
+def test_a_second_sweep_into_new_nested_folders_continues_the_study_without_enqueuing_again(tmp_path):
+    """Running the same command again: the study continues, the enqueued rows are not tried twice."""
+    enqueue = [{"optimizer.lr": 0.2}]
+    space = {"optimizer.lr": "choice(0.1,0.2,0.3)"}
+    for sweep_dir in (tmp_path / "runs" / "first" / "sweep", tmp_path / "runs" / "first" / "sweep"):
+        s = swept(tmp_path, Launcher(), n_trials=2, params=space, enqueue=enqueue, sweep_dir=sweep_dir)
+        s.sweep([])
+        assert (sweep_dir / "study.json").is_file()
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    fixed = [t.number for t in study.trials if "fixed_params" in t.system_attrs]
+    assert len(study.trials) == 4 and fixed == [0]
+
+
+def test_the_pruner_config_is_stored_resolved_and_none_without_one(tmp_path):
+    """Jobs rebuild the pruner from the study: its config must be plain values, not interpolations."""
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "upper": "${upper}"}
+    s = swept(tmp_path, Launcher(), n_trials=1, pruner=pruner, params={"optimizer.lr": "choice(0.1,0.2)"})
+    s.sweep([])
+    assert optuna.load_study(study_name="s", storage=s.storage).user_attrs["pruner"] == THRESHOLD
+    s = swept(tmp_path / "none", Launcher(), n_trials=1, pruner=None, params={"optimizer.lr": "choice(0.1)"})
+    s.sweep([])
+    assert optuna.load_study(study_name="s", storage=s.storage).user_attrs["pruner"] is None
+
+
+def test_the_start_of_a_sweep_names_every_searched_key(tmp_path, caplog):
+    params = {"optimizer.lr": "choice(0.1,0.2)", "lora.r": "choice(8,16)"}
+    s = swept(tmp_path, Launcher(), n_trials=1, params=params)
+    with caplog.at_level(logging.INFO, logger="sft.sweep.sweeper"):
+        s.sweep([])
+    started = f"study s in {s.storage}: 0 trials so far; running 1 more over optimizer.lr, lora.r"
+    assert started in caplog.messages
