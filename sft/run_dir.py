@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import write_json, write_text
+from .errors import ConfigError
 
 CONFIG = "config.yaml"  # the resolved training config
 RECORD = "run_record.json"  # how to repeat the run: command, code, versions, hardware, data hashes
@@ -91,8 +92,6 @@ class RunDir:
         Resuming from a checkpoint inside it continues that run in place (returns True). With
         `overwrite`, the old outputs are deleted (Hydra's record and log of this launch stay).
         """
-        from .config import ConfigError  # config imports modules that import this one
-
         checkpoints = sorted(self.checkpoints.glob("*.ckpt"))
         in_place = resume_from is not None and self.path.resolve() in Path(resume_from).resolve().parents
         if not (self.finished or checkpoints) or in_place:

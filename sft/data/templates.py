@@ -198,7 +198,7 @@ def alpaca_jinja(default_system: str | None = None) -> str:
     return _build(_ALPACA, default_system)
 
 
-# ChatML without a default system prompt (the byte tokenizer in sft/model.py carries it).
+# ChatML without a default system prompt (the byte tokenizer in sft/training/model.py carries it).
 CHATML = chatml_jinja()
 
 

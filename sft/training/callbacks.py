@@ -143,7 +143,7 @@ class OverfittingWatch(Callback):
     evaluation. Each warning says what to try; `warnings` counts them for the run summary.
     """
 
-    def __init__(self, patience: int = 2):
+    def __init__(self, patience: int):
         self.patience = patience
         self.history: list[tuple[float, float]] = []  # (train loss since last evaluation, val loss)
         self.warnings = 0

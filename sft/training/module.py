@@ -66,7 +66,7 @@ class SFTModule(L.LightningModule):
         """(summed loss, trained tokens, correct predictions); the head runs on trained positions only
         when `trained_logits_only` and the model allows it (not under FSDP, whose root unit must run)."""
         if self._head is False:
-            sharded = is_fsdp(self.trainer.strategy)
+            sharded = self._trainer is not None and is_fsdp(self._trainer.strategy)
             self._head = split_head(self.model) if self.trained_logits_only and not sharded else None
         if self._head is None:
             return token_loss(self(batch), batch["labels"])

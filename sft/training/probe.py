@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
+def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy completions of each single-turn prompt, rendered with the training template."""
     was_training = model.training
     model.eval()
@@ -42,11 +42,13 @@ def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tok
 
 
 class ProbeAnswers(Callback):
-    """Answers the probe prompts before training and again at the final validation after it.
+    """Answers the probe prompts before training and again with the weights the run saves.
 
-    Before: in `setup`, ahead of any wrapping or sharding of the model. After: once the final weights
-    (the best checkpoint when restored) are in place; skipped where the strategy keeps them sharded.
-    Only the first process generates.
+    Before: at the run's first `setup` (the validation before training, or the fit when resuming),
+    ahead of any wrapping or sharding of the model. After: at the validation that follows training,
+    once the best checkpoint (when restored) is in place; at the end of the fit when the run has no
+    validation rows. Skipped where the strategy keeps the weights sharded; only the first process
+    generates.
     """
 
     def __init__(self, tokenizer, template: Template, prompts: list[str], max_new_tokens: int):
@@ -59,24 +61,28 @@ class ProbeAnswers(Callback):
     def _answer(self, model) -> list[str]:
         return answer(model, self.tokenizer, self.template, self.prompts, self.max_new_tokens)
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        """Answer with the untrained adapter, before the strategy wraps the model."""
-        if stage == "fit" and trainer.is_global_zero and not self.before:
-            self.before = self._answer(pl_module.model)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        """The next validation is the final one."""
-        self._fitted = True
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        """Answer with the final weights, at the validation that follows training."""
-        if not (self._fitted and trainer.state.fn == "validate" and trainer.is_global_zero):
-            return
+    def _answer_after(self, trainer, pl_module) -> None:
         if shards_parameters(trainer.strategy):
             log.info("probes after training skipped: %s shards the weights", type(trainer.strategy).__name__)
             self.after = [None] * len(self.prompts)
         else:
             self.after = self._answer(pl_module.model)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Answer with the untrained adapter, before the strategy wraps the model."""
+        if trainer.is_global_zero and not self.before:
+            self.before = self._answer(pl_module.model)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """The next validation is the final one; without validation rows, answer now."""
+        self._fitted = True
+        if trainer.is_global_zero and not any(trainer.num_val_batches):
+            self._answer_after(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Answer with the final weights, at the validation that follows training."""
+        if self._fitted and trainer.state.fn == "validate" and trainer.is_global_zero:
+            self._answer_after(trainer, pl_module)
 
     def summary_section(self) -> dict:
         """Each probe prompt with its answers before and after training."""

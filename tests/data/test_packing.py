@@ -379,7 +379,7 @@ def test_packed_batches_from_the_data_module_train_like_the_unpacked_rows(make_c
     from conftest import TINY
 
     from sft.config import validate
-    from sft.data.datamodule import SFTDataModule
+    from sft.data.datamodule import build_datamodule
     from sft.data.loading import system_prompt
     from sft.data.templates import get_template
     from sft.training.model import apply_peft, load_model, load_tokenizer
@@ -390,15 +390,7 @@ def test_packed_batches_from_the_data_module_train_like_the_unpacked_rows(make_c
     assert cfg.model.dtype == "float32"
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     template = get_template(cfg.data.template, tokenizer, system_prompt(cfg.data))
-    data = SFTDataModule(
-        cfg.data,
-        tokenizer,
-        template,
-        cfg.trainer.micro_batch_size,
-        cfg.seed,
-        cfg.paths.cache_dir,
-        group_size=cfg.trainer.effective_batch_size,
-    )
+    data = build_datamodule(cfg, tokenizer, template)
     data.prepare_data()
     data.setup("fit")
     loader = data.train_dataloader()
@@ -425,7 +417,7 @@ def test_packed_batches_from_the_data_module_train_like_the_unpacked_rows(make_c
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(0.05 * torch.randn(p.shape, generator=generator))
-    module = SFTModule(model, cfg.optimizer, cfg.scheduler)
+    module = SFTModule(model, cfg.optimizer, cfg.scheduler, cfg.trainer)
     results = []
     for batch in (packed, unpacked):
         model.zero_grad()

@@ -1,0 +1,1 @@
+"""Serving a trained run: export (merge), terminal chat, the OpenAI-compatible server and client."""

@@ -1,0 +1,1 @@
+"""Training: the steps of a run, model and adapter, the Lightning module and trainer, and run safety."""
