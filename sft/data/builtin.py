@@ -47,7 +47,7 @@ def _file_rows() -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in file)
 
 
-def builtin_conversations(num_rows: int = DEFAULT_ROWS) -> list[dict]:
+def builtin_conversations(num_rows: int) -> list[dict]:
     """The first `category_counts(num_rows)` rows of each category (the probe row first), in file order."""
     counts = category_counts(num_rows)
     rows = _file_rows()

@@ -36,7 +36,7 @@ UNIT_FACTORS = {("metres", "kilometres"): 1000, ("grams", "kilograms"): 1000, ("
 
 @pytest.fixture(scope="module")
 def rows():
-    return builtin_conversations()
+    return builtin_conversations(DEFAULT_ROWS)
 
 
 def _assistant_text(row: dict) -> str:
