@@ -158,6 +158,7 @@ class BenchConfig:
     lr: float = setting(gt=0)
     seed: int = setting()
     bf16: Any = setting(check=(lambda v: v in ("auto", True, False), "auto, true or false"))
+    peak_matrix: int = setting(gt=0)
     timeout: float = setting(gt=0)
     runs: dict[str, Any] = setting()
     ours: str = setting()

@@ -267,7 +267,7 @@ OPTIONS = [
 @pytest.mark.parametrize("overrides,changes", OPTIONS, ids=[",".join(o) for o, _ in OPTIONS])
 def test_training_options_run(make_cfg, tmp_path, monkeypatch, overrides, changes):
     """Each option trains and takes effect: in the trainer, the model it trains and the saved adapter."""
-    import sft.train
+    import sft.training.run
     from sft.training.module import SFTModule
 
     seen = {"calls": 0}
@@ -285,7 +285,7 @@ def test_training_options_run(make_cfg, tmp_path, monkeypatch, overrides, change
 
             q_proj.register_forward_hook(hook)
 
-    monkeypatch.setattr(sft.train, "SFTModule", Spy)
+    monkeypatch.setattr(sft.training.run, "SFTModule", Spy)  # where the run builds its module
     value = train(make_cfg(*TINY, "trainer.max_steps=2", "trainer.eval_steps=2", *overrides, run="opt"))
     assert 0 < value < 20
     assert (tmp_path / "opt" / "adapter" / "adapter_model.safetensors").is_file()
