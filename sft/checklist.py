@@ -1,9 +1,13 @@
 """`python -m sft.checklist`: the production checklist of a finished run.
 
-The command's code is in `sft.eval.checklist`; this module keeps the command's name.
+The command's code is in `sft.eval.checklist`; this module keeps the command's name and
+checks the command line before that code (and torch) loads.
 """
 
-from .eval.checklist import cli
+from .config import ChecklistConfig
+from .config.overrides import deferred_cli
+
+cli = deferred_cli(ChecklistConfig, "sft.eval.checklist")
 
 if __name__ == "__main__":
     cli()

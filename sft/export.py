@@ -1,12 +1,13 @@
-"""`python -m sft.export run=<dir>`: merge a run's adapter into its base and save it.
+"""`python -m sft.export`: merge a run's adapter into its base and save it.
 
-The command's code is in `sft.serving.export`; this module keeps the command's name.
+The command's code is in `sft.serving.export`; this module keeps the command's name and
+checks the command line before that code (and torch) loads.
 """
 
-import torch
+from .config import ExportConfig
+from .config.overrides import deferred_cli
 
-from .serving.export import cli
+cli = deferred_cli(ExportConfig, "sft.serving.export")
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
     cli()

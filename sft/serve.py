@@ -1,9 +1,13 @@
 """`python -m sft.serve`: an OpenAI-compatible HTTP server for a trained run.
 
-The command's code is in `sft.serving.serve`; this module keeps the command's name.
+The command's code is in `sft.serving.serve`; this module keeps the command's name and
+checks the command line before that code (and torch) loads.
 """
 
-from .serving.serve import cli
+from .config import ServeConfig
+from .config.overrides import deferred_cli
+
+cli = deferred_cli(ServeConfig, "sft.serving.serve")
 
 if __name__ == "__main__":
     cli()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
@@ -141,6 +142,20 @@ def checked_cli(main: Callable[[], Any], schema: type, groups: tuple[str, ...] =
     def cli() -> None:
         exit_on_unknown_keys(sys.argv[1:], schema, groups)
         main()
+
+    return cli
+
+
+def deferred_cli(schema: type, module: str) -> Callable[[], None]:
+    """A command that checks the command line's keys, then imports `module` and runs its Hydra `main`.
+
+    The check needs only the schema, so a misspelt key is answered before the module's model stack
+    (torch, transformers) loads.
+    """
+
+    def cli() -> None:
+        exit_on_unknown_keys(sys.argv[1:], schema)
+        importlib.import_module(module).main()
 
     return cli
 

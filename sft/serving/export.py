@@ -157,6 +157,7 @@ def describe(out: Path, model) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """`python -m sft.export run=<run dir>`; a wrong run or output directory exits 2 with its message."""
+    torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
     try:
         check(cfg, ExportConfig)
         run = Path(cfg.run).expanduser()
@@ -171,5 +172,4 @@ def main(cfg: DictConfig) -> None:
 cli = checked_cli(main, ExportConfig)
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
     cli()
