@@ -33,6 +33,11 @@ def start_module(module: str, *args: str, log: Path, env: dict | None = None) ->
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
+def files_under(path: Path) -> set[str]:
+    """Every file below `path`, as paths relative to it."""
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+
+
 def compose_train(out: Path, log_dir: Path, cache: Path, *overrides: str):
     """Compose `train.yaml` with outputs in `out`, run directories under `log_dir` and models in `cache`."""
     GlobalHydra.instance().clear()

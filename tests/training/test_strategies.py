@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, ROOT, TINY, run_module
+from conftest import CONF, ROOT, TINY, files_under, run_module
 
 from sft.config import ConfigError, on_rank_zero, run_name, validate
 from sft.training.checkpoint import resolve_resume
@@ -337,10 +337,6 @@ def _losses(run: Path, key: str = "train/loss") -> dict[int, float]:
         return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
-def _files(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
-
-
 def _cli(root: Path, cache_dir: Path, *overrides: str) -> Path:
     """Run `python -m sft.train` with outputs under `root`; return its single run directory."""
     env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(root)}
@@ -405,7 +401,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     )
 
     # Exactly one copy of every output: rank 1 wrote no .hydra/, no files of its own, no second adapter.
-    assert _files(run) == {
+    assert files_under(run) == {
         ".hydra/config.yaml",
         ".hydra/hydra.yaml",
         ".hydra/overrides.yaml",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_module
+from conftest import TINY, files_under, run_module
 
 from sft.train import train
 
@@ -22,10 +22,6 @@ def metrics(run: Path) -> list[dict]:
 def series(run: Path, key: str) -> dict[int, float]:
     """step -> value for rows that logged `key`."""
     return {int(r["step"]): float(r[key]) for r in metrics(run) if r.get(key)}
-
-
-def files_under(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
 
 
 def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_path):
