@@ -87,7 +87,9 @@ def test_probe_answers_before_at_the_first_setup_and_after_at_the_final_validati
     trainer = SimpleNamespace(is_global_zero=True, strategy=strategy, num_val_batches=[2])
     module = SimpleNamespace(model="model")
     probes.setup(trainer, module, "validate")
+    module.model = "wrapped"  # the first validation's configure_model may shard it (FSDP, ZeRO-3)
     probes.setup(trainer, module, "fit")  # the fit after the first validation: no second "before"
+    assert calls == ["model"]
     trainer.state = SimpleNamespace(fn="validate")
     probes.on_validation_end(trainer, module)  # the validation before training: no "after" yet
     probes.on_fit_end(trainer, module)
