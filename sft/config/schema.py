@@ -27,6 +27,11 @@ LORA_BIAS = ("none", "all", "lora_only")
 DIRECTIONS = ("minimize", "maximize")
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP")
+# Training stages: what each trains on (`stage.data`), and the preference losses `stage.loss` picks from.
+STAGES = ("sft", "pt", "dpo", "kto")
+DATA_KINDS = ("conversations", "text", "pairs", "feedback")
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
+HANDOFFS = ("merge", "continue")
 # Groups of train.yaml without a schema field: multirun grids, search spaces and the optional local group.
 TRAIN_GROUPS = ("experiment", "sweep", "local")
 
@@ -71,6 +76,7 @@ class DatasetConfig:
 class DataConfig:
     """Which datasets to train on, how they are mixed, rendered, masked, cut and batched."""
 
+    kind: str = setting(choices=DATA_KINDS)
     datasets: dict[str, DatasetConfig] = setting()
     dataset_defaults: DatasetConfig = setting()
     dataset_info: str | None = setting()
@@ -128,6 +134,23 @@ class PresetConfig:
     lora_rank: int = setting()
     epochs: int = setting()
     batch_size: int = setting()
+    beta: float = setting()
+
+
+@dataclass
+class StageConfig:
+    """What the run trains: SFT on conversations, continued pre-training on raw text, DPO-family
+    preference tuning on pairs or KTO on unpaired feedback; the stage changes the batch and the loss."""
+
+    name: str = setting(choices=STAGES)
+    data: str = setting(choices=DATA_KINDS)
+    loss: str | None = setting(choices=PREFERENCE_LOSSES)
+    beta: float = setting(gt=0)
+    simpo_gamma: float = setting(ge=0)
+    desirable_weight: float = setting(gt=0)
+    undesirable_weight: float = setting(gt=0)
+    lr_scale: float = setting(gt=0)
+    packing: bool = setting()
 
 
 @dataclass
@@ -244,6 +267,9 @@ class TrainConfig:
     seed: int = setting()
     resume: str | None = setting()
     overwrite: bool = setting()
+    init_from: str | None = setting()
+    handoff: str = setting(choices=HANDOFFS)
+    stage: StageConfig = setting()
     paths: PathsConfig = setting()
     model: ModelConfig = setting()
     data: DataConfig = setting()
