@@ -27,7 +27,8 @@ from ..provenance import hydra_overrides, run_record
 from ..run_dir import RunDir
 from ..serving.export import save_final
 from .checkpoint import resolve_resume
-from .model import apply_peft, count_parameters, load_model, load_tokenizer
+from .lineage import start_model
+from .model import count_parameters, load_tokenizer
 from .module import SFTModule
 from .probe import ProbeAnswers
 from .strategy import full_state_dict, local_rank, quiet_other_ranks
@@ -67,9 +68,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
                 project_dir=SOURCE_DIR,
             )
         )
-    model = apply_peft(
-        load_model(typed.model, typed.paths.cache_dir), typed.lora, typed.trainer.gradient_checkpointing
-    )
+    model = start_model(typed, typed.paths.cache_dir)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     probe = typed.probe
