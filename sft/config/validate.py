@@ -20,7 +20,7 @@ from ..locations import find_deepspeed_config
 from ..provenance import literal_secrets
 from .overrides import entry_schema, unknown_keys
 from .rules import allowed, breaks, hints
-from .schema import DatasetConfig, TrainConfig
+from .schema import PREFERENCE_LOSSES, DatasetConfig, TrainConfig
 
 T = TypeVar("T")
 
@@ -143,7 +143,23 @@ def train_problems(c: TrainConfig) -> list[str]:
             f"objective.directions={o.directions!r}: one direction per metric of objective.metrics "
             f"({len(o.metrics)})"
         )
-    return p + _strategy_problems(c)
+    return p + _stage_problems(c) + _strategy_problems(c)
+
+
+# What each stage trains on; `stage.data` sets `data.kind`, so a stage with another kind is a mistake.
+STAGE_DATA = {"sft": "conversations", "pt": "text", "dpo": "pairs", "kto": "feedback"}
+
+
+def _stage_problems(c: TrainConfig) -> list[str]:
+    """The stage's loss and data kind agree with its name."""
+    s, p = c.stage, []
+    if s.data != STAGE_DATA[s.name]:
+        p.append(f"stage.data={s.data!r}: {STAGE_DATA[s.name]!r} for stage {s.name}")
+    if s.name == "dpo" and s.loss is None:
+        p.append(f"stage.loss=None: one of {PREFERENCE_LOSSES} for stage dpo")
+    if s.name != "dpo" and s.loss is not None:
+        p.append(f"stage.loss={s.loss!r}: null for stage {s.name} (the loss is chosen for stage=dpo only)")
+    return p
 
 
 def _strategy_problems(c: TrainConfig) -> list[str]:

@@ -44,17 +44,37 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     return (decoder, head) if decoder is not None and head is not None else None
 
 
+def kept_scores(model, head, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(score rows, wanted ids, keep mask) at the positions whose next-token label is kept.
+
+    With `head` = (decoder, output head) the head runs on those positions' hidden states only; with None
+    the model's full logits are computed and the kept rows taken from them.
+    """
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch.get("attention_mask"),
+        "position_ids": batch.get("position_ids"),
+        "use_cache": False,  # a cache would also stop transformers from building the packed-sample mask
+    }
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    if head is None:
+        scores = model(**inputs).logits[:, :-1][keep]
+    else:
+        decoder, output = head
+        scores = output(decoder(**inputs).last_hidden_state[:, :-1][keep])
+    return scores, targets[keep], keep
+
+
 def trained_token_loss(
     decoder: torch.nn.Module, head: torch.nn.Module, batch: dict
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`token_loss` of the batch, with the head applied to the hidden states of trained positions only."""
-    hidden = decoder(
-        input_ids=batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    loss_sum, correct = _loss(head(hidden[:, :-1][keep]), targets[keep])
+    scores, wanted, keep = kept_scores(None, (decoder, head), batch)
+    loss_sum, correct = _loss(scores, wanted)
     return loss_sum, keep.sum(), correct
+
+
+def token_logps(scores: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each wanted id under its score row, in fp32."""
+    return -F.cross_entropy(scores.float(), wanted, reduction="none")

@@ -1,4 +1,4 @@
-"""The LightningModule: a thin wrapper that turns the PEFT model's logits into a token-weighted loss."""
+"""The LightningModule: a thin loop around the PEFT model; what is optimised comes from the stage's objective."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import lightning as L
 import torch
 
 from ..config import SchedulerConfig, TrainerConfig
-from .loss import split_head, token_loss, trained_token_loss
+from .loss import _loss, kept_scores, split_head, token_logps
+from .objectives import TokenObjective
+from .preference import sequence_sums
 from .optim import build_optimizer
 from .resilience import NonFiniteGuard
 from .strategy import (
@@ -22,18 +24,27 @@ from .strategy import (
 
 
 class SFTModule(L.LightningModule):
-    """Trains `model` on (input_ids, attention_mask, labels) batches with loss on labelled tokens only.
+    """Trains `model` on the stage's batches with the stage's objective (token loss by default).
 
     Each micro-batch backpropagates its summed loss; before the optimizer step the gradients are
-    rescaled by 1 / (trained tokens in the whole accumulation window, over all devices), so
-    accumulation gives the same update as one large batch regardless of padding and masking.
+    rescaled by 1 / (what the loss is averaged over in the whole accumulation window, over all devices:
+    trained tokens, pairs or examples), so accumulation gives the same update as one large batch
+    regardless of padding and masking.
     Clipping to `gradient_clip_val` follows that rescaling, wherever the strategy keeps gradients.
     A step whose loss or gradient norm is not finite updates nothing (see NonFiniteGuard).
     """
 
-    def __init__(self, model, optimizer: dict, scheduler: SchedulerConfig, trainer: TrainerConfig):
+    def __init__(
+        self,
+        model,
+        optimizer: dict,
+        scheduler: SchedulerConfig,
+        trainer: TrainerConfig,
+        objective=None,
+    ):
         super().__init__()
         self.model = model
+        self.objective = objective or TokenObjective()
         self.trained_logits_only = trainer.trained_logits_only
         self._head: tuple | None | bool = False  # (decoder, head) once known; None: full logits
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
@@ -41,8 +52,9 @@ class SFTModule(L.LightningModule):
         self.guard = NonFiniteGuard(trainer.max_nonfinite_steps)
         # Checkpoints keep only trainable weights; the frozen base comes from the model config.
         self.strict_loading = False
-        self._window = torch.zeros(2)  # summed loss, trained tokens since the last optimizer step
-        self._val = torch.zeros(3)  # summed loss, trained tokens, correct predictions
+        width = len(self.objective.keys)  # summed loss, what it averages over, then the objective's own
+        self._window = torch.zeros(width)  # since the last optimizer step
+        self._val = torch.zeros(width)
         self._since_eval = torch.zeros(2)  # summed step losses, steps since the last evaluation
 
     def on_fit_start(self) -> None:
@@ -62,58 +74,78 @@ class SFTModule(L.LightningModule):
             use_cache=False,  # a cache would also stop transformers from building the packed-sample mask
         ).logits
 
-    def token_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(summed loss, trained tokens, correct predictions); the head runs on trained positions only
-        when `trained_logits_only` and the model allows it (not under FSDP, whose root unit must run)."""
+    def _scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(score rows, wanted ids, keep mask) of the labelled positions; the head runs on those positions
+        only when `trained_logits_only` and the model allows it (not under FSDP, whose root unit must run)."""
         if self._head is False:
             sharded = self._trainer is not None and is_fsdp(self._trainer.strategy)
             self._head = split_head(self.model) if self.trained_logits_only and not sharded else None
-        if self._head is None:
-            return token_loss(self(batch), batch["labels"])
-        return trained_token_loss(*self._head, batch)
+        return kept_scores(self.model, self._head, batch)
+
+    def token_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy, trained tokens, correct predictions) of the batch."""
+        scores, wanted, keep = self._scores(batch)
+        loss_sum, correct = _loss(scores, wanted)
+        return loss_sum, keep.sum(), correct
+
+    def sequence_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed log-probability, trained tokens) of every sequence the batch's `segments` number."""
+        scores, wanted, keep = self._scores(batch)
+        segments = batch["segments"][:, 1:][keep]  # a label at t + 1 belongs to the sequence of token t + 1
+        return sequence_sums(token_logps(scores, wanted), segments, int(batch["num_sequences"]))
+
+    def reference_logps(self, batch: dict) -> torch.Tensor:
+        """The reference's summed log-probability of every sequence: computed before training and carried
+        by the batch, or the policy with its (freshly initialised) adapter disabled, which is the start."""
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
+        with torch.no_grad(), disabled_adapter(self.model):
+            return self.sequence_logps(batch)[0]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Summed loss of one micro-batch (Lightning divides by the accumulation count)."""
-        loss_sum, n_tokens, _ = self.token_loss(batch)
-        self._window = self._window.to(loss_sum.device) + torch.stack([loss_sum.detach(), n_tokens.float()])
-        return loss_sum
+        sums = self.objective.sums(self, batch)
+        self._window = self._window.to(sums.device) + sums.detach()
+        return sums[0]
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Rescale gradients to a per-token mean over the window, clip, then log loss, lr and grad norm."""
         if not at_step_boundary(self.trainer):  # DeepSpeed calls this on every micro-batch
             return
         window = self.trainer.strategy.reduce(self._window, reduce_op="sum")
-        loss_sum, n_tokens = window[0], window[1]
-        scale = gradient_divisor(self.trainer) / n_tokens.clamp(min=1)
+        count = window[1]  # trained tokens, pairs or examples: what the loss is a mean over
+        scale = gradient_divisor(self.trainer) / count.clamp(min=1)
         grad_norm = finish_gradients(self.trainer, self.model, scale, self.gradient_clip_val)
-        loss, lr = loss_sum / n_tokens.clamp(min=1), optimizer.param_groups[0]["lr"]
-        if not self.guard.ok(loss, grad_norm, n_tokens, self.trainer.global_step, lr):
+        metrics, lr = self.objective.metrics(window), optimizer.param_groups[0]["lr"]
+        loss = metrics["loss"]
+        if not self.guard.ok(loss, grad_norm, count, self.trainer.global_step, lr):
             drop_gradients(self.trainer, optimizer)
         one_step = torch.stack([loss.detach(), torch.ones_like(loss)])
         self._since_eval = self._since_eval.to(loss.device) + one_step
         self.log("train/loss", loss, prog_bar=True)
+        for name in self.objective.train_metrics[1:]:
+            self.log(f"train/{name}", metrics[name])
         self.log("train/grad_norm", grad_norm)
         self.log("train/lr", lr, prog_bar=True)
-        self.log("train/window_tokens", n_tokens)
+        self.log(f"train/window_{self.objective.keys[1]}", count)
         self.log("train/skipped_steps", float(self.guard.skipped))
         self._window = torch.zeros_like(self._window)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Accumulate summed loss, token count and correct predictions."""
-        loss_sum, n_tokens, correct = self.token_loss(batch)
-        self._val = self._val.to(loss_sum.device) + torch.stack([loss_sum, n_tokens.float(), correct.float()])
+        """Accumulate the objective's sums."""
+        sums = self.objective.sums(self, batch).detach()
+        self._val = self._val.to(sums.device) + sums
 
     def on_validation_epoch_start(self) -> None:
         """Start a fresh validation sum."""
-        self._val = torch.zeros(3)
+        self._val = torch.zeros(len(self.objective.keys))
 
     def on_validation_epoch_end(self) -> None:
-        """Log token-weighted val loss, perplexity and token accuracy over all devices."""
-        loss_sum, n_tokens, correct = self.trainer.strategy.reduce(self._val, reduce_op="sum")
-        val_loss = loss_sum / n_tokens.clamp(min=1)
-        self.log("val/loss", val_loss, prog_bar=True)
-        self.log("val/ppl", torch.exp(val_loss.clamp(max=50)))
-        self.log("val/token_accuracy", correct / n_tokens.clamp(min=1))
+        """Log the objective's validation metrics (loss first) over all devices."""
+        metrics = self.objective.metrics(self.trainer.strategy.reduce(self._val, reduce_op="sum"))
+        val_loss = metrics["loss"]
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss")
         if self.trainer.state.fn == "fit" and self._since_eval[1] > 0:  # the train/val gap since the last one
             self.log("val/gap", val_loss - self._since_eval[0] / self._since_eval[1])
             self._since_eval = torch.zeros_like(self._since_eval)
@@ -133,3 +165,13 @@ class SFTModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the guard's step counts, so a resumed run's summary covers the whole run."""
         self.guard.load_state_dict(checkpoint.get("sft_counters", {}))
+
+
+def disabled_adapter(model):
+    """A context in which the PEFT model (also under a strategy's wrapper) runs without its adapter."""
+    inner = model
+    while not hasattr(inner, "disable_adapter") and hasattr(inner, "module"):
+        inner = inner.module  # DDP, FSDP and DeepSpeed keep the wrapped model as `.module`
+    if not hasattr(inner, "disable_adapter"):
+        raise TypeError("the reference needs a LoRA adapter to disable, or log-probabilities computed before training")
+    return inner.disable_adapter()

@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -27,10 +28,12 @@ from ..provenance import hydra_overrides, run_record
 from ..run_dir import RunDir
 from ..serving.export import save_final
 from .checkpoint import resolve_resume
-from .lineage import start_model
+from .lineage import fresh_adapter, start_model
 from .model import count_parameters, load_tokenizer
 from .module import SFTModule
+from .objectives import build_objective
 from .probe import ProbeAnswers
+from .reference import reference_logps
 from .strategy import full_state_dict, local_rank, quiet_other_ranks
 from .summary import print_summary
 from .trainer import build_trainer
@@ -76,7 +79,10 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     built = build_trainer(typed, cfg, model, probes)  # FSDP wraps the model's own layer classes
     trainer = built.trainer
     quiet_other_ranks(trainer.global_rank)  # now known on every node
-    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer)
+    objective = build_objective(typed.stage)
+    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer, objective)
+    if objective.needs_reference and not fresh_adapter(typed):  # no adapter to disable: compute it now
+        datamodule.reference = partial(reference_logps, module, batch_size=typed.trainer.micro_batch_size)
 
     run_info = {
         "batch": asdict(built.plan),
@@ -99,12 +105,15 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
 
     summary = {
         "output_dir": str(out),
+        "stage": typed.stage.name,
         "global_step": trainer.global_step,
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
         "val_loss": _metric(final, "val/loss"),
         "val_ppl": _metric(final, "val/ppl"),
         "val_token_accuracy": _metric(final, "val/token_accuracy"),
+        "val": {name: float(value) for name, value in final.items()},  # every metric of the stage
+        "initial_val": {name: float(value) for name, value in initial.items()},
         "best_checkpoint": built.best.best_model_path or None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_cuda_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)

@@ -52,6 +52,7 @@ FIELDS = (
     Field(
         "batch_size", "preset.batch_size", "effective batch", int, derived=("trainer.effective_batch_size",)
     ),
+    Field("beta", "preset.beta", "beta (dpo, kto)", derived=("stage.beta",)),
     Field("micro_batch_size", "trainer.micro_batch_size", "micro-batch", int),
     Field("cutoff_len", "data.cutoff_len", "cutoff (tokens)", int),
     Field("warmup_ratio", "scheduler.warmup_ratio", "warm-up ratio"),
