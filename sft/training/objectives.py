@@ -108,7 +108,14 @@ class FeedbackObjective:
         b = logps.shape[0] // 2  # sequences 0..b-1 are the completions, b..2b-1 the KL rows
         desirable = batch["label"].to(torch.bool)
         losses, rewards, kl = kto_loss(
-            logps[:b], ref[:b], logps[b:], ref[b:], desirable, self.beta, *self.weights
+            logps[:b],
+            ref[:b],
+            logps[b:],
+            ref[b:],
+            desirable,
+            beta=self.beta,
+            desirable_weight=self.weights[0],
+            undesirable_weight=self.weights[1],
         )
         zero = torch.zeros((), dtype=logps.dtype, device=logps.device)
         row = [

@@ -421,9 +421,9 @@ def test_packed_batches_from_the_data_module_train_like_the_unpacked_rows(make_c
     results = []
     for batch in (packed, unpacked):
         model.zero_grad()
-        module._window = torch.zeros(2)
+        module._window = torch.zeros(3)
         module.training_step(batch, 0).backward()
-        loss_sum, n_tokens = module._window
+        loss_sum, n_tokens, _ = module._window
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((float(loss_sum / n_tokens), int(n_tokens), grads))
     (packed_loss, packed_tokens, packed_grads), (loss, tokens, grads) = results

@@ -183,7 +183,7 @@ def test_a_micro_batch_adds_its_summed_loss_and_tokens_to_the_window():
     for _ in range(2):
         loss = m.training_step(batch, 0)
     assert loss.item() == pytest.approx(2 * CE_HIT, abs=1e-6)
-    assert m._window.tolist() == pytest.approx([4 * CE_HIT, 4.0], abs=1e-6)
+    assert m._window.tolist() == pytest.approx([4 * CE_HIT, 4.0, 4.0], abs=1e-6)  # both targets hit
     assert batch_counts(batch).tolist() == [3, 2, 3]  # what the throughput callback adds per micro-batch
 
 
@@ -194,7 +194,7 @@ def optimizer(m, lr=0.1):
 def test_the_step_rescales_to_a_per_token_mean_over_the_window_and_all_devices():
     # 2 devices, each with 10.0 summed over 4 tokens: 8 tokens; Lightning and DDP divided by 2 x 2.
     m = module(devices=2, accumulate=2)
-    m._window = torch.tensor([10.0, 4.0])
+    m._window = torch.tensor([10.0, 4.0, 0.0])
     m.model.w.grad = torch.tensor([6.0, 8.0])
     opt = optimizer(m)
     m.on_before_optimizer_step(opt)
@@ -207,14 +207,14 @@ def test_the_step_rescales_to_a_per_token_mean_over_the_window_and_all_devices()
         "train/skipped_steps": 0.0,
     }
     assert m.bars == {"train/loss", "train/lr"}
-    assert m._window.tolist() == [0.0, 0.0]
+    assert m._window.tolist() == [0.0, 0.0, 0.0]
     assert m._since_eval.tolist() == [2.5, 1.0]
     assert m.guard.empty == 0
 
 
 def test_clipping_uses_the_configured_bound():
     m = module(devices=1, accumulate=1, clip=1.0)
-    m._window = torch.tensor([3.0, 1.0])
+    m._window = torch.tensor([3.0, 1.0, 0.0])
     m.model.w.grad = torch.tensor([3.0, 4.0])
     m.on_before_optimizer_step(optimizer(m))
     assert m.model.w.grad.tolist() == pytest.approx([0.6, 0.8])
@@ -223,7 +223,7 @@ def test_clipping_uses_the_configured_bound():
 
 def test_a_window_without_trained_tokens_is_counted_and_divides_by_one():
     m = module(devices=1, accumulate=1)
-    m._window = torch.tensor([0.0, 0.0])
+    m._window = torch.tensor([0.0, 0.0, 0.0])
     m.model.w.grad = torch.tensor([1.0, 0.0])
     m.on_before_optimizer_step(optimizer(m))
     assert m.guard.empty == 1
@@ -233,12 +233,12 @@ def test_a_window_without_trained_tokens_is_counted_and_divides_by_one():
 
 def test_a_non_finite_step_drops_the_gradients_and_counts_the_skip():
     m = module(max_bad=2)
-    m._window = torch.tensor([float("nan"), 2.0])
+    m._window = torch.tensor([float("nan"), 2.0, 0.0])
     m.model.w.grad = torch.tensor([1.0, 1.0])
     m.on_before_optimizer_step(optimizer(m))
     assert m.model.w.grad is None
     assert m.logged["train/skipped_steps"] == 1.0
-    m._window = torch.tensor([float("inf"), 2.0])
+    m._window = torch.tensor([float("inf"), 2.0, 0.0])
     with pytest.raises(
         Diverged, match=r"for 2 optimizer steps in a row \(at step 4\).*optimizer.lr \(now 0.1\)"
     ):
@@ -249,20 +249,20 @@ def test_between_deepspeed_micro_batches_nothing_happens():
     m = module()
     m.trainer.strategy = DeepSpeedStrategy()
     m.trainer.model = SimpleNamespace(is_gradient_accumulation_boundary=lambda: False)
-    m._window = torch.tensor([10.0, 4.0])
+    m._window = torch.tensor([10.0, 4.0, 0.0])
     m.model.w.grad = torch.tensor([6.0, 8.0])
     m.on_before_optimizer_step(optimizer(m))
-    assert m.model.w.grad.tolist() == [6.0, 8.0] and m.logged == {} and m._window.tolist() == [10.0, 4.0]
+    assert m.model.w.grad.tolist() == [6.0, 8.0] and m.logged == {} and m._window.tolist() == [10.0, 4.0, 0.0]
 
 
 def test_the_window_follows_the_loss_onto_its_device():
-    # The meta device stands in for a GPU: a window left on the CPU cannot add a 2-element loss row there.
+    # The meta device stands in for a GPU: a window left on the CPU cannot add a loss row there.
     m = module()
     meta = torch.device("meta")
     m.token_loss = lambda batch: (
         torch.zeros((), device=meta),
         torch.zeros((), dtype=torch.long, device=meta),
-        None,
+        torch.zeros((), dtype=torch.long, device=meta),
     )
     m.training_step({"input_ids": torch.zeros(1, 3, dtype=torch.long), "num_tokens": torch.tensor(3)}, 0)
     assert m._window.device == meta
