@@ -187,6 +187,8 @@ def _weighted(ds: Dataset, weight: float, seed: int) -> Dataset:
 def mix(parts: dict[str, Dataset], weights: dict[str, float], strategy: str, seed: int) -> Dataset:
     """Combine the (tokenized) training parts: weighted concatenation or weighted interleaving."""
     names = [n for n in parts if len(parts[n])]
+    if not names:  # nothing survived tokenization; the caller reports why
+        return next(iter(parts.values()))
     if strategy == "concat":
         return concatenate_datasets([_weighted(parts[n], weights[n], seed) for n in names])
     if len(names) == 1:

@@ -60,11 +60,17 @@ def _response(value: object, key: str, fmt: str, tags: Mapping | None) -> object
     text = value if isinstance(value, str) else value.get(content_key) if isinstance(value, Mapping) else None
     if isinstance(text, str) and not text.strip():
         raise MalformedRow(f"{key!r} is an empty response")
-    if fmt == "alpaca" or not isinstance(value, str):
+    if fmt == "alpaca":
         return value
-    if fmt == "messages":
-        return {"role": "assistant", "content": value}
-    return {resolved["role_tag"]: resolved["assistant_tag"], resolved["content_tag"]: value}
+    # A side is the assistant's answer by definition: a bare string or a turn without a role is one.
+    role_key, assistant = (
+        ("role", "assistant") if fmt == "messages" else (resolved["role_tag"], resolved["assistant_tag"])
+    )
+    if isinstance(value, str):
+        return {role_key: assistant, content_key: value}
+    if isinstance(value, Mapping) and role_key not in value:
+        return {role_key: assistant, **value}
+    return value
 
 
 def _with_response(row: Mapping, fmt: str, cols: Mapping, turn: object) -> dict:
