@@ -29,9 +29,17 @@ def test_every_group_has_options():
     assert len(OPTIONS) >= 30
 
 
+DATA_OF = {"pt": "c4", "dpo": "dpo_en", "kto": "kto_en"}
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_option_composes_and_validates(make_cfg, group, option):
     overrides = [f"{group}={option}"]
+    # Data of another kind than conversations validates under its stage, and a stage with its data.
+    if group == "data" and option in DATA_OF.values():
+        overrides.append("stage=" + next(stage for stage, data in DATA_OF.items() if data == option))
+    if group == "stage" and option in DATA_OF:
+        overrides.append(f"data={DATA_OF[option]}")
     if (group, option) == ("data", "mix"):
         overrides.append("data.datasets=[alpaca_en,self_cognition]")
     if (group, option) == ("data", "base"):  # shared processing only: names no dataset

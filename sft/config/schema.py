@@ -64,6 +64,7 @@ class DatasetConfig:
     subset: str | None = setting()
     split: str = setting()
     format: str = setting(choices=FORMATS)
+    kind: str | None = setting(choices=DATA_KINDS)
     columns: dict[str, str] = setting()
     tags: dict[str, str] = setting()
     num_rows: int = setting(gt=0)

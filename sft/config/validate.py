@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.formats import mapping_problems
+from ..data.kinds import kind_problems
 from ..data.registry import expand_datasets, missing_path
 from ..errors import ConfigError
 from ..locations import find_deepspeed_config
@@ -124,6 +125,7 @@ def train_problems(c: TrainConfig) -> list[str]:
         )
     for name, entry in c.data.datasets.items():
         p += _dataset_problems(f"data.datasets.{name}", entry)
+    p += kind_problems(c.data.datasets, c.data.kind, c.stage.name)
     lr = c.optimizer.get("lr")
     if not (isinstance(lr, (int, float)) and lr > 0):
         p.append(f"optimizer.lr={lr!r}: a positive number")

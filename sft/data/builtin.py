@@ -19,14 +19,26 @@ DATA_FILE = Path(__file__).with_name("builtin.jsonl")
 DEFAULT_ROWS = 480  # the default config's data.datasets.builtin.num_rows
 MAX_ROWS = 1000
 
-CATEGORIES = ("creative_writing", "question_answering", "code", "analysis_reasoning", "conversational",
-              "self_cognition")
+CATEGORIES = (
+    "creative_writing",
+    "question_answering",
+    "code",
+    "analysis_reasoning",
+    "conversational",
+    "self_cognition",
+)
 SELF_COGNITION_PROBE = "Who are you?"
 
 # Shares in units of 1/10000 so the split is exact integer arithmetic: self-cognition takes 15% and
 # the guide's 20/25/15/20/20 balance is applied to the remaining 85%.
-_WEIGHTS = {"creative_writing": 1700, "question_answering": 2125, "code": 1275,
-            "analysis_reasoning": 1700, "conversational": 1700, "self_cognition": 1500}
+_WEIGHTS = {
+    "creative_writing": 1700,
+    "question_answering": 2125,
+    "code": 1275,
+    "analysis_reasoning": 1700,
+    "conversational": 1700,
+    "self_cognition": 1500,
+}
 
 
 def category_counts(num_rows: int) -> dict[str, int]:

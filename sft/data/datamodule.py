@@ -1,4 +1,8 @@
-"""The LightningDataModule: prepared token rows → padded or packed micro-batches."""
+"""The LightningDataModule: prepared token rows → padded or packed micro-batches.
+
+conversations and text give one sequence per example (`PadCollator` / `PackedCollator`); pairs and
+feedback give two, batched by `paired_batches` (its docstring holds their batch contract).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,13 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import DataConfig, TrainConfig
 from .collate import PackedCollator, PadCollator
 from .packing import PackedDataset, pack, packing_efficiency
+from .paired_batches import (
+    SEQUENCES,
+    PairedPackedCollator,
+    PairedPackedDataset,
+    PairedPadCollator,
+    batch_columns,
+)
 from .preprocess import Prepared, prepare
 from .stats import DataStats
 from .templates import Template
@@ -185,27 +196,41 @@ class SFTDataModule(L.LightningDataModule):
         # Plain lists, read once: the sampler indexes lengths row by row, slow on a datasets Column.
         columns = self.prepared.train.select_columns(["length", "complexity"])[:]
         lengths = columns["length"]
-        rows = self.prepared.train.with_format(columns=["input_ids", "labels"])
+        rows = self.prepared.train.with_format(columns=batch_columns(self.cfg.kind))
         stages = None
         if self.cfg.curriculum != "none":
             stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
         if self.cfg.packing:
-            bins, stages = pack_by_stage(lengths, self.cfg.cutoff_len, self.seed, stages)
+            capacity = self.capacity
+            bins, stages = pack_by_stage(lengths, capacity, self.seed, stages)
             self.stats.packed_rows = len(bins)
-            self.stats.packing_efficiency = round(packing_efficiency(lengths, bins, self.cfg.cutoff_len), 4)
+            self.stats.packing_efficiency = round(packing_efficiency(lengths, bins, capacity), 4)
             log.info(
                 "packing: %d examples into %d rows of up to %d tokens (%.1f%% filled)",
                 len(lengths),
                 len(bins),
-                self.cfg.cutoff_len,
+                capacity,
                 100 * self.stats.packing_efficiency,
             )
-            rows = PackedDataset(rows, bins, lengths)
+            if self.paired:
+                rows = PairedPackedDataset(rows, bins, self.cfg.kind, lengths)
+            else:
+                rows = PackedDataset(rows, bins, lengths)
             lengths = rows.lengths
         if stages is not None:
             described = describe_stages(stages, columns["complexity"], self.cfg.packing)
             log.info("curriculum %s: %s", self.cfg.curriculum, described)
         self.train_set, self.train_lengths, self.train_stages = rows, lengths, stages
+
+    @property
+    def paired(self) -> bool:
+        """Whether an example is two sequences (pairs: chosen, rejected; feedback: completion, KL row)."""
+        return self.cfg.kind in SEQUENCES
+
+    @property
+    def capacity(self) -> int:
+        """Tokens a packed row holds: cutoff_len, twice that when an example is two sequences (together)."""
+        return self.cfg.cutoff_len * (2 if self.paired else 1)
 
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)
@@ -217,10 +242,12 @@ class SFTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Micro-batches in a (seed, epoch)-determined order, this rank's share of it."""
-        if self.cfg.packing:
+        if self.cfg.packing and self.paired:
+            collate = PairedPackedCollator(self.cfg.kind, self.pad_id, flatten=self.flatten_packed)
+        elif self.cfg.packing:
             collate = PackedCollator(self.pad_id, flatten=self.flatten_packed)
         else:
-            collate = PadCollator(self.pad_id)
+            collate = self._pad_collator()
         return ResumableLoader(
             self.train_set,
             batch_size=self.micro_batch_size,
@@ -233,6 +260,10 @@ class SFTDataModule(L.LightningDataModule):
             pin_memory=PIN_MEMORY,
             position=self._batches_trained,
         )
+
+    def _pad_collator(self):
+        """The padded form of this kind's batches (validation always uses it)."""
+        return PairedPadCollator(self.cfg.kind, self.pad_id) if self.paired else PadCollator(self.pad_id)
 
     def _batches_trained(self) -> int:
         """Micro-batches the training loop has processed in the current epoch."""
@@ -247,10 +278,10 @@ class SFTDataModule(L.LightningDataModule):
         val = self.prepared.val
         rank, replicas = self._shard()
         return DataLoader(
-            val.with_format(columns=["input_ids", "labels"]) if len(val) else [],
+            val.with_format(columns=batch_columns(self.cfg.kind)) if len(val) else [],
             batch_size=self.micro_batch_size,
             sampler=(range(rank, len(val), replicas) or [rank % len(val)]) if len(val) else None,
-            collate_fn=PadCollator(self.pad_id),
+            collate_fn=self._pad_collator(),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
             pin_memory=PIN_MEMORY,

@@ -16,8 +16,11 @@ from pathlib import Path
 from ..errors import DataFileError, MalformedRow
 
 FORMATS = ("auto", "alpaca", "sharegpt", "messages")
-SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+# .txt holds raw text (one document per non-empty line) and is read only for continued pre-training.
+SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
 
+# Preference columns (LLaMA-Factory's names): the two sides of a ranking pair, a KTO row's label.
+PREFERENCE_COLUMNS = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label"}
 # LLaMA-Factory column names, per format, with the row keys they default to.
 COLUMNS = {
     "alpaca": {
@@ -27,9 +30,10 @@ COLUMNS = {
         "system": "system",
         "history": "history",
         "tools": "tools",
+        **PREFERENCE_COLUMNS,
     },
-    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
-    "messages": {"messages": "messages", "system": "system", "tools": "tools"},
+    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools", **PREFERENCE_COLUMNS},
+    "messages": {"messages": "messages", "system": "system", "tools": "tools", **PREFERENCE_COLUMNS},
 }
 REQUIRED_COLUMNS = {"prompt", "response", "messages"}
 # LLaMA-Factory ShareGPT tags with their defaults.
@@ -101,9 +105,15 @@ def read_source(path: str | Path) -> Iterator[tuple[str, object]]:
 
 
 def read_file(path: str | Path) -> Iterator[tuple[str, object]]:
-    """Yield (location, row) for every row of one .json, .jsonl, .parquet or .csv file."""
+    """Yield (location, row) for every row of one .json, .jsonl, .parquet, .csv or .txt file."""
     path = Path(path)
-    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet, ".csv": _read_csv}
+    readers = {
+        ".json": _read_json,
+        ".jsonl": _read_jsonl,
+        ".parquet": _read_parquet,
+        ".csv": _read_csv,
+        ".txt": _read_txt,
+    }
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise _unsupported(path)
@@ -221,6 +231,14 @@ def _read_csv(path: Path) -> Iterator[tuple[str, object]]:
         raise DataFileError(f"{path}: cannot read CSV ({err})") from None
     for index, row in enumerate(table.to_pylist(), 1):
         yield f"{path}:row {index}", row
+
+
+def _read_txt(path: Path) -> Iterator[tuple[str, object]]:
+    """One {"text": line} row per non-empty line, as Hugging Face datasets' text loader reads documents."""
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield f"{path}:{lineno}", {"text": line}
 
 
 # -------------------------------------------------------------------------------------- normalisation

@@ -1,8 +1,9 @@
-"""Read each configured dataset into canonical conversations, then split and mix them.
+"""Read each configured dataset into canonical records, then split and mix them.
 
-A conversation travels as one JSON string column so that rows of every format share one
-Arrow schema; `source`, `location` and `category` ride beside it for reports and statistics, and
-`complexity` for curriculum ordering (0 when no curriculum is configured).
+A record (a conversation, or the text, pair or feedback record of the run's `data.kind`) travels as
+one JSON string column `conversation` so that rows of every format and kind share one Arrow schema;
+`source`, `location` and `category` ride beside it for reports and statistics, and `complexity`
+for curriculum ordering (0 when no curriculum is configured).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ..config import DataConfig, DatasetConfig
 from ..errors import DataError, DataFileError, MalformedRow
 from .builtin import builtin_conversations
 from .complexity import complexity
-from .formats import read_hub, read_source, to_conversation
+from .formats import read_hub, read_source, source_files
+from .kinds import as_conversation, normaliser
 from .stats import DataStats
 
 # One schema for every dataset, so rows of different formats (and all-null categories) concatenate.
@@ -45,12 +47,21 @@ def fill_text(text: str | None, values: dict[str, str]) -> str | None:
 
 
 def fill_placeholders(conversation: dict, values: dict[str, str]) -> dict:
-    """Fill placeholders in the system prompt and every message."""
-    return {
+    """Fill placeholders in the system prompt and every message (and both sides of a pair); raw text stays."""
+    if "text" in conversation:  # web text may hold braces of its own; pre-training takes it verbatim
+        return conversation
+    filled = {
         **conversation,
         "system": fill_text(conversation.get("system"), values),
         "messages": [{**m, "content": fill_text(m.get("content"), values)} for m in conversation["messages"]],
     }
+    for side in ("chosen", "rejected"):
+        if side in conversation:
+            filled[side] = {
+                **conversation[side],
+                "content": fill_text(conversation[side].get("content"), values),
+            }
+    return filled
 
 
 def system_prompt(cfg: DataConfig) -> str | None:
@@ -58,8 +69,15 @@ def system_prompt(cfg: DataConfig) -> str | None:
     return fill_text(cfg.system, cfg.placeholders)
 
 
-def _rows(spec: DatasetConfig) -> Iterator[tuple[str, object]]:
+def _rows(name: str, spec: DatasetConfig, kind: str) -> Iterator[tuple[str, object]]:
     """(location, raw row) pairs of one dataset."""
+    if spec.source == "file" and kind != "text":
+        # A .txt file holds raw documents, not rows of the other kinds: say so instead of failing every line.
+        if texts := [str(f) for f in source_files(spec.path) if f.suffix.lower() == ".txt"]:
+            raise DataError(
+                f"data.datasets.{name}: {texts[0]} is raw text (.txt), read only by stage=pt "
+                f"(data.kind=text); data.kind={kind} needs .json, .jsonl, .parquet or .csv rows"
+            )
     if spec.source == "builtin":
         for row in builtin_conversations(spec.num_rows):
             yield f"builtin:{row['id']}", row
@@ -77,15 +95,16 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
     records: list[dict] = []
     seen: set[str] = set()
     first_problem = len(stats.problems)
+    normalise = normaliser(cfg.kind)
     try:
-        for location, row in _rows(spec):
+        for location, row in _rows(name, spec, cfg.kind):
             if limit and len(records) >= limit:
                 break
             counts.rows += 1
             if isinstance(row, dict):
                 seen.update(row)
             try:
-                conversation = to_conversation(row, spec.format, spec.columns, spec.tags)
+                conversation = normalise(row, spec.format, spec.columns, spec.tags)
                 conversation = fill_placeholders(conversation, placeholders)
             except MalformedRow as err:
                 counts.malformed += 1
@@ -126,7 +145,7 @@ def _complexity(row: object, conversation: dict) -> float:
     given = row.get("complexity") if isinstance(row, dict) else None
     if isinstance(given, (int, float)) and not isinstance(given, bool):
         return float(given)
-    return complexity(conversation)
+    return complexity(as_conversation(conversation))
 
 
 def val_counts(sizes: dict[str, int], val_size: float) -> dict[str, int]:
@@ -168,6 +187,8 @@ def _weighted(ds: Dataset, weight: float, seed: int) -> Dataset:
 def mix(parts: dict[str, Dataset], weights: dict[str, float], strategy: str, seed: int) -> Dataset:
     """Combine the (tokenized) training parts: weighted concatenation or weighted interleaving."""
     names = [n for n in parts if len(parts[n])]
+    if not names:  # nothing survived tokenization; the caller reports why
+        return next(iter(parts.values()))
     if strategy == "concat":
         return concatenate_datasets([_weighted(parts[n], weights[n], seed) for n in names])
     if len(names) == 1:

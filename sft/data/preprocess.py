@@ -25,6 +25,8 @@ from ..config import DataConfig, to_plain
 from ..errors import DataError
 from .formats import source_files
 from .loading import mix, read_dataset, split, val_counts, with_problems
+from .preference_tokens import SIDES, encode_feedback, encode_pair, kl_rows
+from .raw_text import chunk_text, eos_id
 from .stats import KEPT, DatasetStats, DataStats
 from .templates import Template
 from .tokenize import IGNORE_INDEX, encode
@@ -37,8 +39,12 @@ _CODE = (
     "builtin.py",
     "complexity.py",
     "formats.py",
+    "kinds.py",
     "loading.py",
+    "preference.py",
+    "preference_tokens.py",
     "preprocess.py",
+    "raw_text.py",
     "registry.py",
     "stats.py",
     "templates.py",
@@ -46,15 +52,81 @@ _CODE = (
 )
 
 
+def _trained(labels: list[int]) -> int:
+    return sum(1 for t in labels if t != IGNORE_INDEX)
+
+
 class Encoder:
-    """Batched `datasets.map` function: encodes each conversation and records its status (picklable)."""
+    """Batched `datasets.map` function: encodes each record of the run's data.kind and records its status.
+
+    Picklable. conversations: input_ids, labels; text: input_ids, labels of each chunk (a document may
+    give several rows, so every column comes back); pairs: chosen_/rejected_ input_ids and labels;
+    feedback: input_ids, labels, label, prompt_len (the KL rows are added after filtering, by `with_kl`).
+    Every kind also gives status, length (the tokens the example takes in a batch) and trained.
+    """
 
     def __init__(self, tokenizer, template: Template, cfg: DataConfig):
         self.tokenizer, self.template = tokenizer, template
         self.cutoff_len, self.truncation = cfg.cutoff_len, cfg.truncation
         self.train_on_prompt, self.mask_history = cfg.train_on_prompt, cfg.mask_history
+        self.kind = cfg.kind
+        if self.kind == "text":
+            eos_id(tokenizer)  # fail on the config, not once per row inside datasets.map
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        """The encoded rows of the batch (see the class docstring for the columns of each kind)."""
+        if self.kind == "text":
+            return self._text(batch)
+        if self.kind == "pairs":
+            return self._pairs(batch)
+        if self.kind == "feedback":
+            return self._feedback(batch)
+        return self._conversations(batch)
+
+    def _text(self, batch: dict[str, list]) -> dict[str, list]:
+        """One row per chunk, every label trained; the other columns repeat for each chunk of a document."""
+        out: dict[str, list] = {k: [] for k in (*batch, "input_ids", "labels", "status", "length", "trained")}
+        for i, text in enumerate(batch["conversation"]):
+            chunks = chunk_text(json.loads(text)["text"], self.tokenizer, self.cutoff_len)
+            for ids in chunks:
+                for key in batch:
+                    out[key].append(batch[key][i])
+                out["input_ids"].append(ids)
+                out["labels"].append(list(ids))
+                out["status"].append("ok" if len(chunks) == 1 else "split")
+                out["length"].append(len(ids))
+                out["trained"].append(len(ids))
+        return out
+
+    def _pairs(self, batch: dict[str, list]) -> dict[str, list]:
+        """Both sides of every pair; length counts the two sides together, as they travel in a batch."""
+        keys = [f"{side}_{k}" for side in SIDES for k in ("input_ids", "labels")]
+        out: dict[str, list] = {k: [] for k in (*keys, "status", "length", "trained")}
+        for text in batch["conversation"]:
+            encoded = encode_pair(
+                json.loads(text), self.tokenizer, self.template, self.cutoff_len, self.truncation
+            )
+            for key in (*keys, "status"):
+                out[key].append(encoded[key])
+            out["length"].append(sum(len(encoded[f"{side}_input_ids"]) for side in SIDES))
+            out["trained"].append(sum(_trained(encoded[f"{side}_labels"]) for side in SIDES))
+        return out
+
+    def _feedback(self, batch: dict[str, list]) -> dict[str, list]:
+        """The labelled completion of every row (length grows by the KL row in `with_kl`)."""
+        keys = ("input_ids", "labels", "prompt_len", "status")
+        out: dict[str, list] = {k: [] for k in (*keys, "label", "length", "trained")}
+        for text in batch["conversation"]:
+            record = json.loads(text)
+            encoded = encode_feedback(record, self.tokenizer, self.template, self.cutoff_len, self.truncation)
+            for key in keys:
+                out[key].append(encoded[key])
+            out["label"].append(bool(record["label"]))
+            out["length"].append(len(encoded["input_ids"]))
+            out["trained"].append(_trained(encoded["labels"]))
+        return out
+
+    def _conversations(self, batch: dict[str, list]) -> dict[str, list]:
         """Token ids, labels, status, length and trained-token count for every row of the batch."""
         out: dict[str, list] = {"input_ids": [], "labels": [], "status": [], "length": [], "trained": []}
         for text in batch["conversation"]:
@@ -128,7 +200,11 @@ def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats) 
     """Encode every row, count and report the ones that cannot be trained on, keep the rest."""
     if not len(ds):
         return ds
-    ds = ds.map(encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None)
+    # Text chunking returns more rows than it is given, so every column comes back from the encoder.
+    remove = ds.column_names if encoder.kind == "text" else None
+    ds = ds.map(
+        encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=remove
+    )
     keep = []
     # One read of the three columns: iterating a datasets Column formats every row on its own.
     columns = ds.select_columns(["status", "source", "location"])[:]
@@ -145,7 +221,19 @@ def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats) 
         stats.problems.append(problem)
         if cfg.strict or (status == "too_long" and cfg.truncation == "error"):
             raise DataError(problem)
-    return ds.select(keep) if len(keep) < len(ds) else ds
+    ds = ds.select(keep) if len(keep) < len(ds) else ds
+    return with_kl(ds, cfg.cutoff_len) if encoder.kind == "feedback" else ds
+
+
+def with_kl(ds: Dataset, cutoff_len: int) -> Dataset:
+    """Add KTO's KL rows (kl_input_ids, kl_labels; see `kl_rows`) to kept rows; length counts both."""
+    if not len(ds):
+        return ds
+    columns = ds.select_columns(["input_ids", "labels", "prompt_len"])[:]
+    kl_ids, kl_labels = kl_rows(columns["input_ids"], columns["labels"], columns["prompt_len"], cutoff_len)
+    lengths = [len(a) + len(b) for a, b in zip(columns["input_ids"], kl_ids, strict=True)]
+    ds = ds.remove_columns("length").add_column("kl_input_ids", kl_ids).add_column("kl_labels", kl_labels)
+    return ds.add_column("length", lengths)
 
 
 def build(cfg: DataConfig, tokenizer, template: Template, seed: int) -> Prepared:

@@ -40,6 +40,39 @@ def highlight(tokenizer, input_ids: list[int], labels: list[int], color: bool) -
     return "".join(pieces)
 
 
+def _prompt_len(labels: list[int]) -> int:
+    """Tokens before the first trained one: the prompt of a pair's side."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def show_example(tokenizer, row: dict, kind: str, color: bool) -> list[str]:
+    """The lines that show one prepared row of `kind` with its trained tokens marked."""
+    if kind == "pairs":
+        ids, labels = row["chosen_input_ids"], row["chosen_labels"]
+        cut = _prompt_len(labels)
+        return [
+            "[prompt]",
+            tokenizer.decode(ids[:cut]),
+            *(
+                line
+                for side in ("chosen", "rejected")
+                for line in (
+                    f"[{side}]",
+                    highlight(tokenizer, row[f"{side}_input_ids"][cut:], row[f"{side}_labels"][cut:], color),
+                )
+            ),
+        ]
+    if kind == "feedback":
+        desirable = "desirable" if row["label"] else "undesirable"
+        return [
+            f"[label: {row['label']} ({desirable})]",
+            highlight(tokenizer, row["input_ids"], row["labels"], color),
+            "[KL row: this prompt with another row's completion]",
+            highlight(tokenizer, row["kl_input_ids"], row["kl_labels"], color),
+        ]
+    return [highlight(tokenizer, row["input_ids"], row["labels"], color)]
+
+
 def report(stats: DataStats) -> str:
     """A plain-text table of the data statistics."""
     cols = (
@@ -49,6 +82,7 @@ def report(stats: DataStats) -> str:
         "train",
         "val",
         "truncated",
+        *(["split"] if stats.total("split") else []),  # raw-text chunks: pt only
         "too_long",
         "no_trained_token",
         "invalid",
@@ -91,7 +125,7 @@ def preview(cfg: DictConfig) -> str:
         out += [
             f"--- {options.split} example {i} ({row['source']}, {row['length']} tokens, "
             f"{row['trained']} trained) ---",
-            highlight(tokenizer, row["input_ids"], row["labels"], color),
+            *show_example(tokenizer, row, typed.data.kind, color),
         ]
     out += [
         "",

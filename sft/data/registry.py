@@ -24,9 +24,11 @@ from .formats import SUFFIXES, source_files
 CONF_DATA = CONF_DIR / "data"
 
 # LLaMA-Factory dataset_info.json keys we understand, and the ones we refuse with a reason.
-_INFO_KEYS = {"file_name", "hf_hub_url", "formatting", "columns", "tags", "split", "subset", "num_samples"}
+_INFO_KEYS = {
+    *("file_name", "hf_hub_url", "formatting", "columns", "tags", "split", "subset", "num_samples"),
+    "ranking",
+}
 _INFO_REFUSED = {
-    "ranking": "preference (ranking) data is for DPO-style training, not SFT",
     "ms_hub_url": "ModelScope hub datasets are not supported; use file_name or hf_hub_url",
     "om_hub_url": "Modelers hub datasets are not supported; use file_name or hf_hub_url",
     "script_url": "loading scripts are not supported; use file_name or hf_hub_url",
@@ -99,6 +101,8 @@ def from_dataset_info(name: str, entry: dict, base_dir: Path) -> dict:
             out[ours] = entry[theirs]
     if entry.get("num_samples"):
         out["max_samples"] = entry["num_samples"]
+    if entry.get("ranking"):  # preference pairs; kto_tag and raw-text entries are told by their columns
+        out["kind"] = "pairs"
     return out
 
 

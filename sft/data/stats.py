@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-# Encoder statuses that keep a row; every other status skips it and is reported.
-KEPT = ("ok", "truncated")
+# Encoder statuses that keep a row; every other status skips it and is reported. "split": a chunk of a
+# raw-text document longer than cutoff_len (continued pre-training), kept like any other row.
+KEPT = ("ok", "truncated", "split")
 
 
 @dataclass
 class DatasetStats:
-    """Counts for one dataset: rows read, malformed, kept after tokenization and why others were not."""
+    """Counts for one dataset: rows read, malformed, kept after tokenization and why others were not.
+
+    `split` counts the chunks cut from raw-text documents longer than cutoff_len (each a training row).
+    """
 
     rows: int = 0
     malformed: int = 0
@@ -22,6 +26,7 @@ class DatasetStats:
     train: int = 0
     val: int = 0
     truncated: int = 0
+    split: int = 0
     too_long: int = 0
     no_trained_token: int = 0
     invalid: int = 0
@@ -57,6 +62,8 @@ class DataStats:
         d = self.dataset(name)
         if status == "truncated":
             d.truncated += 1
+        elif status == "split":
+            d.split += 1
         elif status.startswith("invalid"):
             d.invalid += 1
         elif status in ("too_long", "no_trained_token"):

@@ -28,10 +28,20 @@ from sft.data.builtin import (
 ROOT = Path(__file__).resolve().parents[2]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 # Written out here rather than imported, so the conversions are checked against a second source.
-UNIT_FACTORS = {("metres", "kilometres"): 1000, ("grams", "kilograms"): 1000, ("minutes", "hours"): 60,
-                ("seconds", "minutes"): 60, ("centimetres", "metres"): 100, ("millilitres", "litres"): 1000,
-                ("hours", "days"): 24, ("days", "weeks"): 7, ("inches", "feet"): 12, ("feet", "yards"): 3,
-                ("months", "years"): 12, ("millimetres", "centimetres"): 10}
+UNIT_FACTORS = {
+    ("metres", "kilometres"): 1000,
+    ("grams", "kilograms"): 1000,
+    ("minutes", "hours"): 60,
+    ("seconds", "minutes"): 60,
+    ("centimetres", "metres"): 100,
+    ("millilitres", "litres"): 1000,
+    ("hours", "days"): 24,
+    ("days", "weeks"): 7,
+    ("inches", "feet"): 12,
+    ("feet", "yards"): 3,
+    ("months", "years"): 12,
+    ("millimetres", "centimetres"): 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +57,9 @@ def _assistant_text(row: dict) -> str:
 def test_script_reproduces_the_shipped_file(tmp_path, hash_seed):
     out = tmp_path / "builtin.jsonl"
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_builtin_data.py"), str(out)], env=env,
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_builtin_data.py"), str(out)], env=env, check=True
+    )
     assert out.read_bytes() == DATA_FILE.read_bytes()
 
 
@@ -65,12 +76,33 @@ def test_smaller_sets_are_subsets_and_callers_get_copies(rows):
     assert builtin_conversations(40)[0]["messages"][0]["content"] != "changed"
 
 
-@pytest.mark.parametrize(("n", "expected"), [
-    (600, {"creative_writing": 102, "question_answering": 128, "code": 76, "analysis_reasoning": 102,
-           "conversational": 102, "self_cognition": 90}),
-    (97, {"creative_writing": 17, "question_answering": 21, "code": 12, "analysis_reasoning": 16,
-          "conversational": 16, "self_cognition": 15}),
-])
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (
+            600,
+            {
+                "creative_writing": 102,
+                "question_answering": 128,
+                "code": 76,
+                "analysis_reasoning": 102,
+                "conversational": 102,
+                "self_cognition": 90,
+            },
+        ),
+        (
+            97,
+            {
+                "creative_writing": 17,
+                "question_answering": 21,
+                "code": 12,
+                "analysis_reasoning": 16,
+                "conversational": 16,
+                "self_cognition": 15,
+            },
+        ),
+    ],
+)
 def test_exact_category_counts(n, expected):
     assert category_counts(n) == expected
     assert Counter(r["category"] for r in builtin_conversations(n)) == Counter(expected)
@@ -81,8 +113,13 @@ def test_counts_sum_exactly_and_follow_the_guide(n):
     counts = category_counts(n)
     assert sum(counts.values()) == n
     assert counts["self_cognition"] == pytest.approx(0.15 * n, abs=1)
-    for category, share in [("creative_writing", 0.20), ("question_answering", 0.25), ("code", 0.15),
-                            ("analysis_reasoning", 0.20), ("conversational", 0.20)]:
+    for category, share in [
+        ("creative_writing", 0.20),
+        ("question_answering", 0.25),
+        ("code", 0.15),
+        ("analysis_reasoning", 0.20),
+        ("conversational", 0.20),
+    ]:
         assert counts[category] == pytest.approx(0.85 * share * n, abs=1)
     assert len(builtin_conversations(n)) == n
 
@@ -129,8 +166,11 @@ def test_probe_question_is_present(rows):
     assert SELF_COGNITION_PROBE == "Who are you?"
     firsts = [r["messages"][0]["content"] for r in rows]
     assert firsts.count(SELF_COGNITION_PROBE) == 1
-    asked = [r for r in rows if any(m["role"] == "user" and m["content"] == SELF_COGNITION_PROBE
-                                    for m in r["messages"])]
+    asked = [
+        r
+        for r in rows
+        if any(m["role"] == "user" and m["content"] == SELF_COGNITION_PROBE for m in r["messages"])
+    ]
     assert len(asked) >= 3
     assert all(r["category"] == "self_cognition" for r in asked)
     for n in (7, 10, 40):  # the exact probe row is in every set with a self-cognition row
@@ -186,6 +226,7 @@ def test_category_content_shapes(rows):
 
 # --- independent re-verification of computed answers ------------------------------------------
 
+
 def _run_snippet(question: str) -> str | None:
     m = re.search(r"```python\n(.*?)```", question, re.S)
     if not m:
@@ -223,18 +264,28 @@ def _expected(question: str) -> str | None:
         (r'How many words are in this sentence: "(.+)"', lambda s: len(s.split())),
         (r"How many (\w+) are in (\d+) (\w+)\?", lambda s, n, big: int(n) * UNIT_FACTORS[(s, big)]),
         (r"Convert (\d+) (\w+) to (\w+)\.", lambda n, big, s: int(n) * UNIT_FACTORS[(s, big)]),
-        (r"today is (\w+), what day of the week will it be in (\d+) days",
-         lambda d, k: DAYS[(DAYS.index(d) + int(k)) % 7]),
-        (r"Sort these numbers from smallest to largest: ([\d, ]+)\.",
-         lambda s: ", ".join(map(str, sorted(int(x) for x in s.split(", "))))),
+        (
+            r"today is (\w+), what day of the week will it be in (\d+) days",
+            lambda d, k: DAYS[(DAYS.index(d) + int(k)) % 7],
+        ),
+        (
+            r"Sort these numbers from smallest to largest: ([\d, ]+)\.",
+            lambda s: ", ".join(map(str, sorted(int(x) for x in s.split(", ")))),
+        ),
         (r"Which is larger, (\d+/\d+) or (\d+/\d+)\?", lambda a, b: str(max(Fraction(a), Fraction(b)))),
-        (r"is (\d+) years older than (\w+)\. \w+ is (\d+)\. How old will \w+ be in (\d+) years",
-         lambda d, _, age, k: int(age) + int(d) + int(k)),
+        (
+            r"is (\d+) years older than (\w+)\. \w+ is (\d+)\. How old will \w+ be in (\d+) years",
+            lambda d, _, age, k: int(age) + int(d) + int(k),
+        ),
         (r"travels at (\d+) km/h for (\d+) hours", lambda v, t: f"{int(v) * int(t)} km"),
-        (r"If (\d+) \w+ cost (\d+) dollars, how much do (\d+) \w+ cost",
-         lambda n1, c1, n2: f"{int(c1) // int(n1) * int(n2)} dollars"),
-        (r"Is (\d+) a prime number\?",
-         lambda n: "yes" if all(int(n) % d for d in range(2, int(n))) else "no"),
+        (
+            r"If (\d+) \w+ cost (\d+) dollars, how much do (\d+) \w+ cost",
+            lambda n1, c1, n2: f"{int(c1) // int(n1) * int(n2)} dollars",
+        ),
+        (
+            r"Is (\d+) a prime number\?",
+            lambda n: "yes" if all(int(n) % d for d in range(2, int(n))) else "no",
+        ),
     ]
     for pattern, compute in patterns:
         if m := re.search(pattern, question, re.I):  # rewording for uniqueness may lower-case a letter

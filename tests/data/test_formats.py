@@ -357,7 +357,7 @@ def test_malformed_rows_say_why(row, reason):
 # ------------------------------------------------------------------------------------------- mapping
 
 
-ALPACA_COLUMNS = "allowed: history, prompt, query, response, system, tools"
+ALPACA_COLUMNS = "allowed: chosen, history, kto_tag, prompt, query, rejected, response, system, tools"
 
 
 def test_mapping_problems_name_each_bad_key_and_the_allowed_ones():
@@ -368,7 +368,8 @@ def test_mapping_problems_name_each_bad_key_and_the_allowed_ones():
         f"columns.messages: not a column of the alpaca format; {ALPACA_COLUMNS}"
     ]
     assert mapping_problems("sharegpt", {"prompt": "x"}) == [
-        "columns.prompt: not a column of the sharegpt format; allowed: messages, system, tools"
+        "columns.prompt: not a column of the sharegpt format; allowed: chosen, kto_tag, messages, rejected, "
+        "system, tools"
     ]
     assert mapping_problems("sharegpt", {}, {"speaker": "x"}) == [
         "tags.speaker: not a tag of the sharegpt format; allowed: assistant_tag, content_tag, function_tag, "
@@ -573,12 +574,12 @@ def test_a_glob_reads_the_matching_files_sorted(tmp_path):
         ("missing.jsonl", FileNotFoundError, "missing.jsonl: no such file or directory"),
         ("nothing-*.json", FileNotFoundError, r"nothing-\*.json: pattern matches no"),
         ("empty_dir", FileNotFoundError, "empty_dir: directory holds no"),
-        ("notes.txt", DataFileError, "notes.txt: unsupported file type '.txt'"),
+        ("notes.md", DataFileError, "notes.md: unsupported file type '.md'"),
     ],
 )
 def test_a_path_without_data_fails_at_once_naming_it(tmp_path, name, error, reason):
     (tmp_path / "empty_dir").mkdir()
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.md").write_text("hello")
     with pytest.raises(error, match=reason):
         read_source(tmp_path / name)  # before any row is asked for
 
