@@ -176,6 +176,8 @@ class SFTDataModule(L.LightningDataModule):
         self.train_set = None
         self.train_lengths: list[int] = []
         self.train_stages: list[int] | None = None
+        # (rows, collate) → each row's reference log-probabilities, when the stage computes them up front.
+        self.reference: Callable | None = None
 
     @property
     def stats(self) -> DataStats:
@@ -193,10 +195,12 @@ class SFTDataModule(L.LightningDataModule):
             return
         if self.prepared is None:  # built by local rank 0 in prepare_data; here it is only read
             self._prepare(rebuild=False)
+        if self.reference is not None:
+            self._add_reference()
         # Plain lists, read once: the sampler indexes lengths row by row, slow on a datasets Column.
         columns = self.prepared.train.select_columns(["length", "complexity"])[:]
         lengths = columns["length"]
-        rows = self.prepared.train.with_format(columns=batch_columns(self.cfg.kind))
+        rows = self.prepared.train.with_format(columns=self._columns(self.prepared.train))
         stages = None
         if self.cfg.curriculum != "none":
             stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
@@ -221,6 +225,18 @@ class SFTDataModule(L.LightningDataModule):
             described = describe_stages(stages, columns["complexity"], self.cfg.packing)
             log.info("curriculum %s: %s", self.cfg.curriculum, described)
         self.train_set, self.train_lengths, self.train_stages = rows, lengths, stages
+
+    def _add_reference(self) -> None:
+        """Attach the reference log-probabilities of every training and validation row (before packing)."""
+        for split in ("train", "val"):
+            rows = getattr(self.prepared, split)
+            if len(rows) and "ref_logps" not in rows.column_names:
+                values = self.reference(rows.with_format(columns=self._columns(rows)), self._pad_collator())
+                setattr(self.prepared, split, rows.add_column("ref_logps", values))
+
+    def _columns(self, rows) -> list[str]:
+        """The columns batches are built from, with the reference's when the rows carry it."""
+        return batch_columns(self.cfg.kind) + (["ref_logps"] if "ref_logps" in rows.column_names else [])
 
     @property
     def paired(self) -> bool:
@@ -278,7 +294,7 @@ class SFTDataModule(L.LightningDataModule):
         val = self.prepared.val
         rank, replicas = self._shard()
         return DataLoader(
-            val.with_format(columns=batch_columns(self.cfg.kind)) if len(val) else [],
+            val.with_format(columns=self._columns(val)) if len(val) else [],
             batch_size=self.micro_batch_size,
             sampler=(range(rank, len(val), replicas) or [rank % len(val)]) if len(val) else None,
             collate_fn=self._pad_collator(),

@@ -12,7 +12,9 @@ Batch contract (P examples in the micro-batch; the loss reads each sequence's lo
   token's sequence exactly as the padded form would: example k's first sequence is k, its second
   P + k, with examples counted through the batch's rows in order; -1 on padding.
 - both: num_tokens (0-dim long: non-padding tokens), num_sequences (0-dim long: 2P); feedback adds
-  label (bool, shape (P,), in example order).
+  label (bool, shape (P,), in example order); rows carrying a `ref_logps` column (the reference's
+  log-probabilities of both sequences, computed before training) add ref_logps (float, shape (2P,),
+  numbered like segments).
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def _labels_of(kind: str, examples: list[dict]) -> dict[str, torch.Tensor]:
     return {"label": torch.tensor([bool(e["label"]) for e in examples], dtype=torch.bool)}
 
 
+def _reference_of(pairs: list) -> dict[str, torch.Tensor]:
+    """ref_logps numbered like segments (all first sequences, then all second), when the rows carry them."""
+    if not pairs:
+        return {}
+    return {"ref_logps": torch.tensor([p[0] for p in pairs] + [p[1] for p in pairs], dtype=torch.float32)}
+
+
 class PairedPadCollator:
     """Right-pads both sequences of every example into one (2P, W) batch: first sequences, then second."""
 
@@ -63,7 +72,8 @@ class PairedPadCollator:
         rows = torch.arange(len(sequences)).unsqueeze(1)
         batch["segments"] = torch.where(batch["attention_mask"].bool(), rows, -1)
         batch["num_sequences"] = torch.tensor(len(sequences), dtype=torch.long)
-        return {**batch, **_labels_of(self.kind, examples)}
+        references = [e["ref_logps"] for e in examples if "ref_logps" in e]
+        return {**batch, **_labels_of(self.kind, examples), **_reference_of(references)}
 
 
 class PairedPackedDataset(Dataset):
@@ -90,6 +100,7 @@ class PairedPackedDataset(Dataset):
             "position_ids": [],
             "sequence": [],
             "label": [],
+            "ref_logps": [],
         }
         for k, i in enumerate(self.bins[index]):
             example = self.examples[i]
@@ -101,6 +112,8 @@ class PairedPackedDataset(Dataset):
                 row["sequence"] += [2 * k + side] * len(ids)
             if self.kind == "feedback":
                 row["label"].append(bool(example["label"]))
+            if "ref_logps" in example:
+                row["ref_logps"].append(_to_list(example["ref_logps"]))
         return {**row, "examples": len(self.bins[index])}
 
 
@@ -130,4 +143,4 @@ class PairedPackedCollator(PackedCollator):
         batch["num_sequences"] = torch.tensor(2 * total, dtype=torch.long)
         if self.kind == "feedback":
             batch["label"] = torch.tensor([label for r in rows for label in r["label"]], dtype=torch.bool)
-        return batch
+        return {**batch, **_reference_of([pair for r in rows for pair in r["ref_logps"]])}
