@@ -9,7 +9,6 @@ Nothing here imports torch: the stages do.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import subprocess
@@ -56,7 +55,9 @@ def stage_problems(cfg: PipelineConfig) -> list[str]:
         if not name_rule["check"][0](stage.name):
             problems.append(f"stages[{i}].name={stage.name!r}: {name_rule['check'][1]}")
         if stage.handoff is not None and stage.handoff not in handoff_rule["choices"]:
-            problems.append(f"stages[{i}].handoff={stage.handoff!r}: null or one of {handoff_rule['choices']}")
+            problems.append(
+                f"stages[{i}].handoff={stage.handoff!r}: null or one of {handoff_rule['choices']}"
+            )
     return problems
 
 
@@ -81,9 +82,12 @@ def stage_command(cfg: PipelineConfig, run: Path, stage: PipelineStage, parent: 
 
 def run_stage(command: list[str], log_path: Path) -> int:
     """Run one stage, its console streamed line by line to `log_path` and to stdout; return its exit code."""
-    with open(log_path, "w", encoding="utf-8") as log_file, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as process:
+    with (
+        open(log_path, "w", encoding="utf-8") as log_file,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as process,
+    ):
         try:
             for line in process.stdout:
                 log_file.write(line)
@@ -109,7 +113,9 @@ def run_pipeline(cfg: PipelineConfig) -> list[dict]:
         for index, stage in enumerate(cfg.stages, start=1):
             run = stage_dir(out, index, stage)
             if RunDir(run).finished and not cfg.overwrite:
-                log.info("stage %s: skipped, %s already finished (overwrite=true runs it again)", run.name, run)
+                log.info(
+                    "stage %s: skipped, %s already finished (overwrite=true runs it again)", run.name, run
+                )
                 rows.append(stage_row(stage, run, "skipped"))
             else:
                 log_path = out / f"{run.name}.log"

@@ -267,4 +267,3 @@ def hydra_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
-

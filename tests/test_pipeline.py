@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from conftest import TINY, run_module
 
@@ -50,7 +49,9 @@ def test_stages_chain_are_skipped_once_finished_and_a_failure_stops_the_pipeline
     assert "lora.r=0" in (out / "3-third.log").read_text()
     rows = json.loads((out / "stages.json").read_text())
     assert [(r["stage"], r["status"]) for r in rows] == [
-        ("first", "skipped"), ("second", "skipped"), ("third", "failed")
+        ("first", "skipped"),
+        ("second", "skipped"),
+        ("third", "failed"),
     ]
     assert rows[1]["val_loss"] > 0  # a skipped stage still reports its run's results
 
@@ -62,15 +63,30 @@ def test_the_table_shows_every_metric_a_run_reports_and_dashes_for_missing_ones(
     (a / "summary.json").write_text(json.dumps({"global_step": 4, "val_loss": 1.5, "batch": {"size": 8}}))
     (a / "eval" / "scores.json").write_text(json.dumps({"tuned": {"exact": {"accuracy": 0.5}}, "base": {}}))
     (b / "summary.json").write_text(
-        json.dumps({"global_step": 2, "val/rewards/accuracy": 0.75, "val/rewards/margin": 0.25, "val_token_accuracy": 0.3})
+        json.dumps(
+            {
+                "global_step": 2,
+                "val/rewards/accuracy": 0.75,
+                "val/rewards/margin": 0.25,
+                "val_token_accuracy": 0.3,
+            }
+        )
     )
     (b / "run_record.json").write_text(json.dumps({"parent": {"run": str(a), "handoff": "merge"}}))
-    rows = [stage_row(PipelineStage("sft", [], None), a, "finished"), stage_row(PipelineStage("dpo", [], None), b, "finished")]
+    rows = [
+        stage_row(PipelineStage("sft", [], None), a, "finished"),
+        stage_row(PipelineStage("dpo", [], None), b, "finished"),
+    ]
     assert metrics(json.loads((a / "summary.json").read_text()), a) == {"eval/exact/accuracy": 0.5}
     assert rows[1]["val/rewards/accuracy"] == 0.75 and rows[1]["parent"] == str(a)
     lines = to_markdown(rows).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[-4:] == ["eval/exact/accuracy", "val/rewards/accuracy", "val/rewards/margin", "val_token_accuracy"]
+    assert header[-4:] == [
+        "eval/exact/accuracy",
+        "val/rewards/accuracy",
+        "val/rewards/margin",
+        "val_token_accuracy",
+    ]
     sft_row = [c.strip() for c in lines[2].strip("|").split("|")]
     assert sft_row[header.index("val/rewards/accuracy")] == "-" and sft_row[header.index("val_loss")] == "1.5"
     assert sft_row[header.index("parent")] == "-"

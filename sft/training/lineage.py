@@ -99,13 +99,18 @@ def inherit(cfg: DictConfig) -> None:
         return
     parent = finished_run(cfg.init_from)
     if _same_dir(cfg, parent.run):
-        raise ConfigError(f"init_from={cfg.init_from}: is this run's own paths.output_dir; choose another one")
+        raise ConfigError(
+            f"init_from={cfg.init_from}: is this run's own paths.output_dir; choose another one"
+        )
     composed = _plain(cfg.model)
     inherited = OmegaConf.to_container(parent.config.model, resolve=True)
     if composed != inherited:
         changed = sorted(k for k in {*composed, *inherited} if composed.get(k) != inherited.get(k))
-        log.info("model config taken from init_from=%s (differs from the composed one in: %s)",
-                 parent.run, ", ".join(f"model.{k}" for k in changed))
+        log.info(
+            "model config taken from init_from=%s (differs from the composed one in: %s)",
+            parent.run,
+            ", ".join(f"model.{k}" for k in changed),
+        )
     with open_dict(cfg):
         cfg.init_from = str(parent.run)  # the record must find the parent from any working directory
         cfg.model = OmegaConf.create(inherited)
@@ -122,8 +127,11 @@ def check_handoff(cfg: TrainConfig) -> None:
         return
     theirs = parent.config.lora
     ours = OmegaConf.structured(cfg.lora)
-    differ = [f"lora.{k}={ours.get(k)} (the parent's is {theirs.get(k)})" for k in ADAPTER_SHAPE
-              if _plain(ours.get(k)) != _plain(theirs.get(k))]
+    differ = [
+        f"lora.{k}={ours.get(k)} (the parent's is {theirs.get(k)})"
+        for k in ADAPTER_SHAPE
+        if _plain(ours.get(k)) != _plain(theirs.get(k))
+    ]
     if differ:
         raise ConfigError(
             f"handoff=continue trains the adapter of init_from={parent.run} further, so its LoRA settings "
@@ -166,7 +174,7 @@ def start_model(cfg: TrainConfig, cache_dir: str):
 
 
 def adapter_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None = None):
-    """The plain weights under the run's own adapter (or a full fine-tune's start), rebuilt through the chain."""
+    """The plain weights under the run's own adapter (a full fine-tune's start), rebuilt through the chain."""
     parent = parent_of(cfg)
     if parent is None:
         return _load_base(cfg, cache_dir, dtype)

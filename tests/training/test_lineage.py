@@ -18,7 +18,14 @@ from sft.config import ModelConfig, validate
 from sft.errors import ConfigError
 from sft.serving.export import load_run
 from sft.train import train
-from sft.training.lineage import adapter_base, check_handoff, fresh_adapter, inherit, start_model, start_weights
+from sft.training.lineage import (
+    adapter_base,
+    check_handoff,
+    fresh_adapter,
+    inherit,
+    start_model,
+    start_weights,
+)
 from sft.training.model import load_model
 
 # A high learning rate moves each adapter far from zero, so a chain that dropped one would show.
@@ -79,7 +86,9 @@ def test_a_merge_child_starts_from_its_parents_export_with_a_new_adapter(runs, c
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.requires_grad and not p.any() for p in lora_b)  # a new adapter starts at zero
     torch.testing.assert_close(logits(model), logits(parent_export), rtol=0, atol=1e-5)
-    torch.testing.assert_close(logits(start_weights(cfg, str(cache_dir))), logits(parent_export), rtol=0, atol=0)
+    torch.testing.assert_close(
+        logits(start_weights(cfg, str(cache_dir))), logits(parent_export), rtol=0, atol=0
+    )
 
 
 def test_a_merge_childs_export_is_base_then_each_adapter_merged(runs, cache_dir):
@@ -115,18 +124,27 @@ def test_continue_trains_the_parents_adapter_further_on_the_parents_base(runs, c
     manual = merged(tiny_base(runs["parent"], cache_dir), runs["cont"] / "adapter")
     torch.testing.assert_close(logits(exported), logits(manual), rtol=0, atol=1e-5)
     torch.testing.assert_close(
-        logits(adapter_base(cfg, str(cache_dir))), logits(tiny_base(runs["parent"], cache_dir)), rtol=0, atol=0
+        logits(adapter_base(cfg, str(cache_dir))),
+        logits(tiny_base(runs["parent"], cache_dir)),
+        rtol=0,
+        atol=0,
     )
     further = load_file(runs["cont"] / "adapter" / "adapter_model.safetensors")
     assert any((further[k] - saved[k]).abs().max() > 1e-4 for k in saved)  # it did train
 
 
 def test_the_record_names_the_parent_and_the_config_inherits_its_model(runs):
-    for child, parent, handoff in (("child", "parent", "merge"), ("grandchild", "child", "merge"),
-                                   ("cont", "parent", "continue")):
+    for child, parent, handoff in (
+        ("child", "parent", "merge"),
+        ("grandchild", "child", "merge"),
+        ("cont", "parent", "continue"),
+    ):
         record = json.loads((runs[child] / "run_record.json").read_text())
         assert record["parent"] == {
-            "run": str(runs[parent].resolve()), "handoff": handoff, "stage": "sft", "weights": "adapter"
+            "run": str(runs[parent].resolve()),
+            "handoff": handoff,
+            "stage": "sft",
+            "weights": "adapter",
         }
         config = OmegaConf.load(runs[child] / "config.yaml")
         assert config.init_from == str(runs[parent].resolve())
@@ -149,24 +167,33 @@ def test_init_from_must_name_a_finished_run(tmp_path, cache_dir):
     training = tmp_path / "training"
     training.mkdir()
     (training / "config.yaml").write_text("model: {}\n")  # written before fit; no weights yet
-    with pytest.raises(ConfigError, match=r"init_from=.*training: neither adapter/ nor model/.*still training"):
+    with pytest.raises(
+        ConfigError, match=r"init_from=.*training: neither adapter/ nor model/.*still training"
+    ):
         typed(tmp_path, cache_dir, *STEPS, f"init_from={training}")
     with pytest.raises(ConfigError, match=r"no config.yaml"):
         typed(tmp_path, cache_dir, *STEPS, f"init_from={tmp_path}")
 
 
 def test_continue_refuses_different_lora_settings(runs, cache_dir):
-    cfg = typed(runs["cont"], cache_dir, *NO_MODEL, f"init_from={runs['parent']}", "handoff=continue", "lora.r=4")
+    cfg = typed(
+        runs["cont"], cache_dir, *NO_MODEL, f"init_from={runs['parent']}", "handoff=continue", "lora.r=4"
+    )
     with pytest.raises(ConfigError, match=r"lora\.r=4 \(the parent's is \d+\)"):
         check_handoff(cfg)
 
 
 def test_continue_without_an_adapter_to_continue_acts_as_merge(runs, cache_dir, caplog):
-    cfg = typed(runs["cont"], cache_dir, *NO_MODEL, f"init_from={runs['parent']}", "handoff=continue", "lora=none")
+    cfg = typed(
+        runs["cont"], cache_dir, *NO_MODEL, f"init_from={runs['parent']}", "handoff=continue", "lora=none"
+    )
     with caplog.at_level(logging.WARNING):
         check_handoff(cfg)
     assert "acts as merge" in caplog.text and "lora.enabled=false" in caplog.text
     assert not fresh_adapter(cfg)  # full fine-tuning: no adapter to disable
     torch.testing.assert_close(
-        logits(adapter_base(cfg, str(cache_dir))), logits(load_run(runs["parent"], str(cache_dir))[0]), rtol=0, atol=0
+        logits(adapter_base(cfg, str(cache_dir))),
+        logits(load_run(runs["parent"], str(cache_dir))[0]),
+        rtol=0,
+        atol=0,
     )
