@@ -238,8 +238,12 @@ def run_record(
     seed: int | None,
     data_files: dict[str, str],
     project_dir: str | os.PathLike,
+    parent: dict | None = None,
 ) -> dict:
-    """Everything needed to repeat a run: command, overrides, seed, code, versions, hardware, data hashes."""
+    """Everything needed to repeat a run: command, overrides, seed, code, versions, hardware, data hashes.
+
+    `parent` is the run it started from (`init_from`: its path, hand-off, stage and weights), else None.
+    """
     record = {
         # Overrides typed on the command line appear in argv too, so they get the same key-based redaction.
         "command": shlex.join(redact_override(a) for a in argv),
@@ -249,6 +253,7 @@ def run_record(
         "versions": package_versions(),
         "hardware": hardware(),
         "data_files": dict(data_files),
+        "parent": parent,
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     return redact(record)
@@ -262,4 +267,3 @@ def hydra_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
-

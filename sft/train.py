@@ -28,7 +28,11 @@ EXIT_CODES = {ConfigError: 2, DataError: 2, Diverged: 3, CheckpointWriteError: 4
 
 def train(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run one fine-tuning job and return its objective metric; loggers are closed even on failure."""
+    from .training.lineage import check_handoff, inherit  # loads no weights: torch stays unimported
+
+    inherit(cfg)  # an init_from run's model config replaces the composed one, before it is checked
     typed = validate(cfg)
+    check_handoff(typed)
     from .training.run import run  # here, not at the top: the heavy stack loads only for a valid run
 
     try:

@@ -173,6 +173,7 @@ def test_run_record(tmp_path, monkeypatch):
         "hardware",
         "data_files",
         "created",
+        "parent",
     }
     assert shlex.split(record["command"]) == [argv[0], f"logger.wandb.api_key={REDACTED}", *argv[2:]]
     assert record["overrides"] == [
@@ -180,7 +181,7 @@ def test_run_record(tmp_path, monkeypatch):
         "trainer.max_steps=3",
         f"note={REDACTED}",
     ]
-    assert record["seed"] == 7
+    assert record["seed"] == 7 and record["parent"] is None  # a run started from its base model
     assert record["git"] is None
     assert {"python", "torch", "omegaconf", "hydra-core"} <= set(record["versions"])
     assert {"platform", "hostname", "cpu_count", "gpu_count", "gpus"} <= set(record["hardware"])

@@ -5,13 +5,14 @@ As in `schema`, the values live only in the YAML; a field's metadata says what i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, make_dataclass
+import re
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from ..data.formats import FORMATS
 from ..errors import ConfigError
 from .rules import setting
-from .schema import DTYPES, EvaluationConfig, ModelConfig, TrainConfig
+from .schema import DTYPES, HANDOFFS, EvaluationConfig, ModelConfig, TrainConfig
 
 PORT = {"ge": 0, "le": 65535}  # 0: any free port
 JUDGE_MODES = ("single", "pairwise")
@@ -163,6 +164,30 @@ class BenchConfig:
     runs: dict[str, Any] = setting()
     ours: str = setting()
     cache_dir: str = setting()
+
+
+@dataclass
+class PipelineStage:
+    """One stage of `python -m sft.pipeline`: its name, its sft.train overrides and how it takes over.
+
+    Unlike the other settings, `overrides` and `handoff` have defaults: a stage typed on the command line
+    (`stages=[{name:sft,overrides:['stage=sft']}]`) need not spell them out.
+    """
+
+    name: str = setting(check=(lambda v: re.fullmatch(r"[A-Za-z0-9_.-]+", v) is not None, "a directory name"))
+    overrides: list[str] = field(default_factory=list)
+    handoff: str | None = field(default=None, metadata={"choices": HANDOFFS})
+
+
+@dataclass
+class PipelineConfig:
+    """`python -m sft.pipeline`: training stages in order, each starting from the previous stage's run."""
+
+    out: str = setting()
+    overrides: list[str] = setting()
+    init_from: str | None = setting()
+    stages: list[PipelineStage] = setting()
+    overwrite: bool = setting()
 
 
 @dataclass
@@ -338,4 +363,5 @@ COMMANDS = {
     "checklist": ChecklistConfig,
     "ui": UiConfig,
     "bench": BenchConfig,
+    "pipeline": PipelineConfig,
 }

@@ -22,8 +22,8 @@ from ..config import HarnessConfig, check, checked_cli
 from ..errors import ConfigError, ExportError, HarnessError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from ..serving.export import load_run, model_config
-from ..training.model import load_model
+from ..serving.export import load_run
+from ..training.lineage import start_weights
 from .suite import compare
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -82,7 +82,8 @@ def benchmark(cfg: DictConfig) -> dict:
         tasks = list(cfg.tasks)
         scores = {"tuned": run_tasks(tuned, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)}
         if cfg.base:
-            base = load_model(model_config(RunDir(run).read_config(), None), cfg.cache_dir).eval()
+            # The run's starting policy: its base model, or its init_from parent's result.
+            base = start_weights(RunDir(run).read_config(), cfg.cache_dir).eval()
             scores["base"] = run_tasks(base, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)
             scores["compare"] = compare(_rates(scores["base"]), _rates(scores["tuned"]), cfg.tolerance)
     finally:

@@ -10,8 +10,8 @@ from ..config import EvaluationConfig
 from ..data.formats import read_source, to_conversation
 from ..errors import MalformedRow
 from ..run_dir import EVAL_REPORT, GENERATIONS, SCORES, RunDir
-from ..serving.export import load_run, model_config, stop_token_ids
-from ..training.model import load_model
+from ..serving.export import load_run, stop_token_ids
+from ..training.lineage import start_weights
 from .generate import generate
 from .suite import compare, load_suite, score_exact, score_ifeval, score_rouge, to_markdown
 
@@ -43,7 +43,11 @@ def score(suite: str, rows: list[dict], answers: list[str]) -> dict:
 
 
 def evaluate(run: Path, cfg: EvaluationConfig, cache_dir: str, out: Path | None = None) -> dict:
-    """Generate and score every suite with the tuned model (and the base); write and return the scores."""
+    """Generate and score every suite with the tuned model (and the base); write and return the scores.
+
+    "base" is the run's starting policy: its configured base model, or for a run started from another
+    (`init_from`) that parent's result, so the comparison shows what this run's own training changed.
+    """
     run = Path(run)
     out = Path(out) if out else RunDir(run).eval
     suites = {Path(str(name)).stem: load_suite(name)[: cfg.limit or None] for name in cfg.suites}
@@ -53,7 +57,7 @@ def evaluate(run: Path, cfg: EvaluationConfig, cache_dir: str, out: Path | None 
     models = {"tuned": tuned}
     if cfg.base:
         run_cfg = RunDir(run).read_config()
-        base = load_model(model_config(run_cfg, None), cache_dir).eval()
+        base = start_weights(run_cfg, cache_dir).eval()
         base.generation_config.eos_token_id = stop_token_ids(run_cfg, tokenizer, base)
         models["base"] = base
     answers = {

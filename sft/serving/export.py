@@ -1,8 +1,9 @@
 """Write the trained result, and export a run as one plain transformers model directory.
 
 Training saves `adapter/` (LoRA) or `model/` (full fine-tuning) with `save_final`. `python -m sft.export
-run=<run dir>` merges the adapter into the base weights the run was trained on and writes a directory
-that `AutoModelForCausalLM.from_pretrained` loads with no PEFT, carrying the run's chat template.
+run=<run dir>` merges the adapter into the base weights the run was trained on (rebuilt through its
+`init_from` chain by sft.training.lineage) and writes a directory that `AutoModelForCausalLM.from_pretrained`
+loads with no PEFT, carrying the run's chat template.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..atomic import publish_dir
 from ..config import DTYPES, ExportConfig, ModelConfig, check, checked_cli
@@ -24,7 +25,7 @@ from ..data.templates import Template, get_template
 from ..errors import ConfigError, ExportError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from ..training.model import TORCH_DTYPES, load_model
+from ..training.lineage import trained_weights
 
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -87,6 +88,8 @@ def stop_token_ids(cfg: DictConfig, tokenizer, model) -> list[int]:
 def load_run(run: Path, cache_dir: str, dtype: str | None = None):
     """(model, tokenizer) of a finished run: the adapter merged into its rebuilt base, or the full model.
 
+    A run started from another (`init_from`) has its base rebuilt through the whole chain of parents.
+
     The model comes back in eval mode with the template's stop token among its generation eos ids.
     """
     weights = run_weights(run)
@@ -94,12 +97,7 @@ def load_run(run: Path, cache_dir: str, dtype: str | None = None):
     base_cfg = model_config(cfg, dtype)
     # The tokenizer saved with the weights carries the chat template the run was trained with.
     tokenizer = AutoTokenizer.from_pretrained(weights, trust_remote_code=base_cfg.trust_remote_code)
-    if weights == RunDir(run).adapter:
-        model = PeftModel.from_pretrained(load_model(base_cfg, cache_dir), weights).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            weights, dtype=TORCH_DTYPES[base_cfg.dtype], trust_remote_code=base_cfg.trust_remote_code
-        )
+    model = trained_weights(run, cache_dir, dtype)
     model.generation_config.eos_token_id = stop_token_ids(cfg, tokenizer, model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

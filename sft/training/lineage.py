@@ -2,19 +2,245 @@
 
 The hand-off between stages (CPT → SFT → DPO) is decided here and nowhere else: `merge` folds the parent's
 adapter into its base and trains a new adapter on top; `continue` trains the parent's adapter further.
+The chain is recursive, each run's config.yaml naming its parent by absolute path, so a run's weights are
+rebuilt the same way for training, export, chat and evaluation:
+
+- starting policy (`start_weights`): the configured base, else the parent's result;
+- base under the run's own adapter (`adapter_base`): the same, except for `continue`, where it is the
+  parent's own base (the run's adapter *is* the parent's, trained further);
+- result (`trained_weights`): the run's adapter merged into its `adapter_base`, or its full model.
+
+torch, transformers and PEFT are imported inside the functions that load weights: `sft.train` calls
+`inherit` before validating, and a config mistake must still be answered without loading them.
 """
 
 from __future__ import annotations
 
-from ..config import TrainConfig
-from .model import apply_peft, load_model
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..config import ModelConfig, TrainConfig
+from ..errors import ConfigError
+from ..run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+# LoRA settings that `continue` takes from the parent's adapter: the child's must say the same.
+# (dropout is not among them: it shapes no weight, so the child's own applies.)
+ADAPTER_SHAPE = ("r", "alpha", "target", "bias", "use_dora", "use_rslora", "modules_to_save")
 
 
-def start_model(cfg: TrainConfig, cache_dir: str):
-    """The model a run trains: its starting weights, wrapped for training (LoRA or full)."""
-    return apply_peft(load_model(cfg.model, cache_dir), cfg.lora, cfg.trainer.gradient_checkpointing)
+@dataclass(frozen=True)
+class Parent:
+    """A finished run that another run starts from."""
+
+    run: Path  # absolute
+    config: DictConfig  # its config.yaml
+    weights: Path  # its adapter/ or model/
+
+    @property
+    def is_adapter(self) -> bool:
+        """True when the run saved a LoRA adapter (False: a fully fine-tuned model)."""
+        return self.weights == RunDir(self.run).adapter
+
+    @property
+    def stage(self) -> str:
+        """The parent's stage name; "sft" for a config written before stages existed."""
+        return str(OmegaConf.select(self.config, "stage.name", default=None) or "sft")
+
+
+def finished_run(path: str | Path, key: str = "init_from") -> Parent:
+    """The finished run at `path`; a ConfigError naming `key` says what is missing."""
+    run = Path(path).expanduser().resolve()
+    layout = RunDir(run)
+    if not run.is_dir():
+        raise ConfigError(f"{key}={path}: no such directory; give a finished run's directory")
+    if not layout.config.is_file():
+        raise ConfigError(f"{key}={path}: no {layout.config.name} here; this is not a run directory")
+    if layout.weights is None:
+        raise ConfigError(
+            f"{key}={path}: neither {layout.adapter.name}/ nor {layout.model.name}/ exists yet; "
+            "is the run still training, or did it stop before saving its weights?"
+        )
+    return Parent(run, layout.read_config(), layout.weights)
+
+
+def parent_of(cfg: DictConfig | TrainConfig, key: str = "init_from") -> Parent | None:
+    """The run that `cfg` starts from, or None when it starts from its configured base model."""
+    init_from = _get(cfg, "init_from")
+    return None if init_from is None else finished_run(init_from, key)
+
+
+def continues(cfg: DictConfig | TrainConfig, parent: Parent | None) -> bool:
+    """True when the run trains its parent's adapter further (`handoff: continue` with LoRA on both sides)."""
+    lora = _get(cfg, "lora")
+    enabled = lora.enabled if lora is not None else False
+    return parent is not None and _get(cfg, "handoff") == "continue" and parent.is_adapter and enabled
 
 
 def fresh_adapter(cfg: TrainConfig) -> bool:
     """Whether the run trains a new LoRA adapter, so that disabling it gives back the starting weights."""
-    return cfg.lora.enabled
+    return cfg.lora.enabled and not continues(cfg, parent_of(cfg))
+
+
+# --- before and after validation (sft.train) ------------------------------------------------------------
+
+
+def inherit(cfg: DictConfig) -> None:
+    """With `init_from`: check the parent, record its absolute path and take its `model` config.
+
+    Called before validation, so the inherited model's template (`data.template: ${model.template}`) and
+    every check apply to the model the run really trains.
+    """
+    if cfg.get("init_from") is None:
+        return
+    parent = finished_run(cfg.init_from)
+    if _same_dir(cfg, parent.run):
+        raise ConfigError(
+            f"init_from={cfg.init_from}: is this run's own paths.output_dir; choose another one"
+        )
+    composed = _plain(cfg.model)
+    inherited = OmegaConf.to_container(parent.config.model, resolve=True)
+    if composed != inherited:
+        changed = sorted(k for k in {*composed, *inherited} if composed.get(k) != inherited.get(k))
+        log.info(
+            "model config taken from init_from=%s (differs from the composed one in: %s)",
+            parent.run,
+            ", ".join(f"model.{k}" for k in changed),
+        )
+    with open_dict(cfg):
+        cfg.init_from = str(parent.run)  # the record must find the parent from any working directory
+        cfg.model = OmegaConf.create(inherited)
+
+
+def check_handoff(cfg: TrainConfig) -> None:
+    """Refuse a `continue` whose LoRA settings differ from the parent adapter's; say when it acts as merge."""
+    parent = parent_of(cfg)
+    if parent is None or cfg.handoff != "continue":
+        return
+    if not continues(cfg, parent):
+        why = "the parent is a full fine-tune" if not parent.is_adapter else "this run has lora.enabled=false"
+        log.warning("handoff=continue acts as merge: %s, so there is no adapter to train further", why)
+        return
+    theirs = parent.config.lora
+    ours = OmegaConf.structured(cfg.lora)
+    differ = [
+        f"lora.{k}={ours.get(k)} (the parent's is {theirs.get(k)})"
+        for k in ADAPTER_SHAPE
+        if _plain(ours.get(k)) != _plain(theirs.get(k))
+    ]
+    if differ:
+        raise ConfigError(
+            f"handoff=continue trains the adapter of init_from={parent.run} further, so its LoRA settings "
+            f"must match: {'; '.join(differ)}. Set them as the parent's, or use handoff=merge"
+        )
+
+
+def parent_record(cfg: TrainConfig) -> dict | None:
+    """run_record.json's `parent` entry: which run this one started from and how; None without one."""
+    parent = parent_of(cfg)
+    if parent is None:
+        return None
+    return {
+        "run": str(parent.run),
+        "handoff": "continue" if continues(cfg, parent) else "merge",  # what happened, not what was asked
+        "stage": parent.stage,
+        "weights": "adapter" if parent.is_adapter else "model",
+    }
+
+
+# --- weights ------------------------------------------------------------------------------------------
+
+
+def start_model(cfg: TrainConfig, cache_dir: str):
+    """The model a run trains: its starting weights, wrapped for training (LoRA or full)."""
+    from .model import apply_peft, prepare_for_training
+
+    parent = parent_of(cfg)
+    base = adapter_base(cfg, cache_dir, cfg.model.dtype)
+    if not continues(cfg, parent):
+        return apply_peft(base, cfg.lora, cfg.trainer.gradient_checkpointing)
+    from peft import PeftConfig, PeftModel
+
+    log.info("continuing the adapter of %s", parent.run)
+    config = PeftConfig.from_pretrained(parent.weights)
+    config.lora_dropout = cfg.lora.dropout  # shapes no weight: the child's own setting applies
+    base = prepare_for_training(base, cfg.trainer.gradient_checkpointing)
+    model = PeftModel.from_pretrained(base, parent.weights, config=config, is_trainable=True)
+    return model.train()
+
+
+def adapter_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None = None):
+    """The plain weights under the run's own adapter (a full fine-tune's start), rebuilt through the chain."""
+    parent = parent_of(cfg)
+    if parent is None:
+        return _load_base(cfg, cache_dir, dtype)
+    if continues(cfg, parent):
+        return adapter_base(parent.config, cache_dir, dtype)
+    return _result(parent, cache_dir, dtype)
+
+
+def start_weights(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None = None):
+    """The run's starting policy as one plain model: its configured base, or its parent's result.
+
+    For `continue` this equals the parent's result too: the adapter it starts with is the parent's.
+    """
+    parent = parent_of(cfg)
+    return _load_base(cfg, cache_dir, dtype) if parent is None else _result(parent, cache_dir, dtype)
+
+
+def trained_weights(run: Path, cache_dir: str, dtype: str | None = None, key: str = "run"):
+    """A finished run's result as one plain model: its adapter merged into its rebuilt base, or its model."""
+    return _result(finished_run(run, key), cache_dir, dtype)
+
+
+def _result(run: Parent, cache_dir: str, dtype: str | None):
+    if run.is_adapter:
+        from peft import PeftModel
+
+        base = adapter_base(run.config, cache_dir, dtype)
+        return PeftModel.from_pretrained(base, run.weights).merge_and_unload()
+    from transformers import AutoModelForCausalLM
+
+    from .model import TORCH_DTYPES
+
+    model = _model_config(run.config, dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        run.weights,
+        dtype=TORCH_DTYPES[model.dtype],
+        attn_implementation=model.attn_implementation,
+        trust_remote_code=model.trust_remote_code,
+    )
+
+
+def _load_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None):
+    from .model import load_model
+
+    return load_model(_model_config(cfg, dtype), cache_dir)
+
+
+def _model_config(cfg: DictConfig | TrainConfig, dtype: str | None) -> ModelConfig:
+    """The run's ModelConfig, with the weights' dtype replaced when one is asked for."""
+    node = cfg.model if isinstance(cfg.model, ModelConfig) else ModelConfig(**_plain(cfg.model))
+    return ModelConfig(**{**vars(node), **({"dtype": dtype} if dtype else {})})
+
+
+def _get(cfg: DictConfig | TrainConfig, key: str):
+    """A config value from a typed config or a saved config.yaml, which may predate the key."""
+    return cfg.get(key) if isinstance(cfg, DictConfig) else getattr(cfg, key)
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _same_dir(cfg: DictConfig, run: Path) -> bool:
+    """True when the composed paths.output_dir is `run` (it may be Hydra's, unknown outside a job)."""
+    try:
+        out = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=True)
+    except Exception:  # no Hydra job to resolve ${hydra:...} against: nothing to compare
+        return False
+    return out is not None and Path(str(out)).expanduser().resolve() == run

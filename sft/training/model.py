@@ -130,13 +130,18 @@ def load_model(cfg: ModelConfig, cache_dir: str):
     )
 
 
-def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
-    """Wrap the model with LoRA (or leave it whole for full fine-tuning) and set up checkpointing."""
+def prepare_for_training(model, gradient_checkpointing: bool = False):
+    """Set up activation checkpointing and training mode on loaded weights (before any adapter)."""
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     # from_pretrained returns eval mode, which would silently switch dropout off during training.
-    model.train()
+    return model.train()
+
+
+def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
+    """Wrap the model with LoRA (or leave it whole for full fine-tuning) and set up checkpointing."""
+    model = prepare_for_training(model, gradient_checkpointing)
     if not cfg.enabled:
         model.requires_grad_(True)
         return model

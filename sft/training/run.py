@@ -28,7 +28,7 @@ from ..provenance import hydra_overrides, run_record
 from ..run_dir import RunDir
 from ..serving.export import save_final
 from .checkpoint import resolve_resume
-from .lineage import fresh_adapter, start_model
+from .lineage import fresh_adapter, parent_record, start_model
 from .model import count_parameters, load_tokenizer
 from .module import SFTModule
 from .objectives import build_objective
@@ -69,6 +69,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
                 seed=typed.seed,
                 data_files=datamodule.stats.files,
                 project_dir=SOURCE_DIR,
+                parent=parent_record(typed),
             )
         )
     model = start_model(typed, typed.paths.cache_dir)

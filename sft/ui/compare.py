@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..run_dir import RunDir
 from ..serving.chat import Chat
-from ..serving.export import load_run, model_config, run_weights, stop_token_ids
-from ..training.model import load_model
+from ..serving.export import load_run, run_weights, stop_token_ids
+from ..training.lineage import start_weights
 
 
 def chat_ready(run: Path) -> bool:
@@ -31,8 +31,9 @@ class Comparison:
         cfg = RunDir(run).read_config()
         cache_dir = cfg.paths.cache_dir
         tuned, tokenizer = load_run(run, cache_dir)
-        # The base is rebuilt from the run's own model config; it speaks through the run's template too.
-        base = load_model(model_config(cfg, None), cache_dir).eval()
+        # The base is the run's starting policy (its base model, or its init_from parent's result),
+        # rebuilt from config.yaml; it speaks through the run's template too.
+        base = start_weights(cfg, cache_dir).eval()
         base.generation_config.eos_token_id = stop_token_ids(cfg, tokenizer, base)
         self.run = run
         self.tuned = Chat(tuned, tokenizer, None, max_new_tokens, temperature)
