@@ -32,6 +32,9 @@ STAGES = ("sft", "pt", "dpo", "kto")
 DATA_KINDS = ("conversations", "text", "pairs", "feedback")
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
 HANDOFFS = ("merge", "continue")
+# Where a preference stage's reference log-probabilities come from (auto: the adapter disabled when the run
+# trains a fresh one, else precomputed).
+REFERENCES = ("auto", "precomputed", "copy")
 # Groups of train.yaml without a schema field: multirun grids, search spaces and the optional local group.
 TRAIN_GROUPS = ("experiment", "sweep", "local")
 
@@ -150,6 +153,7 @@ class StageConfig:
     simpo_gamma: float = setting(ge=0)
     desirable_weight: float = setting(gt=0)
     undesirable_weight: float = setting(gt=0)
+    reference: str = setting(choices=REFERENCES)
     lr_scale: float = setting(gt=0)
     packing: bool = setting()
 

@@ -45,6 +45,7 @@ class SFTModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.objective = objective or TokenObjective()
+        self.reference_model = None  # a frozen copy of the starting weights, when stage.reference=copy
         self.trained_logits_only = trainer.trained_logits_only
         self._head: tuple | None | bool = False  # (decoder, head) once known; None: full logits
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
@@ -60,6 +61,13 @@ class SFTModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """A gradient scaler skips overflowing fp16 steps itself: the guard then watches the loss only."""
         self.guard.check_gradients = not uses_grad_scaler(self.trainer)
+
+    def train(self, mode: bool = True):
+        """Switch the policy's mode; a reference copy stays in eval mode (it is a fixed function)."""
+        super().train(mode)
+        if self.reference_model is not None:
+            self.reference_model.eval()
+        return self
 
     def configure_model(self) -> None:
         """Under FSDP, wrap the model as its own root unit, once (sft.training.strategy.shard_model)."""
@@ -88,17 +96,21 @@ class SFTModule(L.LightningModule):
         loss_sum, correct = _loss(scores, wanted)
         return loss_sum, keep.sum(), correct
 
-    def sequence_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed log-probability, trained tokens) of every sequence the batch's `segments` number."""
-        scores, wanted, keep = self._scores(batch)
+    def sequence_logps(self, batch: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed log-probability, trained tokens) of every sequence the batch's `segments` number,
+        under the policy or, given, another model (full logits)."""
+        scores, wanted, keep = self._scores(batch) if model is None else kept_scores(model, None, batch)
         segments = batch["segments"][:, 1:][keep]  # a label at t + 1 belongs to the sequence of token t + 1
         return sequence_sums(token_logps(scores, wanted), segments, int(batch["num_sequences"]))
 
     def reference_logps(self, batch: dict) -> torch.Tensor:
         """The reference's summed log-probability of every sequence: computed before training and carried
-        by the batch, or the policy with its (freshly initialised) adapter disabled, which is the start."""
+        by the batch, from a frozen copy, or the policy with its (fresh) adapter disabled: the start."""
         if "ref_logps" in batch:
             return batch["ref_logps"]
+        if self.reference_model is not None:
+            with torch.no_grad():
+                return self.sequence_logps(batch, self.reference_model)[0]
         with torch.no_grad(), disabled_adapter(self.model):
             return self.sequence_logps(batch)[0]
 

@@ -42,10 +42,12 @@ class PairObjective:
 
     Rewards are the loss's implicit rewards (beta times the policy-to-reference log-ratio, or the
     length-normalised log-probability for the reference-free losses); accuracy counts pairs whose chosen
-    reward is strictly higher, so a policy equal to its reference scores 0.
+    reward is strictly higher, so a policy equal to its reference scores 0. `logps/*` need no reference:
+    how often, and by how much, the policy itself gives the chosen answer the higher mean log-probability
+    per token, which compares a model before preference tuning with the model after it.
     """
 
-    keys = ("loss", "pairs", "chosen", "rejected", "correct")
+    keys = ("loss", "pairs", "chosen", "rejected", "correct", "logp_margin", "logp_correct")
     train_metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")
 
     def __init__(self, loss: str, beta: float, simpo_gamma: float):
@@ -53,7 +55,8 @@ class PairObjective:
         self.needs_reference = needs_reference(loss)
 
     def sums(self, scorer, batch: dict) -> torch.Tensor:
-        """[summed loss, pairs, summed chosen rewards, summed rejected rewards, pairs ranked right]."""
+        """[summed loss, pairs, summed chosen and rejected rewards, pairs ranked right by reward, summed
+        per-token log-probability margin, pairs ranked right by it]."""
         logps, counts = scorer.sequence_logps(batch)
         p = logps.shape[0] // 2  # sequences 0..p-1 are the chosen sides, p..2p-1 the rejected ones
         ref_chosen = ref_rejected = None
@@ -73,6 +76,9 @@ class PairObjective:
         )
         row = [losses.sum(), torch.tensor(float(p), device=logps.device)]
         row += [chosen.sum(), rejected.sum(), (chosen > rejected).sum().to(logps.dtype)]
+        per_token = (logps / counts.clamp(min=1)).detach()
+        margin = per_token[:p] - per_token[p:]
+        row += [margin.sum(), (margin > 0).sum().to(logps.dtype)]
         return torch.stack([v.to(logps.dtype) for v in row])
 
     def metrics(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,6 +90,8 @@ class PairObjective:
             "rewards/rejected": rejected,
             "rewards/margin": chosen - rejected,
             "rewards/accuracy": _per(sums[4], sums[1]),
+            "logps/margin": _per(sums[5], sums[1]),
+            "logps/accuracy": _per(sums[6], sums[1]),
         }
 
 

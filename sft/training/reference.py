@@ -1,9 +1,10 @@
-"""Reference log-probabilities computed once, before training, from the model as it starts.
+"""Where a preference stage's reference comes from, and reference log-probabilities computed up front.
 
-Preference losses compare the policy with its starting point. A freshly initialised LoRA adapter gives
-that starting point for free (the module disables the adapter); full fine-tuning and a continued adapter
-have nothing to disable, so each example's reference log-probabilities are computed here, before the
-first update, and travel with the data as a `ref_logps` column.
+Preference losses (DPO, IPO, KTO) compare the policy with its starting point. A freshly initialised LoRA
+adapter gives that starting point for free: the module disables the adapter. Full fine-tuning and a
+continued adapter have nothing to disable, so each example's reference log-probabilities are computed
+here, before the first update, and travel with the data as a `ref_logps` column. A frozen second copy
+of the starting weights is the third way (what a framework without either does; it costs the memory).
 """
 
 from __future__ import annotations
@@ -13,7 +14,22 @@ import logging
 import torch
 from torch.utils.data import DataLoader
 
+from ..config import TrainConfig
+from .lineage import fresh_adapter
+
 log = logging.getLogger(__name__)
+
+
+def reference_source(cfg: TrainConfig) -> str:
+    """adapter, precomputed or copy: `stage.reference`, with auto resolved for this run."""
+    if cfg.stage.reference != "auto":
+        return cfg.stage.reference
+    return "adapter" if fresh_adapter(cfg) else "precomputed"
+
+
+def frozen(model):
+    """The model in eval mode with no trainable parameter: a fixed reference."""
+    return model.requires_grad_(False).eval()
 
 
 def reference_logps(module, rows, collate, batch_size: int) -> list[list[float]]:

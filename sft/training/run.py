@@ -28,12 +28,12 @@ from ..provenance import hydra_overrides, run_record
 from ..run_dir import RunDir
 from ..serving.export import save_final
 from .checkpoint import resolve_resume
-from .lineage import fresh_adapter, parent_record, start_model
+from .lineage import parent_record, start_model, start_weights
 from .model import count_parameters, load_tokenizer
 from .module import SFTModule
 from .objectives import build_objective
 from .probe import ProbeAnswers
-from .reference import reference_logps
+from .reference import frozen, reference_logps, reference_source
 from .strategy import full_state_dict, local_rank, quiet_other_ranks
 from .summary import print_summary
 from .trainer import build_trainer
@@ -82,8 +82,11 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     quiet_other_ranks(trainer.global_rank)  # now known on every node
     objective = build_objective(typed.stage)
     module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer, objective)
-    if objective.needs_reference and not fresh_adapter(typed):  # no adapter to disable: compute it now
+    reference = reference_source(typed) if objective.needs_reference else None
+    if reference == "precomputed":
         datamodule.reference = partial(reference_logps, module, batch_size=typed.trainer.micro_batch_size)
+    elif reference == "copy":
+        module.reference_model = frozen(start_weights(typed, typed.paths.cache_dir))
 
     run_info = {
         "batch": asdict(built.plan),
@@ -107,6 +110,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     summary = {
         "output_dir": str(out),
         "stage": typed.stage.name,
+        "reference": reference,
         "global_step": trainer.global_step,
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),

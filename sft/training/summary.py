@@ -11,12 +11,17 @@ def print_summary(s: dict) -> None:
 
     lines = [
         "",
-        "=== sft run summary ===",
+        f"=== sft run summary ({s.get('stage', 'sft')}) ===",
         f"steps {s['global_step']}  wall {s['wall_seconds']} s  train {s.get('train_seconds', 'n/a')} s  "
         f"{s.get('tokens_per_sec', 'n/a')} tokens/s ({s.get('trained_tokens_per_sec', 'n/a')} trained)",
         f"train loss {fmt(s['train_loss'])}  val loss {fmt(s['initial_val_loss'])} -> {fmt(s['val_loss'])}  "
         f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
     ]
+    # A stage's own validation metrics (preference rewards and accuracy, KL), from the first evaluation on.
+    shown = {"val/loss", "val/ppl", "val/token_accuracy"}
+    for name, value in s.get("val", {}).items():
+        if name not in shown:
+            lines.append(f"{name} {fmt(s.get('initial_val', {}).get(name))} -> {fmt(value)}")
     for p in s.get("probes", []):
         lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
     lines += [f"saved: {s['saved']}", f"run dir: {s['output_dir']}", ""]

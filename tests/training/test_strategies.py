@@ -346,7 +346,7 @@ def _cli(root: Path, cache_dir: Path, *overrides: str) -> Path:
     assert done.returncode == 0, done.stderr[-4000:]
     runs = list((root / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a second one
-    assert done.stdout.count("=== sft run summary ===") == 1  # printed by rank 0 only
+    assert done.stdout.count("=== sft run summary (sft) ===") == 1  # printed by rank 0 only
     return runs[0]
 
 

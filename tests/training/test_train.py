@@ -213,7 +213,7 @@ def test_cli_runs_and_reports_config_mistakes_without_a_traceback(tmp_path, cach
     env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(tmp_path)}
     ok = run_module("sft.train", *TINY, "trainer.max_steps=2", env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    assert "=== sft run summary ===" in ok.stdout
+    assert "=== sft run summary (sft) ===" in ok.stdout
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert {
         ".hydra/config.yaml",
