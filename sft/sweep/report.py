@@ -101,7 +101,9 @@ def _job_rows(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             "status": ["failed" if s is None else "finished" for s in summaries],
         }
     )
-    metrics = pd.DataFrame([s or {} for s in summaries], index=range(len(jobs)))
+    # A stage's final validation metrics (val/rewards/accuracy, val/kl, ...) become columns of their own.
+    flat = [{**(s or {}), **(s or {}).get("val", {})} for s in summaries]
+    metrics = pd.DataFrame(flat, index=range(len(jobs)))
     return pd.concat([rows, overrides[params], metrics], axis=1), params
 
 

@@ -47,6 +47,8 @@ def test_collect_grid(multirun):
     assert df["val_loss"].is_monotonic_increasing  # best first
     assert df.attrs["params"] == ["lora.r"]  # fixed overrides (model=tiny, ...) are not swept
     assert "data" not in df and "output_dir" not in df  # nested dicts and paths are not metrics
+    # Every final validation metric of the stage is a column (val/rewards/accuracy for dpo, ...).
+    assert df["val/loss"].tolist() == df["val_loss"].tolist() and "val" not in df
 
 
 def test_cli_writes_report(multirun, tmp_path, capsys):

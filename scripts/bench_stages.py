@@ -1,0 +1,95 @@
+"""SmolLM2: an SFT run, then DPO on the demo pairs, through `python -m sft.pipeline`; then the peak memory of
+a DPO run whose reference is the disabled adapter against one holding a second copy of the model.
+
+    python scripts/bench_stages.py [out=/tmp/bench-stages] [sft_steps=24] [dpo_steps=24] [memory_steps=2]
+
+Prints the held-out preference metrics of the DPO run before (its first validation: the SFT model) and
+after, the stages' wall time, and peak resident memory of the two reference sources with their ratio.
+Every number comes from runs made in this session, on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Shared by every run: the packaged SmolLM2, 512-token rows, 32 held-out rows, no generation at the end.
+COMMON = [
+    "model=smollm2_135m",
+    "data.cutoff_len=512",
+    "data.val_size=32",
+    "trainer=cpu",
+    "trainer.micro_batch_size=2",
+    "trainer.effective_batch_size=8",
+    "logger=csv",
+    "probe.enabled=false",
+    "evaluation.enabled=false",
+]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(command: list[str], log: Path) -> tuple[float, float]:
+    """Run a command with its output in `log`; (wall seconds, peak resident memory in MiB) of it."""
+    started = time.perf_counter()
+    with log.open("w") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}; see {log}")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main(argv: list[str]) -> None:
+    """Run the pipeline and the memory pair; print the table."""
+    opts = {"out": "/tmp/bench-stages", "sft_steps": "24", "dpo_steps": "24", "memory_steps": "2"}
+    opts.update(a.split("=", 1) for a in argv)
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    py = [sys.executable, "-m"]
+    stages = (
+        f"stages=[{{name:sft,overrides:['stage=sft','data=alpaca_en','trainer.max_steps={opts['sft_steps']}']}},"
+        f"{{name:dpo,overrides:['stage=dpo','data=dpo_en','trainer.max_steps={opts['dpo_steps']}',"
+        f"'trainer.eval_steps={opts['dpo_steps']}']}}]"
+    )
+    overrides = "overrides=[" + ",".join(f"'{o}'" for o in COMMON) + "]"
+    wall, _ = run([*py, "sft.pipeline", f"out={out / 'pipeline'}", overrides, stages], out / "pipeline.log")
+    sft_run, dpo_run = out / "pipeline" / "1-sft", out / "pipeline" / "2-dpo"
+    dpo = json.loads((dpo_run / "summary.json").read_text())
+    sft = json.loads((sft_run / "summary.json").read_text())
+
+    memory = {}
+    for reference in ("auto", "copy"):
+        command = [*py, "sft.train", *COMMON, "stage=dpo", "data=dpo_en", f"init_from={sft_run}"]
+        command += [f"trainer.max_steps={opts['memory_steps']}", f"stage.reference={reference}"]
+        command += [f"paths.output_dir={out / ('memory-' + reference)}", "overwrite=true"]
+        memory[reference] = run(command, out / f"memory-{reference}.log")
+
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores)")
+    print(f"pipeline sft ({sft['global_step']} steps) -> dpo ({dpo['global_step']} steps): {wall / 60:.1f} min")
+    print(f"  sft val loss {sft['initial_val_loss']:.4f} -> {sft['val_loss']:.4f}")
+    held_out = dpo["data"]["val"]
+    print(f"dpo on {held_out} held-out pairs: before (the SFT model) -> after")
+    for name in ("val/loss", "val/rewards/accuracy", "val/rewards/margin", "val/logps/accuracy", "val/logps/margin"):
+        print(f"  {name:22s} {dpo['initial_val'][name]:8.4f} -> {dpo['val'][name]:8.4f}")
+    (auto_s, auto_mib), (copy_s, copy_mib) = memory["auto"], memory["copy"]
+    print(f"peak memory, dpo {opts['memory_steps']} steps: disabled adapter {auto_mib:.0f} MiB, "
+          f"second copy {copy_mib:.0f} MiB (ratio {auto_mib / copy_mib:.3f}); wall {auto_s:.0f} s vs {copy_s:.0f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
