@@ -148,10 +148,16 @@ def stage_row(stage: PipelineStage, run: Path, status: str) -> dict:
 def metrics(summary: dict, run: Path) -> dict:
     """A run's metrics beyond the fixed columns, found by name so that ones added later show up too.
 
-    Logged metric names (`val/rewards/accuracy`, `val/rewards/margin`) and other `val_*` values of
-    summary.json, any `eval*` sections in it, and the tuned model's eval-suite scores (eval/scores.json).
+    The stage's own validation metrics (`val/rewards/accuracy`, `val/logps/accuracy`, `val/kl`, ...) at
+    the run's first evaluation and its last, other `val_*` values of summary.json, any `eval*` sections
+    in it, and the tuned model's eval-suite scores (eval/scores.json).
     """
     found = {}
+    shown = {"val/loss", "val/ppl", "val/token_accuracy"}  # val_loss, val_ppl, ... already have columns
+    for key, value in summary.get("val", {}).items():  # the stage's own: rewards, preference accuracy, kl
+        if key not in shown and _number(value):
+            found[f"{key} (start)"] = summary.get("initial_val", {}).get(key)
+            found[key] = value
     for key, value in summary.items():
         if key in COLUMNS:
             continue

@@ -66,8 +66,8 @@ def test_the_table_shows_every_metric_a_run_reports_and_dashes_for_missing_ones(
         json.dumps(
             {
                 "global_step": 2,
-                "val/rewards/accuracy": 0.75,
-                "val/rewards/margin": 0.25,
+                "val": {"val/loss": 0.6, "val/rewards/accuracy": 0.75, "val/rewards/margin": 0.25},
+                "initial_val": {"val/loss": 0.69, "val/rewards/accuracy": 0.0, "val/rewards/margin": 0.0},
                 "val_token_accuracy": 0.3,
             }
         )
@@ -79,11 +79,14 @@ def test_the_table_shows_every_metric_a_run_reports_and_dashes_for_missing_ones(
     ]
     assert metrics(json.loads((a / "summary.json").read_text()), a) == {"eval/exact/accuracy": 0.5}
     assert rows[1]["val/rewards/accuracy"] == 0.75 and rows[1]["parent"] == str(a)
+    assert rows[1]["val/rewards/accuracy (start)"] == 0.0  # the first evaluation: before this stage trained
     lines = to_markdown(rows).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[-4:] == [
+    assert header[-6:] == [
         "eval/exact/accuracy",
+        "val/rewards/accuracy (start)",
         "val/rewards/accuracy",
+        "val/rewards/margin (start)",
         "val/rewards/margin",
         "val_token_accuracy",
     ]

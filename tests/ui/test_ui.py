@@ -222,3 +222,15 @@ def test_training_package_never_imports_gradio():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_page_offers_each_stage_with_its_data_and_beta(groups, roots):
+    options, _ = groups
+    assert set(options["stage"]) == {"sft", "pt", "dpo", "kto"} and {"dpo_en", "kto_en", "c4"} <= set(options["data"])
+    for stage, data in (("dpo", "dpo_en"), ("kto", "kto_en"), ("pt", "c4")):
+        checked = _check(groups, roots, stage=stage, data=data)
+        assert checked.ok, (stage, checked.problems)
+    dpo = _check(groups, roots, stage="dpo", data="dpo_en", values={"beta": "0.3"})
+    assert dpo.ok and "preset.beta=0.3" in dpo.overrides
+    mismatch = _check(groups, roots, stage="dpo").problems  # the default builtin data holds conversations
+    assert any("stage=dpo trains on pairs" in p for found in mismatch.values() for p in found), mismatch
