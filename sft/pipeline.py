@@ -77,6 +77,15 @@ def stage_command(cfg: PipelineConfig, run: Path, stage: PipelineStage, parent: 
         command.append(f"handoff={stage.handoff}")
     if cfg.overwrite:
         command.append("overwrite=true")
+    elif any(RunDir(run).checkpoints.glob("*.ckpt")):  # a stage that stopped part-way: continue it
+        # ... but only the same run: checkpoints of other settings would silently train a mixture.
+        before = [o for o in RunDir(run).overrides() if not o.startswith("resume=")]
+        if before != command[3:]:
+            raise ConfigError(
+                f"stage {run.name}: {run} holds checkpoints of a run started with other overrides "
+                f"({' '.join(before) or 'none recorded'}); set overwrite=true to run it again from the start"
+            )
+        command.append(f"resume={run}")
     return command
 
 

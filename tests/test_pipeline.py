@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+import yaml
 from conftest import TINY, run_module
 
-from sft.config import PipelineStage
-from sft.pipeline import metrics, stage_row, to_markdown
+from sft.config import ConfigError, PipelineConfig, PipelineStage
+from sft.pipeline import metrics, stage_command, stage_row, to_markdown
 
 STEPS = [*TINY, "trainer.max_steps=2", "trainer.eval_steps=2"]
 
@@ -93,3 +95,28 @@ def test_the_table_shows_every_metric_a_run_reports_and_dashes_for_missing_ones(
     sft_row = [c.strip() for c in lines[2].strip("|").split("|")]
     assert sft_row[header.index("val/rewards/accuracy")] == "-" and sft_row[header.index("val_loss")] == "1.5"
     assert sft_row[header.index("parent")] == "-"
+
+
+def test_a_stage_that_stopped_part_way_is_resumed_and_a_new_one_starts_from_its_parent(tmp_path):
+    cfg = PipelineConfig(
+        out=str(tmp_path), overrides=["model=tiny"], init_from=None, stages=[], overwrite=False
+    )
+    stage = PipelineStage("dpo", ["stage=dpo"], "continue")
+    run, parent = tmp_path / "2-dpo", tmp_path / "1-sft"
+    fresh = stage_command(cfg, run, stage, parent)
+    assert fresh[-5:] == ["stage=dpo", f"paths.output_dir={run}", f"hydra.run.dir={run}",
+                          f"init_from={parent}", "handoff=continue"]  # fmt: skip
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")  # a crash after its first checkpoint
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(fresh[3:]))  # as Hydra records them
+    assert stage_command(cfg, run, stage, parent) == [*fresh, f"resume={run}"]
+    resumed_once = [*fresh[3:], f"resume={run}"]  # a resumed launch records its resume= too
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(resumed_once))
+    assert stage_command(cfg, run, stage, parent) == [*fresh, f"resume={run}"]
+    # Checkpoints of other settings are never resumed with these ones.
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*fresh[3:-1], "handoff=merge"]))
+    with pytest.raises(ConfigError, match="holds checkpoints of a run started with other overrides"):
+        stage_command(cfg, run, stage, parent)
+    cfg.overwrite = True  # runs it again from the start instead
+    assert stage_command(cfg, run, stage, parent) == [*fresh, "overwrite=true"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ..data.kinds import STAGE_KIND
 from ..locations import default_data_dir
 
 
@@ -40,6 +41,7 @@ def register_resolvers() -> None:
     """Register the resolvers (idempotent)."""
     resolvers = {
         "sft.mul": lambda a, b: a * b,
+        "sft.stage_kind": lambda stage: STAGE_KIND.get(stage, stage),  # an unknown stage is named later
         "sft.env_unset": lambda name: not os.environ.get(name),
         "sft.run_name": run_name,
         "sft.data_dir": default_data_dir,

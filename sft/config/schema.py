@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.formats import FORMATS
+from ..data.kinds import STAGE_KIND
 from ..data.templates import BUILTIN as BUILTIN_TEMPLATES
 from ..data.tokenize import TRUNCATION
 from .rules import setting
@@ -27,9 +28,9 @@ LORA_BIAS = ("none", "all", "lora_only")
 DIRECTIONS = ("minimize", "maximize")
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP")
-# Training stages: what each trains on (`stage.data`), and the preference losses `stage.loss` picks from.
-STAGES = ("sft", "pt", "dpo", "kto")
-DATA_KINDS = ("conversations", "text", "pairs", "feedback")
+# Training stages and what each trains on (`data.kind`), and the preference losses `stage.loss` picks from.
+STAGES = tuple(STAGE_KIND)
+DATA_KINDS = tuple(STAGE_KIND.values())
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
 HANDOFFS = ("merge", "continue")
 # Where a preference stage's reference log-probabilities come from (auto: the adapter disabled when the run
@@ -147,7 +148,6 @@ class StageConfig:
     preference tuning on pairs or KTO on unpaired feedback; the stage changes the batch and the loss."""
 
     name: str = setting(choices=STAGES)
-    data: str = setting(choices=DATA_KINDS)
     loss: str | None = setting(choices=PREFERENCE_LOSSES)
     beta: float = setting(gt=0)
     simpo_gamma: float = setting(ge=0)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.formats import mapping_problems
-from ..data.kinds import kind_problems
+from ..data.kinds import STAGE_KIND, kind_problems
 from ..data.registry import expand_datasets, missing_path
 from ..errors import ConfigError
 from ..locations import find_deepspeed_config
@@ -148,15 +148,17 @@ def train_problems(c: TrainConfig) -> list[str]:
     return p + _stage_problems(c) + _strategy_problems(c)
 
 
-# What each stage trains on; `stage.data` sets `data.kind`, so a stage with another kind is a mistake.
-STAGE_DATA = {"sft": "conversations", "pt": "text", "dpo": "pairs", "kto": "feedback"}
-
-
 def _stage_problems(c: TrainConfig) -> list[str]:
-    """The stage's loss and data kind agree with its name."""
+    """The stage's loss, reference and data kind agree with its name."""
     s, p = c.stage, []
-    if s.data != STAGE_DATA[s.name]:
-        p.append(f"stage.data={s.data!r}: {STAGE_DATA[s.name]!r} for stage {s.name}")
+    if c.data.kind != STAGE_KIND[s.name]:  # set by hand, it would batch rows the loss does not expect
+        p.append(f"data.kind={c.data.kind!r}: {STAGE_KIND[s.name]!r} for stage {s.name} (set by the stage)")
+    uses_reference = s.name == "kto" or s.name == "dpo" and s.loss in ("sigmoid", "ipo")
+    if s.reference != "auto" and not uses_reference:
+        p.append(
+            f"stage.reference={s.reference!r}: auto unless the loss compares with a reference "
+            "(stage=dpo with stage.loss=sigmoid or ipo, stage=kto)"
+        )
     if s.name == "dpo" and s.loss is None:
         p.append(f"stage.loss=None: one of {PREFERENCE_LOSSES} for stage dpo")
     if s.name != "dpo" and s.loss is not None:

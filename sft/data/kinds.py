@@ -1,9 +1,10 @@
-"""What a dataset holds (conversations, text, pairs or feedback), checked against what the stage trains on.
+"""What a dataset holds (conversations, text, pairs or feedback), checked against what the stage trains.
 
-`data.kind` is set by the stage. A dataset's kind is its `kind` field when given, else derived the way
-LLaMA-Factory's dataset_info.json marks it: `ranking: true` (registry translation sets kind: pairs),
-a `kto_tag` column → feedback, `columns: {prompt: text}` without a response column or a .txt path →
-text, anything else → conversations. A mismatch is a config error that names the fix, before any row is read.
+`data.kind` follows the stage (STAGE_KIND). A dataset's kind is its `kind` field when given, else derived
+the way LLaMA-Factory's dataset_info.json marks it: `ranking: true` (registry translation sets kind:
+pairs), a `kto_tag` column → feedback, `columns: {prompt: text}` without a response column or a .txt
+path → text, anything else → conversations. A mismatch is a config error naming the fix, before any
+row is read.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .formats import to_conversation
-from .preference import to_feedback, to_pair
+from .preference_rows import to_feedback, to_pair
 from .raw_text import to_text
 
-KINDS = ("conversations", "text", "pairs", "feedback")
+# What each stage trains on (`data.kind` follows `stage.name`), the one place that says it.
+STAGE_KIND = {"sft": "conversations", "pt": "text", "dpo": "pairs", "kto": "feedback"}
 # The stage that trains on each kind, and a data config holding it (the fixes error messages name).
-STAGE_OF = {"conversations": "sft", "text": "pt", "pairs": "dpo", "feedback": "kto"}
+STAGE_OF = {kind: stage for stage, kind in STAGE_KIND.items()}
 EXAMPLE_DATA = {"conversations": "alpaca_en", "text": "c4", "pairs": "dpo_en", "feedback": "kto_en"}
 NOUN = {"conversations": "conversation", "text": "text", "pairs": "pair", "feedback": "feedback"}
 DESCRIBED = {
@@ -31,9 +33,7 @@ def dataset_kind(spec) -> tuple[str, str]:
     """(kind, the evidence for it) of one dataset entry (a DatasetConfig or a plain dict)."""
     get = spec.get if isinstance(spec, Mapping) else lambda key, default=None: getattr(spec, key, default)
     columns = get("columns") or {}
-    if get("kind") == "pairs":  # how dataset_info.json marks pairs, and the registry translates it
-        return "pairs", "kind: pairs, LLaMA-Factory's ranking: true"
-    if get("kind"):
+    if get("kind"):  # pairs: how the registry translates dataset_info.json's ranking: true
         return get("kind"), f"kind: {get('kind')}"
     if columns.get("kto_tag"):
         return "feedback", f"kto_tag column {columns['kto_tag']!r}"

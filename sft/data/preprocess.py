@@ -41,7 +41,7 @@ _CODE = (
     "formats.py",
     "kinds.py",
     "loading.py",
-    "preference.py",
+    "preference_rows.py",
     "preference_tokens.py",
     "preprocess.py",
     "raw_text.py",

@@ -24,9 +24,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import ModelConfig, TrainConfig
 from ..errors import ConfigError
+from ..provenance import hydra_overrides
 from ..run_dir import RunDir
 
 log = logging.getLogger(__name__)
+
+# The model keys a child run always takes from its parent: which weights, how their conversations render.
+IDENTITY = (
+    "name_or_path",
+    "gguf_file",
+    "revision",
+    "random_init",
+    "trust_remote_code",
+    "template",
+    "default_system",
+)
 
 # LoRA settings that `continue` takes from the parent's adapter: the child's must say the same.
 # (dropout is not among them: it shapes no weight, so the child's own applies.)
@@ -82,8 +94,12 @@ def continues(cfg: DictConfig | TrainConfig, parent: Parent | None) -> bool:
 
 
 def fresh_adapter(cfg: TrainConfig) -> bool:
-    """Whether the run trains a new LoRA adapter, so that disabling it gives back the starting weights."""
-    return cfg.lora.enabled and not continues(cfg, parent_of(cfg))
+    """Whether the run trains a new LoRA adapter, so that disabling it gives back the starting weights.
+
+    Trained biases (`lora.bias` all or lora_only) live in the base layers, where disabling the adapter
+    does not undo them.
+    """
+    return cfg.lora.enabled and cfg.lora.bias == "none" and not continues(cfg, parent_of(cfg))
 
 
 # --- before and after validation (sft.train) ------------------------------------------------------------
@@ -103,9 +119,14 @@ def inherit(cfg: DictConfig) -> None:
             f"init_from={cfg.init_from}: is this run's own paths.output_dir; choose another one"
         )
     composed = _plain(cfg.model)
+    # The parent's model config, except how this run loads the weights when its command line says so
+    # (model.dtype, model.attn_implementation): which weights and their chat format are the parent's.
     inherited = OmegaConf.to_container(parent.config.model, resolve=True)
-    if composed != inherited:
-        changed = sorted(k for k in {*composed, *inherited} if composed.get(k) != inherited.get(k))
+    for key in _typed_model_keys() - set(IDENTITY):
+        if key in composed:
+            inherited[key] = composed[key]
+    changed = sorted(k for k in IDENTITY if composed.get(k) != inherited.get(k))
+    if changed:
         log.info(
             "model config taken from init_from=%s (differs from the composed one in: %s)",
             parent.run,
@@ -114,6 +135,12 @@ def inherit(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.init_from = str(parent.run)  # the record must find the parent from any working directory
         cfg.model = OmegaConf.create(inherited)
+
+
+def _typed_model_keys() -> set[str]:
+    """The `model.<key>` names given on this launch's command line (none outside a Hydra run)."""
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in hydra_overrides())
+    return {k.removeprefix("model.") for k in keys if k.startswith("model.")}
 
 
 def check_handoff(cfg: TrainConfig) -> None:

@@ -1,8 +1,9 @@
-"""Token-level next-token loss: summed over trained positions so callers can weight by tokens.
+"""Token-level scores of the labelled positions: summed next-token loss, and per-token log-probabilities.
 
-Two ways to the same numbers: from full logits (`token_loss`), or from the decoder's hidden states with
-the output head applied only where a label is kept (`trained_token_loss`). The second never builds the
-(tokens x vocabulary) logits of prompt and padding positions, which the loss ignores anyway.
+`kept_scores` gives the output head's scores at the positions whose label is kept, either from full
+logits or with the head applied only to those positions' hidden states, which never builds the
+(tokens x vocabulary) logits of prompt and padding positions. `token_loss` (full logits) and
+`trained_token_loss` (head on kept positions) are the two routes to the same summed loss.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..data.tokenize import IGNORE_INDEX
 PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
 
 
-def _loss(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def summed_cross_entropy(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, correct predictions) of score rows against wanted ids, computed in fp32."""
     scores = scores.float()  # upcast only the rows that carry loss
     return F.cross_entropy(scores, wanted, reduction="sum"), (scores.argmax(-1) == wanted).sum()
@@ -30,7 +31,7 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    loss_sum, correct = _loss(logits[:, :-1][keep], targets[keep])
+    loss_sum, correct = summed_cross_entropy(logits[:, :-1][keep], targets[keep])
     return loss_sum, keep.sum(), correct
 
 
@@ -71,7 +72,7 @@ def trained_token_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`token_loss` of the batch, with the head applied to the hidden states of trained positions only."""
     scores, wanted, keep = kept_scores(None, (decoder, head), batch)
-    loss_sum, correct = _loss(scores, wanted)
+    loss_sum, correct = summed_cross_entropy(scores, wanted)
     return loss_sum, keep.sum(), correct
 
 

@@ -1,4 +1,4 @@
-"""The LightningModule: a thin loop around the PEFT model; what is optimised comes from the stage's objective."""
+"""The LightningModule: a thin loop around the PEFT model; the stage's objective says what is optimised."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import lightning as L
 import torch
 
 from ..config import SchedulerConfig, TrainerConfig
-from .loss import _loss, kept_scores, split_head, token_logps
+from .loss import kept_scores, split_head, summed_cross_entropy, token_logps
 from .objectives import TokenObjective
-from .preference import sequence_sums
 from .optim import build_optimizer
+from .preference_losses import sequence_sums
 from .resilience import NonFiniteGuard
 from .strategy import (
     at_step_boundary,
@@ -73,15 +73,6 @@ class SFTModule(L.LightningModule):
         """Under FSDP, wrap the model as its own root unit, once (sft.training.strategy.shard_model)."""
         self.model = shard_model(self.model, self.trainer.strategy)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Logits for a padded batch (attention_mask) or a packed one (position_ids restarting per sample)."""
-        return self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
-            use_cache=False,  # a cache would also stop transformers from building the packed-sample mask
-        ).logits
-
     def _scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(score rows, wanted ids, keep mask) of the labelled positions; the head runs on those positions
         only when `trained_logits_only` and the model allows it (not under FSDP, whose root unit must run)."""
@@ -93,13 +84,17 @@ class SFTModule(L.LightningModule):
     def token_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(summed cross-entropy, trained tokens, correct predictions) of the batch."""
         scores, wanted, keep = self._scores(batch)
-        loss_sum, correct = _loss(scores, wanted)
+        loss_sum, correct = summed_cross_entropy(scores, wanted)
         return loss_sum, keep.sum(), correct
 
     def sequence_logps(self, batch: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed log-probability, trained tokens) of every sequence the batch's `segments` number,
-        under the policy or, given, another model (full logits)."""
-        scores, wanted, keep = self._scores(batch) if model is None else kept_scores(model, None, batch)
+        under the policy or, given, another (unsharded) model."""
+        if model is None:
+            scores, wanted, keep = self._scores(batch)
+        else:
+            head = split_head(model) if self.trained_logits_only else None
+            scores, wanted, keep = kept_scores(model, head, batch)
         segments = batch["segments"][:, 1:][keep]  # a label at t + 1 belongs to the sequence of token t + 1
         return sequence_sums(token_logps(scores, wanted), segments, int(batch["num_sequences"]))
 
@@ -185,5 +180,7 @@ def disabled_adapter(model):
     while not hasattr(inner, "disable_adapter") and hasattr(inner, "module"):
         inner = inner.module  # DDP, FSDP and DeepSpeed keep the wrapped model as `.module`
     if not hasattr(inner, "disable_adapter"):
-        raise TypeError("the reference needs a LoRA adapter to disable, or log-probabilities computed before training")
+        raise TypeError(
+            "the reference needs a LoRA adapter to disable, or log-probabilities computed before training"
+        )
     return inner.disable_adapter()

@@ -3,7 +3,8 @@ and summed rows → metrics.
 
 Sums, not means, travel between micro-batches and devices: the module adds rows over an accumulation
 window or a validation pass, reduces them over devices and divides once (by trained tokens for sft and
-pt, by pairs or examples for preference stages), so accumulation and device count never change a result.
+pt, by pairs or examples for preference stages), so accumulation and device count never change a result
+(KTO's KL baseline excepted: it is a statistic of each micro-batch, see FeedbackObjective).
 The scorer (the Lightning module) gives token losses, per-sequence log-probabilities and the reference's.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..config import StageConfig
-from .preference import kto_loss, needs_reference, pair_loss
+from .preference_losses import kto_loss, needs_reference, pair_loss
 
 
 def _per(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

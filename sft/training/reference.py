@@ -10,6 +10,7 @@ of the starting weights is the third way (what a framework without either does; 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import torch
 from torch.utils.data import DataLoader
@@ -32,9 +33,13 @@ def frozen(model):
     return model.requires_grad_(False).eval()
 
 
-def reference_logps(module, rows, collate, batch_size: int) -> list[list[float]]:
+def reference_logps(module, rows, collate, batch_size: int, context=nullcontext) -> list[list[float]]:
     """Per row, the starting model's summed log-probability of its two sequences (chosen and rejected,
-    or completion and KL row), in row order."""
+    or completion and KL row), in row order.
+
+    `context` is the trainer precision's forward context (autocast under bf16-mixed), so the reference
+    is computed at the precision the policy's first step runs at.
+    """
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
     before, was_training = next(module.parameters()).device, module.training
     if device is not None:
@@ -42,9 +47,12 @@ def reference_logps(module, rows, collate, batch_size: int) -> list[list[float]]
     module.eval()  # dropout off: the reference is one fixed function of the starting weights
     out: list[list[float]] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), context():
             for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-                batch = {k: v.to(device) if device is not None and torch.is_tensor(v) else v for k, v in batch.items()}
+                batch = {
+                    k: v.to(device) if device is not None and torch.is_tensor(v) else v
+                    for k, v in batch.items()
+                }
                 logps = module.sequence_logps(batch)[0].tolist()
                 half = len(logps) // 2
                 out += [[first, second] for first, second in zip(logps[:half], logps[half:], strict=True)]

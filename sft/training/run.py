@@ -84,7 +84,12 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer, objective)
     reference = reference_source(typed) if objective.needs_reference else None
     if reference == "precomputed":
-        datamodule.reference = partial(reference_logps, module, batch_size=typed.trainer.micro_batch_size)
+        datamodule.reference = partial(
+            reference_logps,
+            module,
+            batch_size=typed.trainer.micro_batch_size,
+            context=trainer.precision_plugin.forward_context,
+        )
     elif reference == "copy":
         module.reference_model = frozen(start_weights(typed, typed.paths.cache_dir))
 

@@ -96,6 +96,26 @@ def same_sequences(padded: dict, packed: dict) -> None:
 
 
 @pytest.mark.parametrize("kind", ["pairs", "feedback"])
+def test_reference_log_probs_are_numbered_like_the_segments_padded_and_packed(kind):
+    # Example i's reference log-probabilities are (i + 0.25, -i - 0.5): first sequence, then second.
+    examples = [{**varied(kind, i), "ref_logps": [i + 0.25, -i - 0.5]} for i in range(7)]
+    lengths = [sum(len(v) for k, v in e.items() if k.endswith("input_ids")) for e in examples]
+    bins = pack(lengths, 12, seed=0)
+    assert len({len(b) for b in bins}) > 1  # rows holding different numbers of examples
+    packed = PairedPackedDataset(examples, bins, kind, lengths)
+    in_order = [examples[i] for b in bins for i in b]
+    expected = [e["ref_logps"][0] for e in in_order] + [e["ref_logps"][1] for e in in_order]
+    a = PairedPadCollator(kind, pad_id=0)(in_order)
+    b = PairedPackedCollator(kind, pad_id=0)([packed[i] for i in range(len(bins))])
+    assert a["ref_logps"].tolist() == b["ref_logps"].tolist() == expected
+    for batch in (a, b):  # the reference of segment s is the one of the example sequence s holds
+        for s in range(len(expected)):
+            first_token = batch["input_ids"][batch["segments"] == s][0].item()
+            example, side = divmod(first_token, 10)  # varied(): tokens 10 i + t, second sequence from t = 5
+            assert batch["ref_logps"][s].item() == (example + 0.25 if side < 5 else -example - 0.5)
+
+
+@pytest.mark.parametrize("kind", ["pairs", "feedback"])
 def test_packed_segments_match_padded_segments_for_the_same_examples(kind):
     examples = [varied(kind, i) for i in range(7)]
     lengths = [sum(len(v) for k, v in e.items() if k.endswith("input_ids")) for e in examples]
@@ -107,6 +127,7 @@ def test_packed_segments_match_padded_segments_for_the_same_examples(kind):
     same_sequences(a, b)
     if kind == "feedback":
         assert a["label"].tolist() == b["label"].tolist()
+    assert "ref_logps" not in a and "ref_logps" not in b  # only rows that carry a reference give one
     # An example's two sequences always share a packed row.
     p = len(examples)
     for row in b["segments"]:

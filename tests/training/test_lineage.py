@@ -18,6 +18,7 @@ from sft.config import ModelConfig, validate
 from sft.errors import ConfigError
 from sft.serving.export import load_run
 from sft.train import train
+from sft.training import lineage
 from sft.training.lineage import (
     adapter_base,
     check_handoff,
@@ -152,6 +153,17 @@ def test_the_record_names_the_parent_and_the_config_inherits_its_model(runs):
         assert config.model == OmegaConf.load(runs["parent"] / "config.yaml").model
         assert config.data.template == config.model.template
     assert json.loads((runs["parent"] / "run_record.json").read_text())["parent"] is None
+
+
+def test_a_child_keeps_how_its_command_line_loads_the_weights_but_never_which_weights(
+    runs, cache_dir, monkeypatch
+):
+    typed_here = ["model.attn_implementation=eager", "model.name_or_path=gpt2"]
+    monkeypatch.setattr(lineage, "hydra_overrides", lambda: typed_here)
+    cfg = typed(runs["child"], cache_dir, *NO_MODEL, f"init_from={runs['parent']}", *typed_here)
+    parent = OmegaConf.load(runs["parent"] / "config.yaml").model
+    assert cfg.model.attn_implementation == "eager" != parent.attn_implementation
+    assert (cfg.model.name_or_path, cfg.model.random_init) == (parent.name_or_path, parent.random_init)
 
 
 def test_a_relative_init_from_is_recorded_absolute(runs, cache_dir, monkeypatch):

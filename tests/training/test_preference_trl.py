@@ -1,7 +1,7 @@
 """DPO (sigmoid) and KTO end to end against TRL 1.16's DPOTrainer and KTOTrainer: the same LoRA model,
 the same token ids, the same loss and the same gradient on every LoRA weight.
 
-tests/training/test_preference.py checks the loss formulas on given log-probs; this closes the gap from
+tests/training/test_preference_losses.py checks the loss formulas on given log-probs; this closes the gap from
 token ids to gradients: our batches (PairedPadCollator, and PairedPackedCollator's packed rows), the
 log-probs gathered by `segments` (with and without `trained_logits_only`), the reference as the policy
 with its adapter disabled, and the reduction (the module returns the summed loss of the micro-batch,

@@ -59,6 +59,21 @@ def test_full_fine_tuning_dpo_starts_at_its_own_reference(make_cfg, tmp_path):
     assert (tmp_path / "full" / "model").is_dir()
 
 
+def test_a_precomputed_reference_survives_packing_and_biases_are_not_a_fresh_start(make_cfg, tmp_path):
+    # Full fine-tuning with packed pairs: the first step's policy is its own reference, so the loss is log 2
+    # (to float noise: the reference was computed on padded rows; a misplaced one is off by far more).
+    short = ["trainer.max_steps=1", "trainer.effective_batch_size=4", "trainer.micro_batch_size=2"]
+    train(make_cfg(*DPO, "lora=none", "data.packing=true", *short, run="packed"))
+    assert summary(tmp_path / "packed")["reference"] == "precomputed"
+    assert series(tmp_path / "packed", "train/loss")[0] == pytest.approx(math.log(2), abs=1e-4)
+    # LoRA that also trains the base's biases: disabling the adapter would not undo them, so it is computed.
+    train(make_cfg(*STAGE_TINY, "stage=kto", "data=kto_en", "lora.bias=all", *short, run="kto"))
+    s = summary(tmp_path / "kto")
+    assert s["reference"] == "precomputed"
+    assert s["initial_val"]["val/loss"] == pytest.approx(0.5, abs=1e-6)
+    assert series(tmp_path / "kto", "train/loss")[0] == pytest.approx(0.5, abs=1e-6)
+
+
 def test_dpo_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     # The loss is a mean over pairs: gradients are rescaled by pairs in the window, not trained tokens.
     common = [*DPO, "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.effective_batch_size=8"]
@@ -83,7 +98,8 @@ def test_kto_starts_at_one_half_and_logs_its_rewards_and_kl(make_cfg, tmp_path):
 
 
 def test_continued_pretraining_trains_every_token_of_packed_text(make_cfg, tmp_path):
-    train(make_cfg(*STAGE_TINY, "stage=pt", "data=c4", "data.max_samples=40", "trainer.max_steps=2", run="pt"))
+    short = ["data.max_samples=40", "trainer.max_steps=2"]
+    train(make_cfg(*STAGE_TINY, "stage=pt", "data=c4", *short, run="pt"))
     s = summary(tmp_path / "pt")
     assert s["stage"] == "pt" and s["data"]["packed_rows"] > 0  # packing is the pt default
     assert s["val_ppl"] == pytest.approx(math.exp(s["val_loss"]), rel=1e-5)
@@ -101,6 +117,8 @@ def test_continued_pretraining_trains_every_token_of_packed_text(make_cfg, tmp_p
         (["stage.loss=ipo"], "stage.loss='ipo': null for stage sft"),
         (["stage=dpo", "data=dpo_en", "stage.loss=kto"], "stage.loss='kto'"),
         (["stage=dpo", "data=dpo_en", "stage.reference=adapter"], "stage.reference='adapter'"),
+        (["stage=dpo", "data=dpo_en", "stage.loss=orpo", "stage.reference=copy"], "stage.reference='copy'"),
+        (["stage=sft", "data.kind=pairs"], "data.kind='pairs': 'conversations' for stage sft"),
     ],
 )
 def test_stage_mistakes_name_the_key_and_the_allowed_values(make_cfg, overrides, message):

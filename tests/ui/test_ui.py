@@ -226,7 +226,8 @@ def test_training_package_never_imports_gradio():
 
 def test_the_page_offers_each_stage_with_its_data_and_beta(groups, roots):
     options, _ = groups
-    assert set(options["stage"]) == {"sft", "pt", "dpo", "kto"} and {"dpo_en", "kto_en", "c4"} <= set(options["data"])
+    assert set(options["stage"]) == {"sft", "pt", "dpo", "kto"}
+    assert {"dpo_en", "kto_en", "c4"} <= set(options["data"])
     for stage, data in (("dpo", "dpo_en"), ("kto", "kto_en"), ("pt", "c4")):
         checked = _check(groups, roots, stage=stage, data=data)
         assert checked.ok, (stage, checked.problems)

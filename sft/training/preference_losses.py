@@ -14,8 +14,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-# Pair losses (sft.config.schema.PREFERENCE_LOSSES); the first two compare the policy with a reference.
-PAIR_LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
+from ..config.schema import PREFERENCE_LOSSES
+
+# The losses stage.loss chooses from; the first two compare the policy with a reference.
+PAIR_LOSSES = PREFERENCE_LOSSES
 _NEEDS_REFERENCE = ("sigmoid", "ipo")
 _LOG_HALF = -math.log(2.0)
 
