@@ -33,8 +33,11 @@ def dataset_kind(spec) -> tuple[str, str]:
     """(kind, the evidence for it) of one dataset entry (a DatasetConfig or a plain dict)."""
     get = spec.get if isinstance(spec, Mapping) else lambda key, default=None: getattr(spec, key, default)
     columns = get("columns") or {}
-    if get("kind"):  # pairs: how the registry translates dataset_info.json's ranking: true
-        return get("kind"), f"kind: {get('kind')}"
+    if get("kind"):
+        # kind: pairs is also how the registry translates dataset_info.json's ranking: true
+        return get("kind"), f"kind: {get('kind')}" + (
+            ", LLaMA-Factory's ranking: true" if get("kind") == "pairs" else ""
+        )
     if columns.get("kto_tag"):
         return "feedback", f"kto_tag column {columns['kto_tag']!r}"
     if columns.get("prompt") == "text" and not (columns.get("response") or columns.get("messages")):

@@ -79,6 +79,8 @@ def _summary(job: Path) -> dict | None:
     summary = RunDir(job).read_summary()
     if summary is None:
         return None
+    # A stage's final validation metrics (val/rewards/accuracy, val/kl, ...) become columns of their own.
+    summary = {**summary, **summary.get("val", {})}
     return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -101,9 +103,7 @@ def _job_rows(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             "status": ["failed" if s is None else "finished" for s in summaries],
         }
     )
-    # A stage's final validation metrics (val/rewards/accuracy, val/kl, ...) become columns of their own.
-    flat = [{**(s or {}), **(s or {}).get("val", {})} for s in summaries]
-    metrics = pd.DataFrame(flat, index=range(len(jobs)))
+    metrics = pd.DataFrame([s or {} for s in summaries], index=range(len(jobs)))
     return pd.concat([rows, overrides[params], metrics], axis=1), params
 
 
