@@ -386,6 +386,10 @@ def test_kto_reduces_the_kl_before_clamping_and_an_empty_batch_is_not_nan():
     empty = torch.zeros(0)
     losses, rewards, kl = kto_loss(empty, empty, empty, empty, empty.bool(), beta=0.1)
     assert losses.shape == rewards.shape == (0,) and kl.item() == 0.0
+    # A micro-batch of one row: its own KL row is the whole estimate (micro_batch_size=1).
+    one = torch.tensor([-1.0])
+    _, _, kl = kto_loss(one, one, torch.tensor([-2.0]), torch.tensor([-2.75]), one.bool(), beta=0.1)
+    assert kl.item() == pytest.approx(0.75)
 
 
 # ---------------------------------------------------------------------------------------------------------
