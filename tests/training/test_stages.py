@@ -87,6 +87,20 @@ def test_dpo_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     assert summary(tmp_path / "big")["data"]["train"] >= 24
 
 
+def test_a_dpo_run_resumes_exactly_from_a_checkpoint(make_cfg, tmp_path):
+    common = [*DPO, "trainer.max_steps=4", "trainer.eval_steps=2", "trainer.save_steps=2"]
+    common += ["trainer.effective_batch_size=4", "trainer.micro_batch_size=2", "optimizer.lr=1e-2"]
+    train(make_cfg(*common, run="full"))
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-000002.ckpt"
+    train(make_cfg(*common, f"resume={checkpoint}", run="resumed"))
+    full, resumed = series(tmp_path / "full", "train/loss"), series(tmp_path / "resumed", "train/loss")
+    assert set(resumed) == {2, 3}  # only the steps after the checkpoint ran
+    assert all(resumed[step] == pytest.approx(full[step], rel=1e-5) for step in resumed)
+    assert summary(tmp_path / "resumed")["val"]["val/rewards/margin"] == pytest.approx(
+        summary(tmp_path / "full")["val"]["val/rewards/margin"], rel=1e-4, abs=1e-6
+    )
+
+
 def test_kto_starts_at_one_half_and_logs_its_rewards_and_kl(make_cfg, tmp_path):
     overrides = ["trainer.max_steps=2", "trainer.effective_batch_size=4", "trainer.micro_batch_size=2"]
     train(make_cfg(*STAGE_TINY, "stage=kto", "data=kto_en", *overrides, run="kto"))
