@@ -23,7 +23,7 @@ from .atomic import write_json, write_text
 from .config import PipelineConfig, PipelineStage, check, checked_cli
 from .errors import ConfigError
 from .locations import CONF_DIR
-from .run_dir import RunDir, read_json
+from .run_dir import SUMMARY_METRICS, RunDir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,8 @@ def metrics(summary: dict, run: Path) -> dict:
     in it, and the tuned model's eval-suite scores (eval/scores.json).
     """
     found = {}
-    shown = {"val/loss", "val/ppl", "val/token_accuracy"}  # val_loss, val_ppl, ... already have columns
     for key, value in summary.get("val", {}).items():  # the stage's own: rewards, preference accuracy, kl
-        if key not in shown and _number(value):
+        if key not in SUMMARY_METRICS and _number(value):  # those have columns (val_loss, ...) already
             found[f"{key} (start)"] = summary.get("initial_val", {}).get(key)
             found[key] = value
     for key, value in summary.items():

@@ -26,6 +26,8 @@ DATA_PROBLEMS = "data_problems.txt"
 PROGRESS = "progress.json"
 METRICS_DIR, METRICS = "csv", "metrics.csv"
 CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
+# Final validation metrics that summary.json also keeps under keys of their own (beside its `val` section).
+SUMMARY_METRICS = {"val/loss": "val_loss", "val/ppl": "val_ppl", "val/token_accuracy": "val_token_accuracy"}
 ADAPTER, MODEL, MERGED = "adapter", "model", "merged"
 EVAL, SCORES, EVAL_REPORT, GENERATIONS, HARNESS = (
     "eval",
@@ -79,6 +81,20 @@ class RunDir:
     def weights(self) -> Path | None:
         """The saved weights directory, adapter/ or model/; None before the run saved any."""
         return next((p for p in (self.adapter, self.model) if p.is_dir()), None)
+
+    def saved_weights(self, key: str, given: str | Path, error: type[Exception] = ConfigError) -> Path:
+        """The weights of a run that saved them, for a command option `key={given}`; `error` says what
+        is missing: the directory, its config.yaml, or adapter/ and model/ (a run still training)."""
+        if not self.path.is_dir():
+            raise error(f"{key}={given}: no such directory; give a finished run's directory")
+        if not self.config.is_file():
+            raise error(f"{key}={given}: no {self.config.name} here; this is not a run directory")
+        if self.weights is None:
+            raise error(
+                f"{key}={given}: neither {self.adapter.name}/ nor {self.model.name}/ exists yet; "
+                "is the run still training, or did it stop before saving its weights?"
+            )
+        return self.weights
 
     def weights_dir(self, is_adapter: bool) -> Path:
         """Where the trained weights go: adapter/ for LoRA, model/ for full fine-tuning."""

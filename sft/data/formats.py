@@ -290,6 +290,15 @@ def detect_format(row: Mapping, columns: Mapping | None = None, tags: Mapping | 
     raise MalformedRow(f"cannot tell the format from keys {sorted(row)}; set the dataset's format")
 
 
+def as_row(row: object) -> Mapping:
+    """The row as a mapping, or raise MalformedRow: the reader's own marker, or why it is not an object."""
+    if isinstance(row, MalformedRow):
+        raise row
+    if not isinstance(row, Mapping):
+        raise MalformedRow(f"expected an object, got {type(row).__name__}")
+    return row
+
+
 def to_conversation(
     row: object, fmt: str = "auto", columns: Mapping | None = None, tags: Mapping | None = None
 ) -> dict:
@@ -298,10 +307,7 @@ def to_conversation(
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if problems := mapping_problems(fmt, columns, tags):
         raise ValueError("; ".join(problems))
-    if isinstance(row, MalformedRow):
-        raise row
-    if not isinstance(row, Mapping):
-        raise MalformedRow(f"expected an object, got {type(row).__name__}")
+    row = as_row(row)
     if fmt == "auto":
         fmt = detect_format(row, columns, tags)
     cols = {**COLUMNS[fmt], **{k: v for k, v in (columns or {}).items() if k in COLUMNS[fmt]}}

@@ -17,19 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import MalformedRow
-from .formats import COLUMNS, TAGS, detect_format, to_conversation
+from .formats import COLUMNS, TAGS, as_row, detect_format, to_conversation
 
 # Accepted spellings of a KTO label (1 and 0 are the keys True and False); anything else is malformed.
 _LABELS = {True: True, False: False, "true": True, "false": False}
-
-
-def _row(row: object) -> Mapping:
-    """The row as a mapping, or the reason it is not one."""
-    if isinstance(row, MalformedRow):
-        raise row
-    if not isinstance(row, Mapping):
-        raise MalformedRow(f"expected an object, got {type(row).__name__}")
-    return row
 
 
 def _pair_format(row: Mapping, fmt: str, columns: Mapping, tags: Mapping | None) -> tuple[str, dict]:
@@ -87,7 +78,7 @@ def to_pair(
     row: object, fmt: str = "auto", columns: Mapping | None = None, tags: Mapping | None = None
 ) -> dict:
     """Normalise one preference row to the canonical pair, or raise MalformedRow saying why."""
-    row = _row(row)
+    row = as_row(row)
     fmt, columns = _pair_format(row, fmt, columns or {}, tags)
     cols = {**COLUMNS[fmt], **{k: v for k, v in columns.items() if v}}
     sides = {}
@@ -127,7 +118,7 @@ def to_feedback(
     row: object, fmt: str = "auto", columns: Mapping | None = None, tags: Mapping | None = None
 ) -> dict:
     """Normalise one KTO row to a canonical conversation with its boolean `label`."""
-    row = _row(row)
+    row = as_row(row)
     key = (columns or {}).get("kto_tag") or COLUMNS["alpaca"]["kto_tag"]
     label = parse_label(row.get(key), key)
     return {**to_conversation(row, fmt, columns, tags), "label": label}

@@ -143,7 +143,7 @@ class Encoder:
             out["labels"].append(encoded["labels"])
             out["status"].append(encoded["status"])
             out["length"].append(len(encoded["input_ids"]))
-            out["trained"].append(sum(1 for t in encoded["labels"] if t != IGNORE_INDEX))
+            out["trained"].append(_trained(encoded["labels"]))
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import ConfigError, MalformedRow
+from .formats import as_row
 
 # LLaMA-Factory's raw-text entries name the text column as `prompt` (`columns: {prompt: text}`).
 TEXT_COLUMN = "text"
@@ -17,10 +18,7 @@ TEXT_COLUMN = "text"
 
 def to_text(row: object, columns: Mapping | None = None) -> dict:
     """Normalise one raw-text row to {"text": str}, or raise MalformedRow saying why."""
-    if isinstance(row, MalformedRow):
-        raise row
-    if not isinstance(row, Mapping):
-        raise MalformedRow(f"expected an object, got {type(row).__name__}")
+    row = as_row(row)
     key = (columns or {}).get("prompt") or TEXT_COLUMN
     value = row.get(key)
     if value is None:

@@ -8,24 +8,23 @@ loads with no PEFT, carrying the run's chat template.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from peft import PeftModel
 from transformers import AutoTokenizer
 
 from ..atomic import publish_dir
-from ..config import DTYPES, ExportConfig, ModelConfig, check, checked_cli
+from ..config import DTYPES, ExportConfig, check, checked_cli
 from ..data.templates import Template, get_template
 from ..errors import ConfigError, ExportError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
-from ..training.lineage import trained_weights
+from ..training.lineage import model_config, trained_weights
 
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -49,22 +48,7 @@ def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: 
 
 def run_weights(run: Path) -> Path:
     """The run's trained weights directory (`adapter/` or `model/`); an ExportError names what is missing."""
-    layout = RunDir(run)
-    if not run.is_dir():
-        raise ExportError(f"run={run}: no such directory")
-    if not layout.config.is_file():
-        raise ExportError(f"run={run}: no {layout.config.name} here; is this a finished sft run directory?")
-    if layout.weights is None:
-        raise ExportError(
-            f"run={run}: neither {layout.adapter} nor {layout.model} exists; did the run finish?"
-        )
-    return layout.weights
-
-
-def model_config(cfg: DictConfig, dtype: str | None):
-    """The run's ModelConfig, with the weights' dtype replaced when one is asked for."""
-    model = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
-    return dataclasses.replace(model, dtype=dtype) if dtype else model
+    return RunDir(run).saved_weights("run", run, ExportError)
 
 
 def stop_token_ids(cfg: DictConfig, tokenizer, model) -> list[int]:

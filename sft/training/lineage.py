@@ -68,16 +68,8 @@ def finished_run(path: str | Path, key: str = "init_from") -> Parent:
     """The finished run at `path`; a ConfigError naming `key` says what is missing."""
     run = Path(path).expanduser().resolve()
     layout = RunDir(run)
-    if not run.is_dir():
-        raise ConfigError(f"{key}={path}: no such directory; give a finished run's directory")
-    if not layout.config.is_file():
-        raise ConfigError(f"{key}={path}: no {layout.config.name} here; this is not a run directory")
-    if layout.weights is None:
-        raise ConfigError(
-            f"{key}={path}: neither {layout.adapter.name}/ nor {layout.model.name}/ exists yet; "
-            "is the run still training, or did it stop before saving its weights?"
-        )
-    return Parent(run, layout.read_config(), layout.weights)
+    weights = layout.saved_weights(key, path)
+    return Parent(run, layout.read_config(), weights)
 
 
 def parent_of(cfg: DictConfig | TrainConfig, key: str = "init_from") -> Parent | None:
@@ -234,7 +226,7 @@ def _result(run: Parent, cache_dir: str, dtype: str | None):
 
     from .model import TORCH_DTYPES
 
-    model = _model_config(run.config, dtype)
+    model = model_config(run.config, dtype)
     return AutoModelForCausalLM.from_pretrained(
         run.weights,
         dtype=TORCH_DTYPES[model.dtype],
@@ -246,10 +238,10 @@ def _result(run: Parent, cache_dir: str, dtype: str | None):
 def _load_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None):
     from .model import load_model
 
-    return load_model(_model_config(cfg, dtype), cache_dir)
+    return load_model(model_config(cfg, dtype), cache_dir)
 
 
-def _model_config(cfg: DictConfig | TrainConfig, dtype: str | None) -> ModelConfig:
+def model_config(cfg: DictConfig | TrainConfig, dtype: str | None) -> ModelConfig:
     """The run's ModelConfig, with the weights' dtype replaced when one is asked for."""
     node = cfg.model if isinstance(cfg.model, ModelConfig) else ModelConfig(**_plain(cfg.model))
     return ModelConfig(**{**vars(node), **({"dtype": dtype} if dtype else {})})

@@ -25,7 +25,7 @@ from ..data.tokenize import check_cutoff
 from ..eval.run import evaluate
 from ..locations import SOURCE_DIR
 from ..provenance import hydra_overrides, run_record
-from ..run_dir import RunDir
+from ..run_dir import SUMMARY_METRICS, RunDir
 from ..serving.export import save_final
 from .checkpoint import resolve_resume
 from .lineage import parent_record, start_model, start_weights
@@ -119,9 +119,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
         "global_step": trainer.global_step,
         "train_loss": _metric(train_metrics, "train/loss"),
         "initial_val_loss": _metric(initial, "val/loss"),
-        "val_loss": _metric(final, "val/loss"),
-        "val_ppl": _metric(final, "val/ppl"),
-        "val_token_accuracy": _metric(final, "val/token_accuracy"),
+        **{key: _metric(final, name) for name, key in SUMMARY_METRICS.items()},
         "val": {name: float(value) for name, value in final.items()},  # every metric of the stage
         "initial_val": {name: float(value) for name, value in initial.items()},
         "best_checkpoint": built.best.best_model_path or None,

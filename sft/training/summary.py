@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..run_dir import SUMMARY_METRICS
+
 
 def print_summary(s: dict) -> None:
     """A short end-of-run report on stdout."""
@@ -18,9 +20,8 @@ def print_summary(s: dict) -> None:
         f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
     ]
     # A stage's own validation metrics (preference rewards and accuracy, KL), from the first evaluation on.
-    shown = {"val/loss", "val/ppl", "val/token_accuracy"}
     for name, value in s.get("val", {}).items():
-        if name not in shown:
+        if name not in SUMMARY_METRICS:
             lines.append(f"{name} {fmt(s.get('initial_val', {}).get(name))} -> {fmt(value)}")
     for p in s.get("probes", []):
         lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
