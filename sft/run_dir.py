@@ -29,6 +29,7 @@ CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
 # Final validation metrics that summary.json also keeps under keys of their own (beside its `val` section).
 SUMMARY_METRICS = {"val/loss": "val_loss", "val/ppl": "val_ppl", "val/token_accuracy": "val_token_accuracy"}
 ADAPTER, MODEL, MERGED = "adapter", "model", "merged"
+ADAPTER_INIT = "adapter_init"  # a PiSSA/OLoRA adapter's start, until the trained one is converted
 EVAL, SCORES, EVAL_REPORT, GENERATIONS, HARNESS = (
     "eval",
     "scores.json",
@@ -60,6 +61,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / CHECKPOINTS, doc="checkpoints/")
     last_checkpoint = property(lambda self: self.checkpoints / LAST_CHECKPOINT, doc="checkpoints/last.ckpt")
     adapter = property(lambda self: self.path / ADAPTER, doc="adapter/ (LoRA weights)")
+    adapter_init = property(lambda self: self.path / ADAPTER_INIT, doc="adapter_init/ (a PiSSA/OLoRA start)")
     model = property(lambda self: self.path / MODEL, doc="model/ (fully fine-tuned weights)")
     merged = property(lambda self: self.path / MERGED, doc="merged/ (python -m sft.export's default)")
     eval = property(lambda self: self.path / EVAL, doc="eval/ (python -m sft.eval's default)")

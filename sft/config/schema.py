@@ -6,6 +6,7 @@ hold, and `sft.config.validate` checks it. tests/test_schemas.py fails when a sc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,11 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 LORA_BIAS = ("none", "all", "lora_only")
+# How a LoRA adapter starts (PEFT's `init_lora_weights`): default (B = 0), gaussian, or from the base
+# weights' principal directions (pissa, pissa_niter_<n> for a fast randomised SVD) or their QR (olora).
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+# The 4-bit data types of a QLoRA base (bitsandbytes).
+QUANTIZE = ("nf4", "fp4")
 DIRECTIONS = ("minimize", "maximize")
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP")
@@ -38,6 +44,10 @@ HANDOFFS = ("merge", "continue")
 REFERENCES = ("auto", "precomputed", "copy")
 # Groups of train.yaml without a schema field: multirun grids, search spaces and the optional local group.
 TRAIN_GROUPS = ("experiment", "sweep", "local")
+
+
+def _lora_init(value: str) -> bool:
+    return value in LORA_INITS or re.fullmatch(r"pissa_niter_[1-9][0-9]*", value) is not None
 
 
 def _fraction_or_count(value: float) -> bool:
@@ -107,7 +117,8 @@ class DataConfig:
 
 @dataclass
 class LoraConfig:
-    """PEFT LoRA settings; `enabled: false` means full fine-tuning."""
+    """How the model is adapted: a PEFT LoRA adapter (QLoRA on a 4-bit base, LoRA+, PiSSA/OLoRA starts),
+    or, with `enabled: false`, full fine-tuning or freeze tuning (`trainable_layers`, `trainable_modules`)."""
 
     enabled: bool = setting()
     r: int = setting(gt=0)
@@ -120,6 +131,12 @@ class LoraConfig:
     use_dora: bool = setting()
     use_rslora: bool = setting()
     modules_to_save: list[str] | None = setting()
+    init: str = setting(check=(_lora_init, f"one of {LORA_INITS} or pissa_niter_<n>"))
+    loraplus_lr_ratio: float | None = setting(ge=1)
+    quantize: str | None = setting(choices=QUANTIZE)
+    double_quant: bool = setting()
+    trainable_layers: int | None = setting(gt=0)
+    trainable_modules: list[str] | None = setting()
 
 
 @dataclass
@@ -182,6 +199,7 @@ class TrainerConfig:
     deterministic: bool = setting()
     max_nonfinite_steps: int = setting(ge=1)
     trained_logits_only: bool = setting()
+    neftune_alpha: float | None = setting(gt=0)
 
 
 @dataclass

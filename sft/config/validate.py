@@ -145,7 +145,43 @@ def train_problems(c: TrainConfig) -> list[str]:
             f"objective.directions={o.directions!r}: one direction per metric of objective.metrics "
             f"({len(o.metrics)})"
         )
-    return p + _stage_problems(c) + _strategy_problems(c)
+    return p + _stage_problems(c) + _strategy_problems(c) + _method_problems(c)
+
+
+def _method_problems(c: TrainConfig) -> list[str]:
+    """The adaptation method's settings fit together: LoRA's options need LoRA, freeze tuning needs none."""
+    lo, p = c.lora, []
+    lora_only = {
+        "quantize": (lo.quantize, "QLoRA trains a LoRA adapter on the 4-bit base"),
+        "loraplus_lr_ratio": (lo.loraplus_lr_ratio, "LoRA+ sets the learning rate of LoRA's B matrices"),
+        "init": (None if lo.init == "default" else lo.init, "it sets how a LoRA adapter starts"),
+    }
+    if not lo.enabled:
+        p += [
+            f"lora.{key}={value!r}: {'default' if key == 'init' else 'null'} without LoRA "
+            f"(lora.enabled=false); {why}"
+            for key, (value, why) in lora_only.items()
+            if value is not None
+        ]
+    for key in ("trainable_layers", "trainable_modules"):
+        if lo.enabled and getattr(lo, key) is not None:
+            p.append(
+                f"lora.{key}={getattr(lo, key)!r}: null with LoRA; freeze tuning trains part of the model "
+                "without an adapter (lora=freeze)"
+            )
+    layers = (c.model.random_init or {}).get("num_hidden_layers")
+    if lo.trainable_layers and layers and lo.trainable_layers > layers:
+        p.append(
+            f"lora.trainable_layers={lo.trainable_layers}: at most {layers}, the model's number of layers"
+        )
+    if lo.quantize and c.strategy.name in ("fsdp", "deepspeed"):
+        p.append(f"lora.quantize={lo.quantize!r}: null under strategy {c.strategy.name} (QLoRA: auto or ddp)")
+    if c.trainer.neftune_alpha and c.stage.name not in ("sft", "pt"):
+        p.append(
+            f"trainer.neftune_alpha={c.trainer.neftune_alpha!r}: null for stage {c.stage.name} (NEFTune "
+            "noises sft and pt batches; a preference loss compares against a noiseless reference)"
+        )
+    return p
 
 
 def _stage_problems(c: TrainConfig) -> list[str]:

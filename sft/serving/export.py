@@ -9,6 +9,7 @@ loads with no PEFT, carrying the run's chat template.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,20 +31,33 @@ from ..training.lineage import model_config, trained_weights
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
-def save_final(model, tokenizer, template: Template, run_dir: Path, state_dict: dict | None = None) -> Path:
+def save_final(
+    model,
+    tokenizer,
+    template: Template,
+    run_dir: Path,
+    state_dict: dict | None = None,
+    start: Path | None = None,
+) -> Path:
     """Save `adapter/` (LoRA) or `model/` (full fine-tuning) atomically and return its path.
 
-    `state_dict` holds the weights when the strategy sharded them (gathered by full_state_dict).
+    `state_dict` holds the weights when the strategy sharded them (gathered by full_state_dict). `start` is
+    a PiSSA/OLoRA adapter's saved start: the trained adapter is converted by PEFT into a plain LoRA adapter
+    (of twice the rank) on the original base, so it loads anywhere the base does; `start` is then deleted.
     """
     is_adapter = isinstance(model, PeftModel)
+    conversion = {"path_initial_model_for_weight_conversion": str(start)} if start else {}
 
     def build(tmp: Path) -> None:
-        model.save_pretrained(tmp, state_dict=state_dict)
+        model.save_pretrained(tmp, state_dict=state_dict, **conversion)
         # The template the model was trained with is the one generation must use.
         tokenizer.chat_template = template.jinja
         tokenizer.save_pretrained(tmp)
 
-    return publish_dir(build, RunDir(run_dir).weights_dir(is_adapter), overwrite=True)
+    saved = publish_dir(build, RunDir(run_dir).weights_dir(is_adapter), overwrite=True)
+    if start:
+        shutil.rmtree(start)
+    return saved
 
 
 def run_weights(run: Path) -> Path:

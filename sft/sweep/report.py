@@ -3,6 +3,10 @@
 A sweep dir is a Hydra multirun (numbered job dirs 0/, 1/, ... each with .hydra/overrides.yaml and, once
 finished, summary.json) or an Optuna sweep (study.json names the study and its storage). For an Optuna
 sweep the study is the source of truth: every trial gets a row, with or without a job dir here.
+
+When `seed` is swept, the runs of each configuration (the other swept parameters) are also summarised over
+their seeds (mean and 95% confidence interval), and `--baseline` compares every configuration with one of
+them, paired by seed.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from optuna.visualization.matplotlib import plot_optimization_history, plot_para
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from scipy import stats
 
 from ..config.overrides import parse_args
-from ..run_dir import RunDir, series
+from ..run_dir import RunDir, read_json, series
 
 # Optuna trial states as status words; without a study a job dir is finished (summary.json) or failed.
 STATUS = {
@@ -41,6 +46,21 @@ STATUS = {
 
 # The terminal gets the columns that tell runs apart (and the metric); runs.csv and runs.md have them all.
 SHOWN = ("run", "trial", "status", "error")
+
+# The seed summary's metrics, besides the ranking one and every eval/<suite> score, when the runs report them.
+SEED_METRICS = (
+    "val_loss",
+    "val_ppl",
+    "val_token_accuracy",
+    "tokens_per_sec",
+    "peak_rss_gb",
+    "peak_cuda_memory_gb",
+    "trainable_params",
+    "wall_seconds",
+)
+
+# The one score each kind of `sft.eval` suite is judged by (the scorers of sft.eval.suite).
+HEADLINE = {"ifeval": "prompt_level", "exact": "accuracy", "rouge": "rouge_l"}
 
 console = Console()
 
@@ -75,12 +95,29 @@ def _trial_number(job: Path) -> int | None:
     return trial.get("number") if isinstance(trial, dict) else None
 
 
+def _eval_scores(job: Path) -> dict:
+    """The headline score of each suite `python -m sft.eval` scored the tuned model on, as `eval/<suite>`."""
+    tuned = (read_json(RunDir(job).scores) or {}).get("tuned") or {}
+    return {
+        f"eval/{suite}": scores.get(HEADLINE.get(scores.get("suite")))
+        for suite, scores in tuned.items()
+        if isinstance(scores, dict)
+    }
+
+
 def _summary(job: Path) -> dict | None:
     summary = RunDir(job).read_summary()
     if summary is None:
         return None
+    parameters = summary.get("parameters") or {}
     # A stage's final validation metrics (val/rewards/accuracy, val/kl, ...) become columns of their own.
-    summary = {**summary, **summary.get("val", {})}
+    summary = {
+        **summary,
+        **summary.get("val", {}),
+        "trainable_params": parameters.get("trainable"),
+        "total_params": parameters.get("total"),
+        **_eval_scores(job),
+    }
     return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -188,20 +225,237 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([line(df.columns), line(["---"] * len(df.columns)), *rows]) + "\n"
 
 
-def print_table(df: pd.DataFrame, metric: str = "val_loss", title: str | None = None) -> None:
-    """Print the main columns of the table on the terminal with rich."""
-    keep = {*SHOWN, metric, *df.attrs.get("params", [])}
-    shown = df[[c for c in df.columns if c in keep or c == "value" or c.startswith("values_")]]
-    cells = shown.map(_fmt)
+def _print_cells(cells: pd.DataFrame, numeric: set[str], title: str | None) -> None:
     table = Table(title=title)
-    for column in shown.columns:
-        if pd.api.types.is_numeric_dtype(shown[column]):  # a cut number misleads: squeeze the text instead
-            table.add_column(str(column), justify="right", min_width=max(map(len, cells[column]), default=0))
+    for column in cells.columns:
+        if column in numeric:
+            # A cut number misleads: never narrower than its longest number (`mean ± ci` may wrap at a space).
+            width = max((len(word) for cell in cells[column] for word in cell.split()), default=0)
+            table.add_column(str(column), justify="right", overflow="fold", min_width=width)
         else:
             table.add_column(str(column), overflow="fold")
     for row in cells.itertuples(index=False):
         table.add_row(*(Text(v) for v in row))  # Text: an error message is not rich markup
     console.print(table)
+
+
+def print_table(
+    df: pd.DataFrame, metric: str = "val_loss", title: str | None = None, columns: tuple | list[str] = ()
+) -> None:
+    """Print the main columns of the table (and `columns`) on the terminal with rich."""
+    keep = {*SHOWN, metric, *columns, *df.attrs.get("params", [])}
+    shown = df[[c for c in df.columns if c in keep or c == "value" or c.startswith("values_")]]
+    numeric = {c for c in shown.columns if pd.api.types.is_numeric_dtype(shown[c])}
+    _print_cells(shown.map(_fmt), numeric, title)
+
+
+# --- statistics over seeds -----------------------------------------------------------------------------
+
+
+def numeric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns a seed summary can average: numeric, reported by some run, not a parameter."""
+    skip = {"run", "trial", *df.attrs.get("params", [])}
+    return [
+        c
+        for c in df.columns
+        if c not in skip and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()
+    ]
+
+
+def seed_metrics(df: pd.DataFrame, metric: str = "val_loss", columns: list[str] | None = None) -> list[str]:
+    """The ranking metric, then `columns`, else those of SEED_METRICS and eval/<suite> the runs report."""
+    wanted = (
+        columns if columns is not None else [*SEED_METRICS, *(c for c in df if str(c).startswith("eval/"))]
+    )
+    available = numeric_columns(df)
+    return [c for c in dict.fromkeys([metric_column(df, metric), *wanted]) if c in available]
+
+
+def mean_ci95(values: pd.Series) -> tuple[float, float]:
+    """(mean, half-width of its 95% Student-t confidence interval); the half-width is NaN below 2 values."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    n = len(values)
+    if n < 2:
+        return (float(values.mean()) if n else math.nan), math.nan
+    return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
+def _config_keys(df: pd.DataFrame) -> list[str]:
+    return [p for p in df.attrs.get("params", []) if p != "seed"]
+
+
+def _config_label(row: pd.Series, keys: list[str]) -> str:
+    # The form --baseline takes, so a label can be copied into the next command.
+    return ",".join(f"{key}={_fmt(row[key])}" for key in keys) or "all runs"
+
+
+def configurations(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The finished runs of each configuration (the swept parameters but seed), by label, in table order."""
+    keys = _config_keys(df)
+    finished = df[df["status"] == "finished"]
+    labels = pd.Series([_config_label(row, keys) for _, row in finished.iterrows()], index=finished.index)
+    return {str(label): runs for label, runs in finished.groupby(labels, sort=False)}
+
+
+def seed_summary(
+    df: pd.DataFrame, metrics: list[str] | None = None, direction: str = "minimize"
+) -> pd.DataFrame:
+    """One row per configuration: its parameters, n (finished seeds), `<metric>_mean` and `<metric>_ci95`.
+
+    Rows are ordered best first by the first metric's mean. A run missing a metric is left out of that
+    metric's mean and interval only.
+    """
+    metrics = seed_metrics(df) if metrics is None else list(metrics)
+    keys = _config_keys(df)
+    rows = []
+    for runs in configurations(df).values():
+        row = {key: runs[key].iloc[0] for key in keys} | {"n": len(runs)}
+        for metric in metrics:
+            row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci95(runs[metric])
+        rows.append(row)
+    columns = [*keys, "n", *(f"{m}_{part}" for m in metrics for part in ("mean", "ci95"))]
+    summary = pd.DataFrame(rows, columns=columns)
+    if metrics:
+        ascending = direction == "minimize"
+        summary = summary.sort_values(
+            f"{metrics[0]}_mean", ascending=ascending, na_position="last", kind="stable"
+        )
+    summary = summary.reset_index(drop=True)
+    summary.attrs.update(params=keys, metrics=metrics)
+    return summary
+
+
+def _pm(mean: float, half: float) -> str:
+    """`mean ± half`, the mean rounded to the interval's second significant digit: more digits are noise."""
+    if math.isnan(mean) or math.isnan(half) or half == 0:
+        return _fmt(mean)
+    decimals = max(0, 1 - math.floor(math.log10(half)))
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+
+
+def seed_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """A seed summary as text: the parameters, n and one `mean ± ci95` cell per metric."""
+    cells = summary[[*summary.attrs["params"], "n"]].map(_fmt)
+    for metric in summary.attrs["metrics"]:
+        cells[metric] = [
+            _pm(m, h) for m, h in zip(summary[f"{metric}_mean"], summary[f"{metric}_ci95"], strict=True)
+        ]
+    return cells
+
+
+def print_seed_summary(summary: pd.DataFrame, title: str | None = None) -> None:
+    """Print a seed summary on the terminal with rich, one `mean ± ci95` cell per metric."""
+    _print_cells(seed_cells(summary), {"n", *summary.attrs["metrics"]}, title)
+
+
+def parse_baseline(text: str) -> dict[str, str]:
+    """`key=value[,key=value...]` as a dict; ValueError for a part without `=`."""
+    parts = [part.partition("=") for part in text.split(",")]
+    if any(not key or not sep for key, sep, _ in parts):
+        raise ValueError(f"--baseline {text}: write key=value, comma-separated for several swept parameters")
+    return {key.strip(): value.strip() for key, _, value in parts}
+
+
+def find_baseline(df: pd.DataFrame, baseline: dict[str, str]) -> str:
+    """The label of the one configuration with the `baseline` values; ValueError naming those that exist."""
+    configs = configurations(df)
+    keys = _config_keys(df)
+    names = ", ".join(configs) or "none"
+    unknown = [key for key in baseline if key not in keys]
+    if unknown:
+        raise ValueError(
+            f"--baseline names {', '.join(unknown)}, not a swept parameter; the configurations are: {names}"
+        )
+    matches = [
+        label
+        for label, runs in configs.items()
+        if all(_fmt(runs[key].iloc[0]) == value for key, value in baseline.items())
+    ]
+    if len(matches) != 1:
+        found = "no configuration" if not matches else f"{len(matches)} configurations"
+        given = ",".join(f"{k}={v}" for k, v in baseline.items())
+        raise ValueError(f"--baseline {given} matches {found}; the configurations are: {names}")
+    return matches[0]
+
+
+def seed_differences(
+    df: pd.DataFrame, baseline: dict[str, str], metrics: list[str] | None = None
+) -> pd.DataFrame:
+    """Every other configuration minus the baseline, per metric, over the seeds both have.
+
+    Columns: config, baseline, metric, n (pairs), mean_diff, ci95_low, ci95_high, p_value (paired t-test),
+    resolved (p < 0.05, the same as the interval excluding 0).
+    """
+    metrics = seed_metrics(df) if metrics is None else list(metrics)
+    configs = configurations(df)
+    base_label = find_baseline(df, baseline)
+    base = configs[base_label].set_index("seed")
+    rows = []
+    for label, runs in configs.items():
+        if label == base_label:
+            continue
+        runs = runs.set_index("seed")
+        for metric in metrics:
+            # Seeds pair up by value: a seed one configuration lacks (failed, not run) drops out of both.
+            pairs = pd.concat({"config": runs[metric], "base": base[metric]}, axis=1, join="inner").dropna()
+            pairs = pairs.astype(float)
+            mean, half = mean_ci95(pairs["config"] - pairs["base"])
+            with warnings.catch_warnings():  # identical pairs give NaN, which the row then shows
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = stats.ttest_rel(pairs["config"], pairs["base"]).pvalue if len(pairs) >= 2 else math.nan
+            rows.append(
+                {
+                    "config": label,
+                    "baseline": base_label,
+                    "metric": metric,
+                    "n": len(pairs),
+                    "mean_diff": mean,
+                    "ci95_low": mean - half,
+                    "ci95_high": mean + half,
+                    "p_value": float(p),
+                    "resolved": bool(p < 0.05),
+                }
+            )
+    columns = [
+        "config",
+        "baseline",
+        "metric",
+        "n",
+        "mean_diff",
+        "ci95_low",
+        "ci95_high",
+        "p_value",
+        "resolved",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def difference_lines(differences: pd.DataFrame, metric: str) -> list[str]:
+    """One sentence per configuration: how far `metric` is from the baseline and whether that is resolved."""
+    lines = []
+    for row in differences[differences["metric"] == metric].itertuples(index=False):
+        head = f"{row.config}: {metric}"
+        if row.n < 2:
+            shared = "no seed" if row.n == 0 else "1 seed"
+            lines.append(f"{head}: {shared} shared with {row.baseline}, too few to compare: not resolved")
+            continue
+        size = row.mean_diff
+        way = "the same as" if size == 0 else f"{abs(size):.3g} {'higher' if size > 0 else 'lower'} than"
+        interval = f"95% CI {row.ci95_low:.3g} to {row.ci95_high:.3g}, p={row.p_value:.2g}, {row.n} seeds"
+        verdict = "resolved" if row.resolved else "not resolved (the interval includes 0)"
+        lines.append(f"{head} {way} {row.baseline} ({interval}): {verdict}")
+    return lines
+
+
+def seed_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
+    """configs.md: the seed summary, then (with a baseline) the differences in words and as a table."""
+    parts = ["# Configurations over seeds (mean ± 95% CI)", "", to_markdown(seed_cells(summary))]
+    if differences is not None:
+        base = differences["baseline"].iloc[0] if len(differences) else "the baseline"
+        lines = difference_lines(differences, summary.attrs["metrics"][0]) if summary.attrs["metrics"] else []
+        parts += [f"## Differences from {base}, paired by seed", "", *(f"- {line}" for line in lines), ""]
+        parts += [to_markdown(differences)]
+    return "\n".join(parts)
 
 
 def _label(row: pd.Series, params: list[str]) -> str:
@@ -308,13 +562,22 @@ def write_report(
     out_dir: Path,
     metric: str = "val_loss",
     study: optuna.Study | None = None,
+    configs: pd.DataFrame | None = None,
+    differences: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Write runs.csv, runs.md and the PNG plots into `out_dir`; returns the files written."""
+    """Write runs.csv, runs.md, configs.csv/.md (a seed summary), differences.csv and the PNG plots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "runs.csv", index=False)
     (out_dir / "runs.md").write_text(to_markdown(df))
     written = [out_dir / "runs.csv", out_dir / "runs.md"]
+    if configs is not None:
+        configs.to_csv(out_dir / "configs.csv", index=False)
+        (out_dir / "configs.md").write_text(seed_markdown(configs, differences))
+        written += [out_dir / "configs.csv", out_dir / "configs.md"]
+    if differences is not None:
+        differences.to_csv(out_dir / "differences.csv", index=False)
+        written.append(out_dir / "differences.csv")
 
     fig = Figure(figsize=(9, 5))
     if plot_loss_curves(fig.subplots(), df, sweep_dir):
@@ -346,15 +609,48 @@ def main(argv: list[str] | None = None) -> None:
         "--direction", choices=("minimize", "maximize"), help="default: the study's direction, else minimize"
     )
     parser.add_argument("--out", type=Path, help="output dir (default: <sweep_dir>/report)")
+    parser.add_argument(
+        "--columns",
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        help="comma-separated metric columns to show (and, with seed swept, to summarise over seeds)",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="with seed swept: the configuration to compare the others with, paired by seed, "
+        "as key=value of the other swept parameters (comma-separated for several)",
+    )
     args = parse_args(parser, argv)
     matplotlib.use("Agg")  # files only, also where no display exists
     try:
         df = collect(args.sweep_dir, args.metric, args.direction)
     except FileNotFoundError as err:
         parser.error(str(err))
-    print_table(df, args.metric, title=str(args.sweep_dir))
+    study = load_study(args.sweep_dir)
+    unknown = [c for c in args.columns or [] if c not in numeric_columns(df)]
+    if unknown:
+        known = ", ".join(numeric_columns(df))
+        parser.error(f"--columns: no numeric column {', '.join(unknown)}; there are: {known}")
+    configs = differences = None
+    if "seed" in df.attrs["params"]:
+        metrics = seed_metrics(df, args.metric, args.columns)
+        direction = args.direction or (study.directions[0].name.lower() if study else "minimize")
+        configs = seed_summary(df, metrics, direction)
+        if args.baseline:
+            try:
+                differences = seed_differences(df, parse_baseline(args.baseline), metrics)
+            except ValueError as err:
+                parser.error(str(err))
+    elif args.baseline:
+        parser.error("--baseline pairs runs by seed, and this sweep did not sweep seed (e.g. seed=1,2,3)")
+
+    print_table(df, args.metric, title=str(args.sweep_dir), columns=args.columns or [])
+    if configs is not None:
+        print_seed_summary(configs, title="configurations over seeds: mean ± 95% CI")
+        if differences is not None and metrics:  # no metric at all: every run failed
+            for line in difference_lines(differences, metrics[0]):
+                _say(line)
     out_dir = args.out or args.sweep_dir / "report"
-    written = write_report(df, args.sweep_dir, out_dir, args.metric, load_study(args.sweep_dir))
+    written = write_report(df, args.sweep_dir, out_dir, args.metric, study, configs, differences)
     _say("written:")
     for path in written:
         _say(f"  {path}")

@@ -42,7 +42,7 @@ IDENTITY = (
 
 # LoRA settings that `continue` takes from the parent's adapter: the child's must say the same.
 # (dropout is not among them: it shapes no weight, so the child's own applies.)
-ADAPTER_SHAPE = ("r", "alpha", "target", "bias", "use_dora", "use_rslora", "modules_to_save")
+ADAPTER_SHAPE = ("r", "alpha", "target", "bias", "use_dora", "use_rslora", "modules_to_save", "quantize")
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,14 @@ def fresh_adapter(cfg: TrainConfig) -> bool:
     """Whether the run trains a new LoRA adapter, so that disabling it gives back the starting weights.
 
     Trained biases (`lora.bias` all or lora_only) live in the base layers, where disabling the adapter
-    does not undo them.
+    does not undo them; a PiSSA or OLoRA start leaves a residual there, not the starting weights.
     """
-    return cfg.lora.enabled and cfg.lora.bias == "none" and not continues(cfg, parent_of(cfg))
+    from .model import moves_base
+
+    lora = cfg.lora
+    return (
+        lora.enabled and lora.bias == "none" and not moves_base(lora) and not continues(cfg, parent_of(cfg))
+    )
 
 
 # --- before and after validation (sft.train) ------------------------------------------------------------
@@ -179,7 +184,7 @@ def start_model(cfg: TrainConfig, cache_dir: str):
     from .model import apply_peft, prepare_for_training
 
     parent = parent_of(cfg)
-    base = adapter_base(cfg, cache_dir, cfg.model.dtype)
+    base = adapter_base(cfg, cache_dir, cfg.model.dtype, four_bit=True)
     if not continues(cfg, parent):
         return apply_peft(base, cfg.lora, cfg.trainer.gradient_checkpointing)
     from peft import PeftConfig, PeftModel
@@ -192,14 +197,27 @@ def start_model(cfg: TrainConfig, cache_dir: str):
     return model.train()
 
 
-def adapter_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None = None):
-    """The plain weights under the run's own adapter (a full fine-tune's start), rebuilt through the chain."""
+def adapter_base(
+    cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None = None, four_bit: bool = False
+):
+    """The plain weights under the run's own adapter (a full fine-tune's start), rebuilt through the chain.
+
+    A QLoRA run's base is its 4-bit weights: stored in 4 bits with `four_bit` (the run training), else
+    de-quantised (evaluation, export, later stages): the values its adapter was trained against either way.
+    """
     parent = parent_of(cfg)
     if parent is None:
-        return _load_base(cfg, cache_dir, dtype)
+        return _load_base(cfg, cache_dir, dtype, four_bit)
     if continues(cfg, parent):
-        return adapter_base(parent.config, cache_dir, dtype)
-    return _result(parent, cache_dir, dtype)
+        return adapter_base(parent.config, cache_dir, dtype, four_bit)
+    merged = _result(parent, cache_dir, dtype)
+    quantization = _quantization(cfg, dtype)
+    if quantization is None:
+        return merged
+    from .model import quantized_copy
+
+    four_bits = quantized_copy(merged, quantization)
+    return four_bits if four_bit else four_bits.dequantize()
 
 
 def start_weights(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None = None):
@@ -235,10 +253,24 @@ def _result(run: Parent, cache_dir: str, dtype: str | None):
     )
 
 
-def _load_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None):
+def _load_base(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | None, four_bit: bool = False):
     from .model import load_model
 
-    return load_model(model_config(cfg, dtype), cache_dir)
+    quantization = _quantization(cfg, dtype)
+    model = load_model(model_config(cfg, dtype), cache_dir, quantization)
+    return model if quantization is None or four_bit else model.dequantize()
+
+
+def _quantization(cfg: DictConfig | TrainConfig, dtype: str | None):
+    """The run's 4-bit settings (a QLoRA run), or None; a config.yaml from before QLoRA has none."""
+    from .model import quantization_config
+
+    lora = _get(cfg, "lora")
+    if isinstance(lora, DictConfig):
+        lora = OmegaConf.merge({"quantize": None, "double_quant": True}, lora)
+    if lora is None or not lora.quantize:
+        return None
+    return quantization_config(lora.quantize, lora.double_quant, model_config(cfg, dtype))
 
 
 def model_config(cfg: DictConfig | TrainConfig, dtype: str | None) -> ModelConfig:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTr
 from ..atomic import publish_dir
 from ..config import DTYPES, LoraConfig, ModelConfig
 from ..data.templates import CHATML
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -119,32 +120,64 @@ def load_tokenizer(cfg: ModelConfig, cache_dir: str):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, cache_dir: str):
-    """The base model's weights, ready to be wrapped."""
+def load_model(cfg: ModelConfig, cache_dir: str, quantization=None):
+    """The base model's weights, ready to be wrapped (stored in 4 bits given a BitsAndBytesConfig)."""
     return AutoModelForCausalLM.from_pretrained(
         resolve_source(cfg, cache_dir),
         dtype=TORCH_DTYPES[cfg.dtype],
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
         revision=cfg.revision,
+        quantization_config=quantization,
     )
+
+
+def quantization_config(quantize: str, double_quant: bool, model: ModelConfig):
+    """bitsandbytes' settings of a QLoRA base (lora.quantize nf4 or fp4), computing in the weights' dtype."""
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.float32 if model.dtype == "auto" else TORCH_DTYPES[model.dtype]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantize,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def quantized_copy(model, quantization):
+    """`model` (plain weights in memory, e.g. a parent run's merged result) reloaded in 4 bits."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sft-quantize-") as tmp:
+        model.save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype, quantization_config=quantization)
 
 
 def prepare_for_training(model, gradient_checkpointing: bool = False):
     """Set up activation checkpointing and training mode on loaded weights (before any adapter)."""
-    if gradient_checkpointing:
+    if getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        # PEFT's recipe for a 4-bit base: norms and head in float32, inputs that carry gradients.
+        model = prepare_model_for_kbit_training(
+            model, gradient_checkpointing, {"use_reentrant": False} if gradient_checkpointing else None
+        )
+    elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
         model.config.use_cache = False
     # from_pretrained returns eval mode, which would silently switch dropout off during training.
     return model.train()
 
 
 def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
-    """Wrap the model with LoRA (or leave it whole for full fine-tuning) and set up checkpointing."""
+    """Wrap the model with LoRA, or train it whole (full fine-tuning) or in part (freeze tuning)."""
     model = prepare_for_training(model, gradient_checkpointing)
     if not cfg.enabled:
-        model.requires_grad_(True)
-        return model
+        if cfg.trainable_layers or cfg.trainable_modules:
+            return freeze(model, cfg.trainable_layers, cfg.trainable_modules)
+        return model.requires_grad_(True)
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -158,11 +191,68 @@ def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         modules_to_save=cfg.modules_to_save,
+        init_lora_weights=True if cfg.init == "default" else cfg.init,
     )
     return get_peft_model(model, peft_config)
 
 
+def moves_base(cfg: LoraConfig) -> bool:
+    """True when the adapter's start is factored out of the base weights (PiSSA, OLoRA): the base then holds
+    a residual, and the saved adapter must be converted to apply to the original weights."""
+    return cfg.enabled and cfg.init.startswith(("pissa", "olora"))
+
+
+def save_initial_adapter(model, path: Path) -> None:
+    """Save a PiSSA/OLoRA adapter's starting weights, which `save_final` needs to convert the trained one."""
+    # Marked plain LoRA, as PEFT documents: loading this start must not factor the base a second time.
+    model.peft_config["default"].init_lora_weights = True
+    model.save_pretrained(path)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers: the ModuleList as long as `config.num_hidden_layers`."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise TypeError(f"no list of {count} decoder layers in {type(model).__name__}")
+
+
+def freeze(model, layers: int | None, modules: list[str] | None):
+    """Freeze tuning: train the last `layers` decoder layers, or within them (all, when `layers` is null)
+    only the named modules (`mlp`, `self_attn.q_proj`), plus named modules outside the stack (`lm_head`)."""
+    stack = decoder_layers(model)
+    if layers and layers > len(stack):
+        raise ConfigError(
+            f"lora.trainable_layers={layers}: at most {len(stack)}, the model's number of decoder layers"
+        )
+    chosen = stack[len(stack) - layers :] if layers else stack
+    in_stack = {id(p) for p in stack.parameters()}
+    in_chosen = {id(p) for p in chosen.parameters()}
+    # Tied weights (embed_tokens and lm_head) answer to either name: list both.
+    named = list(model.named_parameters(remove_duplicate=False))
+    if modules:
+        matches = {m: {n for n, _ in named if f".{m}." in f".{n}."} for m in modules}
+        if unmatched := [m for m, hits in matches.items() if not hits]:
+            examples = sorted({n.split(".")[-2] for n, _ in named if "." in n})
+            raise ConfigError(
+                f"lora.trainable_modules={list(modules)}: {unmatched} match no parameter of the model; "
+                f"module names are e.g. {', '.join(examples[:12])}"
+            )
+        wanted = set().union(*matches.values())
+        # Outside the stack any named module trains; inside it only those of the chosen layers.
+        train = {id(p) for n, p in named if n in wanted and (id(p) in in_chosen or id(p) not in in_stack)}
+    else:
+        train = in_chosen
+    model.requires_grad_(False)
+    for _, param in named:
+        param.requires_grad_(id(param) in train)
+    return model
+
+
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts (PEFT counts a 4-bit weight's values, not its packed bytes)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())

@@ -41,6 +41,7 @@ class SFTModule(L.LightningModule):
         scheduler: SchedulerConfig,
         trainer: TrainerConfig,
         objective=None,
+        loraplus_lr_ratio: float | None = None,
     ):
         super().__init__()
         self.model = model
@@ -49,6 +50,7 @@ class SFTModule(L.LightningModule):
         self.trained_logits_only = trainer.trained_logits_only
         self._head: tuple | None | bool = False  # (decoder, head) once known; None: full logits
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         self.gradient_clip_val = trainer.gradient_clip_val
         self.guard = NonFiniteGuard(trainer.max_nonfinite_steps)
         # Checkpoints keep only trainable weights; the frozen base comes from the model config.
@@ -160,7 +162,11 @@ class SFTModule(L.LightningModule):
     def configure_optimizers(self):
         """The configured optimizer and learning-rate schedule over the trainable parameters."""
         return build_optimizer(
-            self.model, self.optimizer_cfg, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches)
+            self.model,
+            self.optimizer_cfg,
+            self.scheduler_cfg,
+            int(self.trainer.estimated_stepping_batches),
+            self.loraplus_lr_ratio,
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

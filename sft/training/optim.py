@@ -20,9 +20,30 @@ def param_groups(model) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model, optimizer: dict, scheduler: SchedulerConfig, total_steps: int) -> dict:
-    """Lightning's optimizer dict: the `_target_` optimizer over `param_groups` and a per-step schedule."""
-    opt = instantiate(optimizer)(param_groups(model))
+def build_optimizer(
+    model,
+    optimizer: dict,
+    scheduler: SchedulerConfig,
+    total_steps: int,
+    loraplus_lr_ratio: float | None = None,
+) -> dict:
+    """Lightning's optimizer dict: the `_target_` optimizer over `param_groups` (or LoRA+'s groups, whose
+    B matrices learn `loraplus_lr_ratio` times faster) and a per-step schedule."""
+    factory = instantiate(optimizer)
+    if loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        settings = dict(factory.keywords)
+        opt = create_loraplus_optimizer(
+            model,
+            factory.func,  # PEFT reads the class's name, which a partial lacks
+            lr=settings.pop("lr"),
+            loraplus_lr_ratio=loraplus_lr_ratio,
+            loraplus_weight_decay=settings.get("weight_decay", 0.0),
+            **settings,
+        )
+    else:
+        opt = factory(param_groups(model))
     total = max(total_steps, 1)
     warmup = scheduler.warmup_steps
     if warmup is None:

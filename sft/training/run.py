@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -29,8 +28,10 @@ from ..run_dir import SUMMARY_METRICS, RunDir
 from ..serving.export import save_final
 from .checkpoint import resolve_resume
 from .lineage import parent_record, start_model, start_weights
-from .model import count_parameters, load_tokenizer
+from .memory import peak_cuda_gb, peak_rss_gb, reset_peak
+from .model import count_parameters, load_tokenizer, moves_base, save_initial_adapter
 from .module import SFTModule
+from .neftune import NEFTune
 from .objectives import build_objective
 from .probe import ProbeAnswers
 from .reference import frozen, reference_logps, reference_source
@@ -54,6 +55,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()
+    reset_peak()
 
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
@@ -73,15 +75,21 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
             )
         )
     model = start_model(typed, typed.paths.cache_dir)
+    if moves_base(typed.lora) and rank_zero_only.rank == 0:
+        save_initial_adapter(model, run_dir.adapter_init)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     probe = typed.probe
-    probes = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
-    built = build_trainer(typed, cfg, model, probes)  # FSDP wraps the model's own layer classes
+    own = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
+    if typed.trainer.neftune_alpha:
+        own.append(NEFTune(typed.trainer.neftune_alpha))
+    built = build_trainer(typed, cfg, model, own)  # FSDP wraps the model's own layer classes
     trainer = built.trainer
     quiet_other_ranks(trainer.global_rank)  # now known on every node
     objective = build_objective(typed.stage)
-    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer, objective)
+    module = SFTModule(
+        model, typed.optimizer, typed.scheduler, typed.trainer, objective, typed.lora.loraplus_lr_ratio
+    )
     reference = reference_source(typed) if objective.needs_reference else None
     if reference == "precomputed":
         datamodule.reference = partial(
@@ -124,9 +132,8 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
         "initial_val": {name: float(value) for name, value in initial.items()},
         "best_checkpoint": built.best.best_model_path or None,
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "peak_cuda_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        if torch.cuda.is_available()
-        else None,
+        "peak_rss_gb": peak_rss_gb(),
+        "peak_cuda_memory_gb": peak_cuda_gb(),
         "data": {k: v for k, v in asdict(datamodule.stats).items() if k != "problems"},
         **run_info,
     }
@@ -135,7 +142,8 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
             summary.update(part.summary_section())
     weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
     if trainer.is_global_zero:
-        summary["saved"] = str(save_final(model, tokenizer, template, out, weights))
+        start = run_dir.adapter_init if moves_base(typed.lora) else None
+        summary["saved"] = str(save_final(model, tokenizer, template, out, weights, start))
         run_dir.write_summary(summary, datamodule.stats.problems)
         print_summary(summary)
         if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would

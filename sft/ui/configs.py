@@ -53,6 +53,9 @@ FIELDS = (
         "batch_size", "preset.batch_size", "effective batch", int, derived=("trainer.effective_batch_size",)
     ),
     Field("beta", "preset.beta", "beta (dpo, kto)", derived=("stage.beta",)),
+    Field("loraplus_lr_ratio", "lora.loraplus_lr_ratio", "LoRA+ B/A learning-rate ratio", optional=True),
+    Field("trainable_layers", "lora.trainable_layers", "freeze: trained last layers", int, optional=True),
+    Field("neftune_alpha", "trainer.neftune_alpha", "NEFTune alpha", optional=True),
     Field("micro_batch_size", "trainer.micro_batch_size", "micro-batch", int),
     Field("cutoff_len", "data.cutoff_len", "cutoff (tokens)", int),
     Field("warmup_ratio", "scheduler.warmup_ratio", "warm-up ratio"),
