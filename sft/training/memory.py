@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 from pathlib import Path
 
@@ -12,6 +14,13 @@ _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 def reset_peak() -> None:
     """Start counting the peak afresh: the process's resident high-water mark (Linux) and CUDA's."""
+    # Memory an earlier run of this process freed may still be held by the allocator, and would count as
+    # this run's: collect it and hand it back to the system first.
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     try:
         _CLEAR_REFS.write_text("5")  # Linux >= 4.0: resets VmHWM to the current resident size
     except OSError:
