@@ -205,8 +205,19 @@ def _stage_problems(c: TrainConfig) -> list[str]:
 def _strategy_problems(c: TrainConfig) -> list[str]:
     """How the strategy fits the model, precision and accelerator."""
     s, p = c.strategy, []
-    if s.name in ("fsdp", "deepspeed") and c.trainer.accelerator == "cpu":
+    if s.name == "deepspeed" and c.trainer.accelerator == "cpu":
         p.append(f"trainer.accelerator='cpu': gpu for strategy {s.name}")
+    if s.name == "fsdp" and c.trainer.accelerator == "cpu":
+        if c.trainer.precision.endswith("-mixed"):
+            low = "bfloat16" if c.trainer.precision.startswith("bf16") else "float16"
+            p.append(
+                f"trainer.precision={c.trainer.precision!r}: 32-true for strategy fsdp on the CPU "
+                f"(Lightning's FSDP precision autocasts on CUDA only, so every layer would run in {low})"
+            )
+        if s.cpu_offload:
+            p.append(
+                "strategy.cpu_offload=True: false for strategy fsdp on the CPU (its shards are in CPU memory)"
+            )
     if s.name == "fsdp" and c.lora.enabled and c.model.dtype != "float32":
         p.append(
             f"model.dtype={c.model.dtype!r}: float32 for LoRA under FSDP (each wrapped layer is flattened "

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from ..config import StrategyConfig
 from ..errors import ConfigError
@@ -150,8 +151,61 @@ def fsdp_kwargs(cfg: StrategyConfig, precision: str, layers: set[type]) -> dict:
     }
 
 
-def build_strategy(cfg: StrategyConfig, precision: str, model: torch.nn.Module | None = None):
-    """The Lightning strategy (or "auto") for the strategy group; FSDP reads the model's layer classes."""
+def gathered_state_dict(module: torch.nn.Module, root_device: torch.device):
+    """FSDP's context in which `state_dict()` and `optim_state_dict()` gather full tensors onto rank 0.
+
+    They are copied to the CPU only from an accelerator: FSDP's copy is `.cpu()`, which for tensors
+    already there returns the gather buffer itself, and FSDP then frees or reuses that buffer (model
+    weights end up in freed memory, a segmentation fault on the next read; every optimizer state of a
+    parameter ends up holding the last one gathered, exp_avg equal to exp_avg_sq).
+    """
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    offload = root_device.type != "cpu"
+    return FSDP.state_dict_type(
+        module,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+    )
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy on CPU processes (gloo).
+
+    The strategy runs on a CPU root device (no `device_id`, gloo, no CUDA barrier), but the Trainer's
+    accelerator connector refuses `type(strategy) is FSDPStrategy` with `accelerator='cpu'`
+    (`_check_strategy_and_fallback`); a subclass is not that exact type. Checkpoints are gathered
+    as Lightning gathers them (full, on rank 0, optimizer state keyed by parameter index), less its
+    `offload_to_cpu` (see gathered_state_dict).
+    """
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The module's full weights on rank 0."""
+        with gathered_state_dict(self.model, self.root_device):
+            return self.model.state_dict()
+
+    def optimizer_state(self, optimizer) -> dict[str, Any]:
+        """The optimizer's full state on rank 0, keyed by parameter index."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import OptimStateKeyType
+
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps it
+        with gathered_state_dict(self.model, self.root_device):
+            state = FSDP.optim_state_dict(self.model, optimizer)
+            if self.global_rank == 0:
+                state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
+        return state
+
+
+def build_strategy(
+    cfg: StrategyConfig, precision: str, model: torch.nn.Module | None = None, accelerator: str = "gpu"
+):
+    """The Lightning strategy (or "auto") for the strategy group; FSDP reads the model's layer classes.
+
+    On `accelerator="cpu"` FSDP is CPUFSDPStrategy (gloo processes).
+    """
     if cfg.name == "auto":
         return "auto"
     if cfg.name == "ddp":
@@ -161,11 +215,10 @@ def build_strategy(cfg: StrategyConfig, precision: str, model: torch.nn.Module |
             process_group_backend=cfg.process_group_backend, find_unused_parameters=cfg.find_unused_parameters
         )
     if cfg.name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-
         if model is None:
             raise ValueError("strategy fsdp needs the model to find its layer classes")
-        return FSDPStrategy(**fsdp_kwargs(cfg, precision, decoder_layer_classes(model, cfg.wrap_layers)))
+        kind = CPUFSDPStrategy if accelerator == "cpu" else FSDPStrategy
+        return kind(**fsdp_kwargs(cfg, precision, decoder_layer_classes(model, cfg.wrap_layers)))
     if cfg.name == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError(
@@ -182,8 +235,6 @@ def build_strategy(cfg: StrategyConfig, precision: str, model: torch.nn.Module |
 
 def is_fsdp(strategy) -> bool:
     """Whether the strategy is Lightning's FSDP."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
     return isinstance(strategy, FSDPStrategy)
 
 
@@ -213,7 +264,11 @@ def shard_model(model: torch.nn.Module, strategy) -> torch.nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import wrap
 
-    return model if isinstance(model, FullyShardedDataParallel) else wrap(model)
+    if isinstance(model, FullyShardedDataParallel):
+        return model
+    # Lightning passes the device index, None on CPU, and FSDP then looks for an accelerator.
+    cpu = strategy.root_device.type == "cpu"
+    return wrap(model, device_id=strategy.root_device) if cpu else wrap(model)
 
 
 def clean_name(name: str) -> str:
@@ -309,12 +364,8 @@ def full_state_dict(trainer, model: torch.nn.Module) -> dict[str, torch.Tensor] 
     """
     strategy = trainer.strategy
     if is_fsdp(strategy):
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
         module = trainer.lightning_module  # its `model` is the root unit around the PEFT model
-        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-        with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, config):
+        with gathered_state_dict(module, strategy.root_device):
             state = module.state_dict()
         return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if shards_parameters(strategy):  # DeepSpeed ZeRO-3

@@ -52,7 +52,8 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
     `extra_callbacks` are those the run builds itself (they need its tokenizer, for example).
     """
     t = cfg.trainer
-    if cfg.strategy.name in ("fsdp", "deepspeed") and not torch.cuda.is_available():
+    needs_cuda = cfg.strategy.name == "deepspeed" or (cfg.strategy.name == "fsdp" and t.accelerator != "cpu")
+    if needs_cuda and not torch.cuda.is_available():
         raise ConfigError(f"strategy {cfg.strategy.name} needs a CUDA GPU, and none is visible here")
     run_dir = RunDir(cfg.paths.output_dir)
     ckpt_dir = run_dir.checkpoints
@@ -83,7 +84,7 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
         callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0]))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
-    strategy = build_strategy(cfg.strategy, t.precision, model)
+    strategy = build_strategy(cfg.strategy, t.precision, model, t.accelerator)
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
