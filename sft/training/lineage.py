@@ -95,7 +95,7 @@ def fresh_adapter(cfg: TrainConfig) -> bool:
 
     lora = cfg.lora
     return (
-        lora.enabled and lora.bias == "none" and not continues(cfg, parent_of(cfg))
+        lora.enabled and lora.bias == "none" and not moves_base(lora) and not continues(cfg, parent_of(cfg))
     )
 
 

@@ -35,7 +35,7 @@ from .neftune import NEFTune
 from .objectives import build_objective
 from .probe import ProbeAnswers
 from .reference import frozen, reference_logps, reference_source
-from .strategy import full_state_dict, local_rank, quiet_other_ranks
+from .strategy import full_state_dict, local_rank, quiet_other_ranks, unsharded_structure
 from .summary import print_summary
 from .trainer import build_trainer
 
@@ -143,7 +143,8 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     weights = full_state_dict(trainer, model)  # every rank: gathering sharded weights is collective
     if trainer.is_global_zero:
         start = run_dir.adapter_init if moves_base(typed.lora) else None
-        summary["saved"] = str(save_final(model, tokenizer, template, out, weights, start))
+        with unsharded_structure(model):
+            summary["saved"] = str(save_final(model, tokenizer, template, out, weights, start))
         run_dir.write_summary(summary, datamodule.stats.problems)
         print_summary(summary)
         if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would

@@ -8,6 +8,7 @@ imported only when chosen.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -382,6 +383,29 @@ def full_state_dict(trainer, model: torch.nn.Module) -> dict[str, torch.Tensor] 
                     state[name] = param.detach().cpu().clone()
         return state
     return None
+
+
+@contextlib.contextmanager
+def unsharded_structure(model: torch.nn.Module):
+    """Within the block, every FSDP unit inside `model` is replaced by the module it wraps.
+
+    PEFT finds an adapter's weights by walking module names, and FSDP's units put `_fsdp_wrapped_module`
+    in the middle of them, so saving an adapter from gathered weights would save nothing. Only the names
+    are needed then (the weights come from `full_state_dict`); the units are put back afterwards.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FullyShardedDataParallel):
+                swapped.append((parent, name, child))
+                parent._modules[name] = child.module
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child
 
 
 def check_launch(trainer) -> None:

@@ -129,13 +129,6 @@ def test_fsdp_on_cpu_resumes_exactly_from_its_step_checkpoint(runs, cache_dir):
     assert json.loads((resumed / "summary.json").read_text())["global_step"] == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PEFT 0.21 picks the adapter's keys by walking the model's module names, which under FSDP's "
-    "per-layer units contain `_fsdp_wrapped_module.` (peft.tuners.tuners_utils."
-    "_get_tuner_state_dict_key_prefixes strips it only at the start): save_pretrained(state_dict=...) "
-    "writes an empty adapter_model.safetensors",
-)
 def test_fsdp_adapter_matches_ddp_and_loads_in_a_plain_session(runs, cache_dir):
     from sft.serving.export import load_run
 

@@ -156,7 +156,7 @@ def test_strategy_mistakes_are_reported_by_key(make_cfg):
         validate(
             make_cfg(
                 *TINY,
-                "strategy=fsdp",  # with trainer=debug's accelerator=cpu
+                "strategy=fsdp",
                 "model.dtype=bfloat16",
                 "strategy.activation_checkpointing=true",
                 "trainer.gradient_checkpointing=true",
@@ -165,7 +165,6 @@ def test_strategy_mistakes_are_reported_by_key(make_cfg):
         )
     message = str(err.value)
     for expected in (
-        "trainer.accelerator='cpu': gpu for strategy fsdp",
         "model.dtype='bfloat16': float32 for LoRA under FSDP",
         "strategy.activation_checkpointing=True: false when trainer.gradient_checkpointing",
         "strategy.sharding_strategy='HYBRID'",
