@@ -199,7 +199,7 @@ class TrainerConfig:
     deterministic: bool = setting()
     max_nonfinite_steps: int = setting(ge=1)
     trained_logits_only: bool = setting()
-    neftune_alpha: float | None = setting(gt=0)
+    neftune_alpha: float | None = setting(ge=0)
 
 
 @dataclass

@@ -235,3 +235,17 @@ def test_the_page_offers_each_stage_with_its_data_and_beta(groups, roots):
     assert dpo.ok and "preset.beta=0.3" in dpo.overrides
     mismatch = _check(groups, roots, stage="dpo").problems  # the default builtin data holds conversations
     assert any("stage=dpo trains on pairs" in p for found in mismatch.values() for p in found), mismatch
+
+
+def test_the_page_offers_every_adaptation_method_and_routes_its_mistakes(groups, roots):
+    options, _ = groups
+    assert {"qlora", "loraplus", "pissa", "olora", "freeze"} <= set(options["lora"])
+    for method in ("qlora", "loraplus", "pissa", "olora", "freeze"):
+        checked = _check(groups, roots, lora=method)
+        assert checked.ok, (method, checked.problems)
+    noisy = _check(groups, roots, values={"neftune_alpha": "5"})
+    assert noisy.ok and "trainer.neftune_alpha=5.0" in noisy.overrides
+    too_deep = _check(groups, roots, lora="freeze", values={"trainable_layers": "9"}).problems
+    assert any("at most 2" in p for p in too_deep["trainable_layers"]), too_deep
+    no_lora = _check(groups, roots, lora="none", values={"loraplus_lr_ratio": "16"}).problems
+    assert any("null without LoRA" in p for p in no_lora["loraplus_lr_ratio"]), no_lora
