@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,9 +16,12 @@ import pytest
 from conftest import CONF, ROOT, TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from sft.sweep.storage import crash_safe_storage
 from sft.sweep.sweeper import StudySweeper
 
 HEARTBEAT, GRACE = 1, 2  # seconds: Optuna's heartbeat counts whole seconds (SQLite's clock does too)
@@ -141,3 +145,68 @@ def test_heartbeat_settings_default_and_are_checked():
     with pytest.raises(ValueError, match="heartbeat_interval"):
         StudySweeper(**settings, heartbeat_interval=0)
     StudySweeper(**settings, heartbeat_interval=None, grace_period=0)  # off: the rest is not used
+
+
+class Launcher:
+    """Runs no job; the second batch's trial is failed meanwhile, as another worker would a stale one."""
+
+    def __init__(self, storage):
+        self.storage, self.batches = storage, []
+
+    def launch(self, batch, initial_job_idx):
+        self.batches.append(batch)
+        if len(self.batches) == 2:
+            trial_id = int(batch[0][-2].split("id:")[1].split(",")[0])
+            self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        return [JobReturn(status=JobStatus.COMPLETED, _return_value=0.5) for _ in batch]
+
+
+def test_a_stale_trial_is_retried_first_with_its_params_and_a_late_result_is_dropped(tmp_path, caplog):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # A worker that asked trial 0, sent one heartbeat and died.
+    dead = crash_safe_storage(storage, HEARTBEAT, GRACE, max_retry=1)
+    study = optuna.create_study(study_name="s", storage=dead)
+    study.enqueue_trial({"optimizer.lr": 0.2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lost = study.ask({"optimizer.lr": CategoricalDistribution([0.1, 0.2, 0.3])})
+    dead.record_heartbeat(lost._trial_id)
+    time.sleep(GRACE + 1.5)
+
+    s = StudySweeper(
+        study_name="s",
+        storage=storage,
+        n_trials=2,
+        n_jobs=1,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=None,
+        params={"optimizer.lr": "choice(0.1,0.2,0.3)"},
+        heartbeat_interval=HEARTBEAT,
+        grace_period=GRACE,
+        max_retry=1,
+    )
+    s.config = OmegaConf.create(
+        {
+            "objective": {"directions": ["minimize"]},
+            "paths": {"log_dir": str(tmp_path)},
+            "hydra": {"sweeper": {"pruner": None}, "sweep": {"dir": str(tmp_path / "sweep")}},
+        }
+    )
+    s.launcher = Launcher(dead)
+    s.validate_batch_is_legal = lambda batch: None
+    with caplog.at_level(logging.INFO):
+        s.sweep([])
+    retry_job = s.launcher.batches[0][0]
+    assert "optimizer.lr=0.2" in retry_job and retry_job[-1] == "hydra.sweep.subdir=1"
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [(t.state, t.values) for t in trials] == [
+        (TrialState.FAIL, None),
+        (TrialState.COMPLETE, [0.5]),  # the retry, run first
+        (TrialState.FAIL, None),  # its result came after another worker had failed it
+    ]
+    assert trials[1].system_attrs["retry_history"] == [0]
+    assert (
+        "trial 2: failed meanwhile as stale by another worker; its result is not recorded" in caplog.messages
+    )
+    results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert OmegaConf.to_container(results.retries) == [{"number": 1, "retry_of": [0], "state": "complete"}]
