@@ -7,6 +7,12 @@ sweep runs, so that no other command imports optuna and sqlalchemy.
 launches each as a Hydra job (the job's overrides are the trial's parameters), and tells the study
 what the job returned. Studies live in an Optuna storage (SQLite under paths.log_dir by default),
 so running the same command again continues the study, and several workers may share it.
+
+A worker killed mid-trial (SIGKILL, a lost machine) cannot tell the study, so its trial would stay
+RUNNING forever. With `hydra.sweeper.heartbeat_interval` set (the default), each worker records a
+heartbeat for its running trials; the next worker to start or to ask for a trial marks those silent for
+`grace_period` seconds FAIL and queues a copy with the same parameters (up to `max_retry` times), which
+the next `ask` hands out like any enqueued trial.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +37,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sft.sweep.space import as_overrides, parse
-from sft.sweep.storage import default_storage
+from sft.sweep.storage import crash_safe_storage, default_storage
 
 STORAGE_ATTEMPTS = 5
 
@@ -47,9 +57,26 @@ class StudySweeper(Sweeper):
         pruner: optuna.pruners.BasePruner | None,
         params: dict[str, str] | None = None,
         enqueue: list[dict[str, Any]] | None = None,
+        heartbeat_interval: int | None = 60,
+        grace_period: int | None = 120,
+        max_retry: int | None = 2,
     ):
         if n_trials < 1 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials={n_trials} and n_jobs={n_jobs} must both be >= 1")
+        if heartbeat_interval is not None and (
+            heartbeat_interval < 1
+            or (grace_period is not None and grace_period <= heartbeat_interval)
+            or (max_retry is not None and max_retry < 0)
+        ):
+            # A grace period within one interval would fail the trials of living workers between beats.
+            raise ValueError(
+                f"hydra.sweeper: heartbeat_interval={heartbeat_interval} must be >= 1 s, grace_period="
+                f"{grace_period} longer than it (or null: twice it), max_retry={max_retry} >= 0 (or null)"
+            )
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period, self.max_retry = grace_period, max_retry
+        # The heartbeat storage when heartbeats are on (set by _study); None: trials are never found stale.
+        self.heartbeats: optuna.storages.RDBStorage | None = None
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs = n_trials, n_jobs
         # Hydra instantiates nested `_target_` nodes (conf/hydra/sweeper/sampler, pruner) before we get them.
@@ -78,9 +105,13 @@ class StudySweeper(Sweeper):
         self.storage = storage
         for attempt in range(STORAGE_ATTEMPTS):
             try:
+                if self.heartbeat_interval is not None:  # the storage creates its tables, so it can race too
+                    self.heartbeats = crash_safe_storage(
+                        storage, self.heartbeat_interval, self.grace_period, self.max_retry
+                    )
                 return optuna.create_study(
                     study_name=self.study_name,
-                    storage=storage,
+                    storage=storage if self.heartbeats is None else self.heartbeats,
                     sampler=self.sampler,
                     pruner=self.pruner,
                     directions=list(objective.directions),
@@ -122,7 +153,10 @@ class StudySweeper(Sweeper):
         done = 0
         while done < self.n_trials:
             size = min(self.n_jobs, self.n_trials - done)
-            trials = [study.ask(fixed_distributions=space) for _ in range(size)]
+            # Here, before each ask (the first: as the worker starts), so the retries of trials whose
+            # workers died are queued first and this ask hands them out.
+            self._fail_stale_trials(study)
+            trials = [self._ask(study, space) for _ in range(size)]
             # Job directories are named by trial number: workers sharing a study never share a directory.
             batch = [
                 [*fixed, *as_overrides(t.params), self._identity(t), f"hydra.sweep.subdir={t.number}"]
@@ -134,13 +168,68 @@ class StudySweeper(Sweeper):
                 for trial in trials:  # never leave trials RUNNING in the storage
                     study.tell(trial, state=TrialState.FAIL)
                 raise
-            results = self.launcher.launch(batch, initial_job_idx=done)
+            with self._heartbeat(trials):
+                results = self.launcher.launch(batch, initial_job_idx=done)
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns += results
             done += len(trials)
         self._report(study, sweep_dir)
         return returns
+
+    def _fail_stale_trials(self, study: optuna.Study) -> None:
+        """Fail the trials whose workers stopped beating; the storage's callback queues their retries."""
+        if self.heartbeats is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+    def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial:
+        """A new trial, or a queued one (an enqueued row, a retry) with its parameters already set."""
+        with warnings.catch_warnings():
+            # Optuna expects heartbeats only under optimize(); _heartbeat() records them for ask/tell.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(fixed_distributions=space)
+        if self.heartbeats is not None:
+            history = self.heartbeats.get_trial(trial._trial_id).system_attrs.get("retry_history")
+            if history:
+                log.info(
+                    "trial %d: retry of trial %d, lost with its worker (tries so far: %s)",
+                    trial.number,
+                    history[0],
+                    history,
+                )
+        return trial
+
+    @contextmanager
+    def _heartbeat(self, trials: list[optuna.Trial]) -> Iterator[None]:
+        """Record the trials' heartbeats every `heartbeat_interval` s while their jobs run."""
+        storage = self.heartbeats
+        if storage is None:
+            yield
+            return
+        ids = [t._trial_id for t in trials]
+        for trial_id in ids:  # before the jobs start: a worker killed from now on leaves a trial to retry
+            storage.record_heartbeat(trial_id)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_interval):
+                for trial_id in ids:
+                    try:
+                        storage.record_heartbeat(trial_id)
+                    except Exception as err:  # e.g. SQLite locked a moment: the next beat may get through
+                        log.warning("heartbeat of trial %d not recorded: %s", trial_id, err)
+
+        # A daemon: a job that never returns must not also keep the process from exiting.
+        thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _identity(self, trial: optuna.Trial) -> str:
         """The override that tells a job which trial it is (for pruning and the record)."""
@@ -151,6 +240,14 @@ class StudySweeper(Sweeper):
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
         """Record a job's outcome: its objective values, PRUNED, or FAIL with the error kept on the trial."""
+        if self.heartbeats is not None and self.heartbeats.get_trial(trial._trial_id).state.is_finished():
+            # Another worker found it silent (this process stalled past the grace period) and failed it;
+            # Optuna cannot take that back, and its retry is queued, so this result goes to the log only.
+            log.warning(
+                "trial %d: failed meanwhile as stale by another worker; its result is not recorded",
+                trial.number,
+            )
+            return
         try:
             value = result.return_value  # re-raises the job's exception
         except optuna.TrialPruned as pruned:
@@ -189,6 +286,13 @@ class StudySweeper(Sweeper):
             "directions": [d.name.lower() for d in study.directions],
             "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best],
         }
+        retries = [
+            {"number": t.number, "retry_of": t.system_attrs["retry_history"], "state": t.state.name.lower()}
+            for t in study.get_trials(deepcopy=False)
+            if t.system_attrs.get("retry_history")
+        ]
+        if retries:  # trials re-run because their workers died; `retry_of`: the earlier tries, oldest first
+            results["retries"] = retries
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         for t in best:
             log.info("best trial %d: values %s, params %s", t.number, t.values, t.params)
