@@ -167,7 +167,9 @@ def quantized_copy(model, quantization):
 
     with tempfile.TemporaryDirectory(prefix="sft-quantize-") as tmp:
         model.save_pretrained(tmp)
-        return AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype, quantization_config=quantization)
+        return one_4bit_kernel(
+            AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype, quantization_config=quantization)
+        )
 
 
 def prepare_for_training(model, gradient_checkpointing: bool = False):

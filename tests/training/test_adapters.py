@@ -14,7 +14,7 @@ from peft import PeftModel
 
 from sft.config import ConfigError, validate
 from sft.train import train
-from sft.training.lineage import start_model, trained_weights
+from sft.training.lineage import adapter_base, start_model, trained_weights
 from sft.training.memory import peak_rss_gb, reset_peak
 from sft.training.model import apply_peft, count_parameters, load_model, load_tokenizer, quantization_config
 from sft.training.neftune import NEFTune, neftune_noise, sequence_lengths
@@ -303,6 +303,8 @@ def test_qlora_trains_lora_on_a_4bit_base_counted_like_lora(make_cfg):
 
 
 def test_qlora_export_answers_like_the_adapter_on_the_4bit_base(make_cfg, tmp_path, cache_dir):
+    import bitsandbytes as bnb
+
     cfg = make_cfg(*SHORT, WIDE, "lora=qlora", "optimizer.lr=1e-2", "lora.dropout=0", run="qlora")
     train(cfg)
     run, typed = tmp_path / "qlora", validate(cfg)
@@ -322,6 +324,15 @@ def test_qlora_export_answers_like_the_adapter_on_the_4bit_base(make_cfg, tmp_pa
         with torch.no_grad():
             torch.testing.assert_close(merged(**ids).logits, on_4bit(**ids).logits, rtol=0, atol=1e-4)
             assert torch.equal(merged.generate(**ids, **greedy), on_4bit.generate(**ids, **greedy)), text
+    # A QLoRA run after this one starts from its result, stored in 4 bits again; its evaluations
+    # rebuild that start de-quantised, which answers as the 4-bit one does.
+    child = validate(make_cfg(*SHORT, WIDE, "lora=qlora", f"init_from={run}", run="child"))
+    start = adapter_base(child, child.paths.cache_dir, four_bit=True).eval()
+    assert isinstance(start.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    rebuilt = adapter_base(child, child.paths.cache_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(**ids).logits, start(**ids).logits, rtol=0, atol=1e-4)
+        assert (rebuilt(**ids).logits - merged(**ids).logits).abs().max() > 1e-4  # quantised once more
     # sft.export writes that merged model as a plain directory
     out = tmp_path / "merged"
     done = run_module(
