@@ -1,4 +1,6 @@
-"""Load the base model and tokenizer (hub id, local dir, packaged GGUF, or random tiny) and apply PEFT."""
+"""Load the base model and tokenizer (hub id, local dir, packaged GGUF, or random tiny; in 4 bits for QLoRA)
+and set up what trains: a PEFT adapter (LoRA family, PiSSA/OLoRA starts), the whole model or its last layers.
+"""
 
 from __future__ import annotations
 
