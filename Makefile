@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 train: setup
 	$(PY) -m sft.train preset=balanced $(ARGS)
 
-# Test files run in parallel, each whole on one worker (its module fixtures are built once): 7.5 min on 2 cores.
+# Test files run in parallel, each whole on one worker (its module fixtures are built once): 12 min on 2 cores.
 TEST_WORKERS ?= auto
 test: setup $(CHROMIUM)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
