@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,38 @@ def start_module(module: str, *args: str, log: Path, env: dict | None = None) ->
     command = [sys.executable, "-m", module, *args]
     with open(log, "w") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def logged_rows(run: Path) -> list[dict]:
+    """The rows of a run's CSV log (csv/metrics.csv), in the order they were logged."""
+    with open(run / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def logged_series(run: Path, key: str) -> dict[int, float]:
+    """step -> value for the logged rows that hold `key`."""
+    return {int(r["step"]): float(r[key]) for r in logged_rows(run) if r.get(key)}
+
+
+def train_processes(root: Path, cache_dir: Path, *overrides: str) -> Path:
+    """Run `python -m sft.train` (which may start device processes itself) with outputs under `root`;
+    return its single run directory."""
+    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(root)}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = run_module("sft.train", *overrides, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    runs = list((root / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a second one
+    assert done.stdout.count("=== sft run summary (") == 1  # printed by rank 0 only
+    return runs[0]
+
+
+def chat_ids(tokenizer, text: str = "Who are you?") -> dict:
+    """One user turn, rendered with the tokenizer's chat template and a generation prompt, as tensors."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
 
 
 def files_under(path: Path) -> set[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_train, run_module
+from conftest import TINY, chat_ids, compose_train, run_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from peft import PeftModel
@@ -36,15 +36,6 @@ def adapter_on_base(run: Path, cache_dir: Path):
     """The reference: the run's base model rebuilt from config.yaml with the adapter applied, unmerged."""
     model_cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(run / "config.yaml").model))
     return PeftModel.from_pretrained(load_model(model_cfg, str(cache_dir)), run / "adapter").eval()
-
-
-def chat_ids(tokenizer) -> dict:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Who are you?"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
 
 
 def test_merged_export_matches_the_adapter_on_its_base(trained, cache_dir, tmp_path):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, run_module
+from conftest import TINY, chat_ids, logged_rows, run_module
 from peft import PeftModel
 
 from sft.config import ConfigError, validate
@@ -34,15 +34,6 @@ def _typed(make_cfg, *overrides: str):
 
 def _summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
-
-
-def _prompt(tokenizer) -> dict:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Name three colours."}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
 
 
 # --- mistakes are named before anything loads ---------------------------------------------------------
@@ -152,14 +143,9 @@ def test_neftune_changes_training_and_leaves_validation_alone(make_cfg, tmp_path
     assert noisy["initial_val_loss"] == plain["initial_val_loss"]
     assert noisy["train_loss"] != plain["train_loss"]  # the same batches, different losses
 
-    def val_losses(run: str) -> list[float]:
-        rows = (tmp_path / run / "csv" / "metrics.csv").read_text().splitlines()
-        header = rows[0].split(",")
-        column = header.index("val/loss")
-        return [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
-
+    val_losses = [float(r["val/loss"]) for r in logged_rows(tmp_path / "noisy") if r["val/loss"]]
     # validation during the fit (after step 2) equals the final one of the same weights: no noise in it
-    during, final = val_losses("noisy")[-2:]
+    during, final = val_losses[-2:]
     assert during == pytest.approx(final, abs=1e-6)
 
 
@@ -232,7 +218,7 @@ def _check_factored(cfg, run: Path, base_val_loss: float) -> None:
     assert not missing.unexpected_keys
     # The saved adapter on the original base, in a plain session.
     plain = PeftModel.from_pretrained(load_model(typed.model, typed.paths.cache_dir), run / "adapter").eval()
-    ids = _prompt(tokenizer)
+    ids = chat_ids(tokenizer, "Name three colours.")
     with torch.no_grad():
         torch.testing.assert_close(plain(**ids).logits, trained(**ids).logits, rtol=0, atol=1e-4)
         base = load_model(typed.model, typed.paths.cache_dir)
@@ -317,12 +303,7 @@ def test_qlora_export_answers_like_the_adapter_on_the_4bit_base(make_cfg, tmp_pa
     assert not hasattr(merged.config, "quantization_config")
     greedy = {"max_new_tokens": 24, "min_new_tokens": 24, "do_sample": False}
     for text in ("Name three colours.", "Who are you?", "Write a haiku about rain."):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
+        ids = chat_ids(tokenizer, text)
         with torch.no_grad():
             torch.testing.assert_close(merged(**ids).logits, on_4bit(**ids).logits, rtol=0, atol=1e-4)
             assert torch.equal(merged.generate(**ids, **greedy), on_4bit.generate(**ids, **greedy)), text

@@ -4,15 +4,13 @@ checkpoint, and full (unsharded) weights in what it saves."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, files_under, run_module
+from conftest import TINY, files_under, logged_series, train_processes
 from safetensors.torch import load_file
 
 from sft.config import ConfigError, validate
@@ -29,23 +27,6 @@ COMMON = [
     "trainer.eval_steps=2",
     "trainer.save_total_limit=5",
 ]
-
-
-def _metric(run: Path, key: str) -> dict[int, float]:
-    with open(run / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
-
-
-def _cli(root: Path, cache_dir: Path, *overrides: str) -> Path:
-    """Run `python -m sft.train` with outputs under `root`; return its single run directory."""
-    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(root)}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    done = run_module("sft.train", *overrides, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    runs = list((root / "outputs" / "train" / "runs").iterdir())
-    assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a second one
-    return runs[0]
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -65,8 +46,8 @@ def runs(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("fsdp-cpu")
     return SimpleNamespace(
         root=root,
-        ddp=_cli(root / "ddp", cache_dir, *COMMON, "strategy=ddp"),
-        fsdp=_cli(root / "fsdp", cache_dir, *COMMON, "strategy=fsdp"),
+        ddp=train_processes(root / "ddp", cache_dir, *COMMON, "strategy=ddp"),
+        fsdp=train_processes(root / "fsdp", cache_dir, *COMMON, "strategy=fsdp"),
     )
 
 
@@ -95,7 +76,7 @@ def test_fsdp_on_two_cpu_processes_matches_ddp(runs):
     # sums (all-reduce vs reduce-scatter of the gradients, the norm over shards). Observed: losses and
     # validation identical, gradient norms within 2.4e-7 (1.3e-7 relative).
     for key in ("train/loss", "train/grad_norm", "val/loss"):
-        one, two = _metric(ddp, key), _metric(fsdp, key)
+        one, two = logged_series(ddp, key), logged_series(fsdp, key)
         assert one.keys() == two.keys() and one, key
         for step in one:
             assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), (key, step, one, two)
@@ -113,7 +94,7 @@ def test_fsdp_on_two_cpu_processes_matches_ddp(runs):
 
 
 def test_fsdp_on_cpu_resumes_exactly_from_its_step_checkpoint(runs, cache_dir):
-    resumed = _cli(
+    resumed = train_processes(
         runs.root / "resumed",
         cache_dir,
         *COMMON,
@@ -122,7 +103,7 @@ def test_fsdp_on_cpu_resumes_exactly_from_its_step_checkpoint(runs, cache_dir):
     )
     # Step 3 follows the optimizer state restored from the checkpoint (AdamW's moments).
     for key in ("train/loss", "train/grad_norm"):
-        after, before = _metric(resumed, key), _metric(runs.fsdp, key)
+        after, before = logged_series(resumed, key), logged_series(runs.fsdp, key)
         assert after.keys() == {2, 3}, key
         for step in after:
             assert after[step] == pytest.approx(before[step], rel=1e-5, abs=1e-6), (key, step, after, before)
@@ -142,7 +123,7 @@ def test_fsdp_adapter_matches_ddp_and_loads_in_a_plain_session(runs, cache_dir):
 def test_fsdp_full_fine_tune_saves_full_weights(tmp_path, cache_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    run = _cli(tmp_path, cache_dir, *COMMON, "strategy=fsdp", "lora=none", "trainer.max_steps=2")
+    run = train_processes(tmp_path, cache_dir, *COMMON, "strategy=fsdp", "lora=none", "trainer.max_steps=2")
     saved = load_file(run / "model" / "model.safetensors")
     # Every weight whole, as a model built from the saved config has it (a shard would be flat or empty).
     plain = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(run / "model")).state_dict()

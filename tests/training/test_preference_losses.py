@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -234,22 +235,26 @@ def naive_orpo(pc, pr, nc, nr, lam):
     return -pc / nc + lam * -torch.log(torch.sigmoid(torch.log(odds_ratio)))
 
 
-@pytest.mark.parametrize("beta, gamma", [(2.0, 0.5), (2.5, 1.4), (10.0, 0.0)])
-def test_simpo_matches_the_paper(beta, gamma):
-    pc, pr, _, _, nc, nr = random_pairs(7, seed=int(beta * 10 + gamma * 100))
+def _matches_naive(loss: str, naive, coefficient: float, tol: float, seed: int, **options) -> None:
+    """`pair_loss(loss)`'s losses, gradients and rewards against a naive float64 formula of the paper."""
+    pc, pr, _, _, nc, nr = random_pairs(7, seed=seed)
     apc, apr = leaves(pc, pr)
-    expected = naive_simpo(apc, apr, nc.to(F64), nr.to(F64), beta, gamma)
+    expected = naive(apc, apr, nc.to(F64), nr.to(F64))
     expected.sum().backward()
     opc, opr = leaves(pc, pr)
-    losses, chosen_rewards, rejected_rewards = pair_loss(
-        "simpo", opc, opr, nc, nr, beta=beta, simpo_gamma=gamma
-    )
+    losses, chosen_rewards, rejected_rewards = pair_loss(loss, opc, opr, nc, nr, beta=coefficient, **options)
     losses.sum().backward()
-    torch.testing.assert_close(losses, expected, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(opc.grad, apc.grad, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(opr.grad, apr.grad, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(chosen_rewards, beta * pc / nc)
-    torch.testing.assert_close(rejected_rewards, beta * pr / nr)
+    torch.testing.assert_close(losses, expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(opc.grad, apc.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(opr.grad, apr.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(chosen_rewards, coefficient * pc / nc)
+    torch.testing.assert_close(rejected_rewards, coefficient * pr / nr)
+
+
+@pytest.mark.parametrize("beta, gamma", [(2.0, 0.5), (2.5, 1.4), (10.0, 0.0)])
+def test_simpo_matches_the_paper(beta, gamma):
+    naive = partial(naive_simpo, beta=beta, gamma=gamma)
+    _matches_naive("simpo", naive, beta, 1e-10, seed=int(beta * 10 + gamma * 100), simpo_gamma=gamma)
 
 
 def test_simpo_gamma_is_trls_absolute_margin():
@@ -268,18 +273,7 @@ def test_simpo_gamma_is_trls_absolute_margin():
 
 @pytest.mark.parametrize("lam", [0.1, 0.8])
 def test_orpo_matches_the_paper(lam):
-    pc, pr, _, _, nc, nr = random_pairs(7, seed=int(lam * 10) + 40)
-    apc, apr = leaves(pc, pr)
-    expected = naive_orpo(apc, apr, nc.to(F64), nr.to(F64), lam)
-    expected.sum().backward()
-    opc, opr = leaves(pc, pr)
-    losses, chosen_rewards, rejected_rewards = pair_loss("orpo", opc, opr, nc, nr, beta=lam)
-    losses.sum().backward()
-    torch.testing.assert_close(losses, expected, atol=1e-9, rtol=1e-9)
-    torch.testing.assert_close(opc.grad, apc.grad, atol=1e-9, rtol=1e-9)
-    torch.testing.assert_close(opr.grad, apr.grad, atol=1e-9, rtol=1e-9)
-    torch.testing.assert_close(chosen_rewards, lam * pc / nc)
-    torch.testing.assert_close(rejected_rewards, lam * pr / nr)
+    _matches_naive("orpo", partial(naive_orpo, lam=lam), lam, 1e-9, seed=int(lam * 10) + 40)
 
 
 def test_orpo_odds_ratio_term_matches_trl():

@@ -4,18 +4,15 @@ for step, writes one run directory and one adapter, and resumes from its own che
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONF, ROOT, TINY, files_under, run_module
+from conftest import CONF, ROOT, TINY, files_under, logged_series, train_processes
 
 from sft.config import ConfigError, on_rank_zero, run_name, validate
 from sft.training.checkpoint import resolve_resume
@@ -331,24 +328,6 @@ def test_each_step_deals_the_one_device_examples_over_the_ranks():
 # --- DDP on two CPU processes, through the real command line ------------------------------------------
 
 
-def _losses(run: Path, key: str = "train/loss") -> dict[int, float]:
-    with open(run / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
-
-
-def _cli(root: Path, cache_dir: Path, *overrides: str) -> Path:
-    """Run `python -m sft.train` with outputs under `root`; return its single run directory."""
-    env = {**os.environ, "SFT_CACHE": str(cache_dir), "PROJECT_ROOT": str(root)}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    done = run_module("sft.train", *overrides, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    runs = list((root / "outputs" / "train" / "runs").iterdir())
-    assert len(runs) == 1, runs  # rank 1 wrote into rank 0's run directory, not a second one
-    assert done.stdout.count("=== sft run summary (") == 1  # printed by rank 0 only
-    return runs[0]
-
-
 DDP_COMMON = [
     *TINY,
     "lora.dropout=0",  # dropout draws from each process's RNG differently
@@ -368,12 +347,12 @@ def test_dpo_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     common += ["stage=dpo", "data=dpo_en", "data.cutoff_len=512", "trainer.max_steps=2", "optimizer.lr=1e-2"]
     train(make_cfg(*common, run="single"))
     single = tmp_path / "single"
-    run = _cli(tmp_path / "ddp", cache_dir, *common, "trainer.devices=2", "strategy=ddp")
+    run = train_processes(tmp_path / "ddp", cache_dir, *common, "trainer.devices=2", "strategy=ddp")
     for key in ("train/loss", "train/grad_norm", "train/rewards/margin", "train/window_pairs"):
-        one, two = _losses(single, key), _losses(run, key)
+        one, two = logged_series(single, key), logged_series(run, key)
         assert one.keys() == two.keys() == {0, 1}, key
         assert all(two[s] == pytest.approx(one[s], rel=1e-4, abs=1e-6) for s in one), (key, one, two)
-    assert _losses(run, "train/window_pairs") == {0: 8.0, 1: 8.0}
+    assert logged_series(run, "train/window_pairs") == {0: 8.0, 1: 8.0}
     val_one = json.loads((single / "summary.json").read_text())["val"]
     val_two = json.loads((run / "summary.json").read_text())["val"]
     assert val_two == pytest.approx(val_one, rel=1e-4, abs=1e-6)
@@ -387,7 +366,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     train(make_cfg(*DDP_COMMON, run="single"))
     single = tmp_path / "single"
     # Two processes (gloo): micro-batch 4 x 2 devices x 1 accumulation step = the same 8.
-    run = _cli(tmp_path / "ddp", cache_dir, *DDP_COMMON, "trainer.devices=2", "strategy=ddp")
+    run = train_processes(tmp_path / "ddp", cache_dir, *DDP_COMMON, "trainer.devices=2", "strategy=ddp")
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["strategy"] == "DDPStrategy"
@@ -401,7 +380,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     # steps, two processes by their 2 ranks. Dropping either factor doubles that run's gradients, which
     # AdamW's nearly scale-free update hides from the losses below (at most a 3e-5 relative drift by
     # step 4) unless clipping triggers.
-    norm_one, norm_two = _losses(single, "train/grad_norm"), _losses(run, "train/grad_norm")
+    norm_one, norm_two = logged_series(single, "train/grad_norm"), logged_series(run, "train/grad_norm")
     assert norm_one.keys() == norm_two.keys() == set(range(6))
     for step in norm_one:
         assert norm_one[step] > 0
@@ -411,7 +390,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     # deals the shares itself), so every step trains on exactly the examples of the one-process
     # step; only the order of float32 additions differs (micro-batch composition and padding,
     # the cross-rank sum). Observed: max |diff| 4.8e-7 on losses near 6 (8e-8 relative).
-    one, two = _losses(single), _losses(run)
+    one, two = logged_series(single, "train/loss"), logged_series(run, "train/loss")
     assert one.keys() == two.keys() == set(range(6))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), (step, one, two)
@@ -458,7 +437,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
     # Resume from the DDP run's own checkpoint: the remaining steps repeat the uninterrupted run.
-    resumed = _cli(
+    resumed = train_processes(
         tmp_path / "resumed",
         cache_dir,
         *DDP_COMMON,
@@ -466,7 +445,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
         "strategy=ddp",
         f"resume={run / 'checkpoints' / 'step-000004.ckpt'}",
     )
-    after = _losses(resumed)
+    after = logged_series(resumed, "train/loss")
     assert after.keys() == {4, 5}
     for step in after:
         assert after[step] == pytest.approx(two[step], rel=1e-5, abs=1e-6)

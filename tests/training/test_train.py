@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, files_under, run_module
+from conftest import TINY, files_under, logged_rows, logged_series, run_module
 
 from sft.train import train
-
-
-def metrics(run: Path) -> list[dict]:
-    with open(run / "csv" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def series(run: Path, key: str) -> dict[int, float]:
-    """step -> value for rows that logged `key`."""
-    return {int(r["step"]): float(r[key]) for r in metrics(run) if r.get(key)}
 
 
 def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_path):
@@ -57,7 +45,7 @@ def test_run_writes_every_output_and_the_adapter_reloads_exactly(make_cfg, tmp_p
         "accumulate_grad_batches": 2,
     }
     assert summary["tokens_per_sec"] > 0 and summary["train_seconds"] > 0
-    logged = metrics(run)[0].keys()
+    logged = logged_rows(run)[0].keys()
     for key in (
         "train/loss",
         "train/lr",
@@ -110,7 +98,7 @@ def test_loss_falls_when_overfitting_a_handful_of_examples(make_cfg, tmp_path):
             run="overfit",
         )
     )
-    loss = series(tmp_path / "overfit", "train/loss")
+    loss = logged_series(tmp_path / "overfit", "train/loss")
     assert loss[29] < 0.5 * loss[0], loss
 
 
@@ -132,7 +120,7 @@ def test_the_train_val_gap_is_logged_and_overfitting_is_called_out(make_cfg, tmp
             run="gap",
         )
     )
-    gap, val = series(tmp_path / "gap", "val/gap"), series(tmp_path / "gap", "val/loss")
+    gap, val = logged_series(tmp_path / "gap", "val/gap"), logged_series(tmp_path / "gap", "val/loss")
     assert set(gap) == set(sorted(val)[1:-1])  # every evaluation during training (not before, not after)
     summary = json.loads((tmp_path / "gap" / "summary.json").read_text())
     assert summary["overfitting_warnings"] == caplog.text.count("overfitting: val loss rose")
@@ -153,15 +141,18 @@ def test_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     ]
     train(make_cfg(*common, "trainer.micro_batch_size=8", run="big"))
     train(make_cfg(*common, "trainer.micro_batch_size=2", run="accum"))
-    big, accum = series(tmp_path / "big", "train/loss"), series(tmp_path / "accum", "train/loss")
+    big, accum = (
+        logged_series(tmp_path / "big", "train/loss"),
+        logged_series(tmp_path / "accum", "train/loss"),
+    )
     assert big.keys() == accum.keys() == {0, 1, 2}
     for step in big:
         assert accum[step] == pytest.approx(big[step], rel=1e-5)
     # The gradient itself (its norm before clipping), not only AdamW's nearly scale-free update: losing
     # the 1/accumulation factor doubles every accumulated gradient, which this sees whether or not
     # clipping triggers.
-    big_norm = series(tmp_path / "big", "train/grad_norm")
-    accum_norm = series(tmp_path / "accum", "train/grad_norm")
+    big_norm = logged_series(tmp_path / "big", "train/grad_norm")
+    accum_norm = logged_series(tmp_path / "accum", "train/grad_norm")
     assert big_norm.keys() == accum_norm.keys() == {0, 1, 2}
     for step in big_norm:
         assert big_norm[step] > 0
@@ -187,11 +178,11 @@ def test_resume_continues_step_count_and_schedule(make_cfg, tmp_path):
     full = tmp_path / "full"
     train(make_cfg(*common, f"resume={full / 'checkpoints' / 'step-000004.ckpt'}", run="resumed"))
     resumed = tmp_path / "resumed"
-    lr_full, lr_resumed = series(full, "train/lr"), series(resumed, "train/lr")
+    lr_full, lr_resumed = logged_series(full, "train/lr"), logged_series(resumed, "train/lr")
     assert set(lr_resumed) == {4, 5}  # only the steps after the checkpoint ran
     for step in lr_resumed:
         assert lr_resumed[step] == pytest.approx(lr_full[step])
-    loss_full, loss_resumed = series(full, "train/loss"), series(resumed, "train/loss")
+    loss_full, loss_resumed = logged_series(full, "train/loss"), logged_series(resumed, "train/loss")
     for step in loss_resumed:
         assert loss_resumed[step] == pytest.approx(loss_full[step], rel=1e-4)
     assert json.loads((resumed / "summary.json").read_text())["global_step"] == 6
@@ -201,7 +192,7 @@ def test_resume_last_finds_the_newest_checkpoint(make_cfg, tmp_path):
     train(make_cfg(*TINY, "trainer.max_steps=3", run="first"))
     train(make_cfg(*TINY, "resume=last", run="second"))
     assert json.loads((tmp_path / "second" / "summary.json").read_text())["global_step"] == 6
-    assert set(series(tmp_path / "second", "train/lr")) == {3, 4, 5}
+    assert set(logged_series(tmp_path / "second", "train/lr")) == {3, 4, 5}
 
 
 def test_full_fine_tuning_saves_a_whole_model(make_cfg, tmp_path):
@@ -342,4 +333,4 @@ def test_packing_trains_with_less_padding_and_the_same_validation(make_cfg, tmp_
     assert packed["padding_fraction"] < padded["padding_fraction"] / 2
     # Validation is never packed: the untrained model scores the same on it either way.
     assert packed["initial_val_loss"] == pytest.approx(padded["initial_val_loss"], abs=1e-6)
-    assert series(tmp_path / "packed", "train/padding_fraction")
+    assert logged_series(tmp_path / "packed", "train/padding_fraction")
