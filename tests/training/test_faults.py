@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_train, start_module
+from conftest import TINY, compose_train, logged_series, start_module
 from faults import InjectNaN
-from test_train import series
 
 from sft.config import ConfigError
 from sft.train import train
@@ -66,7 +65,7 @@ def wait_for(path: Path, process, log: Path, timeout: float = 240) -> None:
 
 def assert_continues_exactly(resumed: Path, reference: Path, first_step: int) -> None:
     """The resumed run trained from `first_step` on with the reference's losses and ended at its val loss."""
-    loss, expected = series(resumed, "train/loss"), series(reference, "train/loss")
+    loss, expected = logged_series(resumed, "train/loss"), logged_series(reference, "train/loss")
     assert min(loss) == first_step and max(loss) == max(expected)
     for step in loss:
         assert loss[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
@@ -142,10 +141,10 @@ def test_same_seed_gives_the_same_loss_curve(make_cfg, tmp_path):
     overrides = [*TINY, "lora.dropout=0.1", "trainer.max_steps=4"]
     train(make_cfg(*overrides, run="a"))
     train(make_cfg(*overrides, run="b"))
-    assert series(tmp_path / "a", "train/loss") == series(tmp_path / "b", "train/loss")
-    assert series(tmp_path / "a", "val/loss") == series(tmp_path / "b", "val/loss")
+    assert logged_series(tmp_path / "a", "train/loss") == logged_series(tmp_path / "b", "train/loss")
+    assert logged_series(tmp_path / "a", "val/loss") == logged_series(tmp_path / "b", "val/loss")
     train(make_cfg(*overrides, "seed=7", run="c"))
-    assert series(tmp_path / "a", "train/loss") != series(tmp_path / "c", "train/loss")
+    assert logged_series(tmp_path / "a", "train/loss") != logged_series(tmp_path / "c", "train/loss")
 
 
 def test_a_nan_step_is_skipped_and_counted(make_cfg, tmp_path):

