@@ -37,6 +37,8 @@ EVAL, SCORES, EVAL_REPORT, GENERATIONS, HARNESS = (
     "generations.jsonl",
     "harness.json",
 )
+# The trained model's greedy answers, recorded at the end of training, and an export's check against them.
+PARITY_REFERENCE, PARITY = "parity_reference.json", "parity.json"
 CHECKLIST_MD, CHECKLIST_JSON = "checklist.md", "checklist.json"
 HYDRA, TRAIN_LOG, CONSOLE_LOG = ".hydra", "train.log", "console.log"
 # Hydra's record and log of the launch that claims a directory survive an overwrite.
@@ -68,6 +70,8 @@ class RunDir:
     scores = property(lambda self: self.eval / SCORES, doc="eval/scores.json")
     generations = property(lambda self: self.eval / GENERATIONS, doc="eval/generations.jsonl")
     harness = property(lambda self: self.eval / HARNESS, doc="eval/harness.json")
+    parity_reference = property(lambda self: self.path / PARITY_REFERENCE, doc="parity_reference.json")
+    parity = property(lambda self: self.eval / PARITY, doc="eval/parity.json (an export's parity check)")
     checklist_md = property(lambda self: self.path / CHECKLIST_MD, doc="checklist.md")
     checklist_json = property(lambda self: self.path / CHECKLIST_JSON, doc="checklist.json")
     hydra = property(lambda self: self.path / HYDRA, doc=".hydra/, Hydra's record of the launch")

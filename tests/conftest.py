@@ -144,6 +144,7 @@ TINY = [
     "data.val_size=8",
     "data.cutoff_len=256",
     "probe.enabled=false",
+    "evaluation.parity.prompts=0",  # tests/eval/test_parity.py records and checks them
     "preset=conservative",
     "trainer.micro_batch_size=4",  # the tests' batch arithmetic (accumulation 2 of effective 8)
 ]

@@ -73,6 +73,7 @@ class EvalConfig:
 
     evaluation: EvaluationConfig = setting()
     run: str = setting()
+    artifact: str | None = setting()
     cache_dir: str = setting()
     out: str | None = setting()
 

@@ -250,6 +250,14 @@ class ObjectiveConfig:
 
 
 @dataclass
+class ParityConfig:
+    """The greedy answers a run records at its end, which exports are checked against (sft.eval.parity)."""
+
+    prompts: int = setting(ge=0)
+    max_new_tokens: int = setting(gt=0)
+
+
+@dataclass
 class EvaluationConfig:
     """Generation-based evaluation (sft.eval): which suites, how many prompts, the base-model comparison."""
 
@@ -261,6 +269,7 @@ class EvaluationConfig:
     batch_size: int = setting(gt=0)
     base: bool = setting()
     tolerance: float = setting(ge=0)
+    parity: ParityConfig = setting()
 
 
 @dataclass

@@ -5,6 +5,7 @@ judged on and the file they came from. The report goes to `<run>/checklist.md` a
 and is printed; the exit status is 1 when any item FAILs, 2 for a run directory that cannot be read.
 
 Evidence: `summary.json` (training), `eval/scores.json` and `eval/generations.jsonl` (`python -m sft.eval`),
+`eval/parity.json` (an export checked against the answers recorded at the end of training),
 the rating sheets given as `sheets=[...]` (`sft.eval.human`), the saved weights, and a short generation
 timed here (skipped with `measure_speed=false`).
 
@@ -92,6 +93,7 @@ class Evidence:
     ratings: pd.DataFrame | None = None
     sheet_problems: list[str] = field(default_factory=list)
     sheets: list[str] = field(default_factory=list)
+    parity: dict | None = None
 
 
 def read_json(path: Path) -> dict | None:
@@ -114,6 +116,7 @@ def gather(run: Path, sheets: list[str] | None = None) -> Evidence:
         summary=read_json(layout.summary),
         scores=read_json(layout.scores),
         generations=read_generations(layout.generations),
+        parity=read_json(layout.parity),
         sheets=[str(s) for s in sheets or []],
     )
     if evidence.sheets:
@@ -418,6 +421,35 @@ def check_size(ev: Evidence, max_params: int | None = None, max_bytes: int | Non
     return item
 
 
+# --- 8. export parity -------------------------------------------------------------------------------
+
+
+def check_parity(ev: Evidence) -> Item:
+    """Item 8: the exported model answers greedily as the run did at its end (eval/parity.json)."""
+    item = Item("Export answers as the trained model did", UNKNOWN)
+    result = ev.parity
+    if result is None:
+        recorded = RunDir(ev.run).parity_reference.is_file()
+        item.evidence = ["no eval/parity.json" + ("" if recorded else " and no parity_reference.json")]
+        item.hint = (
+            f"python -m sft.export run={ev.run} (checks its export), or python -m sft.eval run={ev.run} "
+            "artifact=<exported model>"
+            if recorded
+            else "train with evaluation.parity.prompts > 0 to record the answers exports are checked against"
+        )
+        return item
+    item.evidence.append(
+        f"eval/parity.json: {result['artifact']}: {result['matched']}/{result['prompts']} prompts answered "
+        "token for token as at the end of training, stops included"
+    )
+    drift = result.get("first_difference")
+    if drift:
+        item.evidence.append(f"prompt {drift['index']} ({drift['prompt'][:60]!r}): {drift['reason']}")
+        item.hint = "export again from the run (python -m sft.export), and check the template and stop tokens"
+    item.status = PASS if result.get("passed") else FAIL
+    return item
+
+
 # --- report ------------------------------------------------------------------------------------------
 
 
@@ -433,6 +465,7 @@ def run_checklist(cfg: DictConfig) -> list[Item]:
         check_human(ev, cfg.min_human_score, cfg.min_human_samples),
         check_speed(ev, cfg.cache_dir, cfg.speed_tokens, cfg.min_tokens_per_sec, cfg.measure_speed),
         check_size(ev, cfg.max_params, cfg.max_bytes),
+        check_parity(ev),
     ]
 
 

@@ -229,17 +229,23 @@ def start_weights(cfg: DictConfig | TrainConfig, cache_dir: str, dtype: str | No
     return _load_base(cfg, cache_dir, dtype) if parent is None else _result(parent, cache_dir, dtype)
 
 
-def trained_weights(run: Path, cache_dir: str, dtype: str | None = None, key: str = "run"):
-    """A finished run's result as one plain model: its adapter merged into its rebuilt base, or its model."""
-    return _result(finished_run(run, key), cache_dir, dtype)
+def trained_weights(
+    run: Path, cache_dir: str, dtype: str | None = None, key: str = "run", merge: bool = True
+):
+    """A finished run's result as one plain model: its adapter merged into its rebuilt base, or its model.
+
+    `merge=False` keeps an adapter on its base (the model as training ran it).
+    """
+    return _result(finished_run(run, key), cache_dir, dtype, merge)
 
 
-def _result(run: Parent, cache_dir: str, dtype: str | None):
+def _result(run: Parent, cache_dir: str, dtype: str | None, merge: bool = True):
     if run.is_adapter:
         from peft import PeftModel
 
         base = adapter_base(run.config, cache_dir, dtype)
-        return PeftModel.from_pretrained(base, run.weights).merge_and_unload()
+        model = PeftModel.from_pretrained(base, run.weights)
+        return model.merge_and_unload() if merge else model
     from transformers import AutoModelForCausalLM
 
     from .model import TORCH_DTYPES

@@ -21,13 +21,14 @@ from ..data.datamodule import SFTDataModule, build_datamodule
 from ..data.loading import system_prompt
 from ..data.templates import get_template
 from ..data.tokenize import check_cutoff
+from ..eval.parity import parity_prompts, record_reference, save_reference
 from ..eval.run import evaluate
 from ..locations import SOURCE_DIR
 from ..provenance import hydra_overrides, run_record
 from ..run_dir import SUMMARY_METRICS, RunDir
-from ..serving.export import save_final
+from ..serving.export import save_final, stop_token_ids
 from .checkpoint import resolve_resume
-from .lineage import parent_record, start_model, start_weights
+from .lineage import parent_record, start_model, start_weights, trained_weights
 from .memory import peak_cuda_gb, peak_rss_gb, reset_peak
 from .model import count_parameters, load_tokenizer, moves_base, save_initial_adapter
 from .module import SFTModule
@@ -35,7 +36,7 @@ from .neftune import NEFTune
 from .objectives import build_objective
 from .probe import ProbeAnswers
 from .reference import frozen, reference_logps, reference_source
-from .strategy import full_state_dict, local_rank, quiet_other_ranks, unsharded_structure
+from .strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters, unsharded_structure
 from .summary import print_summary
 from .trainer import build_trainer
 
@@ -145,11 +146,29 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
         start = run_dir.adapter_init if moves_base(typed.lora) else None
         with unsharded_structure(model):
             summary["saved"] = str(save_final(model, tokenizer, template, out, weights, start))
+        if typed.evaluation.parity.prompts:
+            sharded = shards_parameters(trainer.strategy)
+            _record_parity(
+                typed,
+                out,
+                trained_weights(out, typed.paths.cache_dir, merge=False) if sharded else model,
+                tokenizer,
+                template,
+            )
         run_dir.write_summary(summary, datamodule.stats.problems)
         print_summary(summary)
         if typed.evaluation.enabled:  # from the saved files, exactly as `python -m sft.eval run=<out>` would
             evaluate(out, typed.evaluation, typed.paths.cache_dir)
     return _objective(typed, final, train_metrics, summary)
+
+
+def _record_parity(typed: TrainConfig, out: Path, model, tokenizer, template) -> None:
+    """Record the trained model's greedy answers, which exports are checked against (`sft.eval.parity`)."""
+    parity = typed.evaluation.parity
+    prompts = parity_prompts(list(typed.evaluation.suites), parity.prompts)
+    stops = stop_token_ids(typed, tokenizer, model)
+    reference = record_reference(model, tokenizer, template, stops, prompts, parity.max_new_tokens)
+    log.info("parity reference (%d greedy answers) in %s", len(prompts), save_reference(reference, out))
 
 
 def _objective(cfg: TrainConfig, final: dict, train_metrics: dict, summary: dict) -> float | tuple:
