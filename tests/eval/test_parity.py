@@ -99,7 +99,7 @@ def test_an_artifact_that_does_not_stop_at_the_trained_end_of_turn_fails(exporte
     run, out = exported
     model, tokenizer = load_artifact(out)
     prompt = parity_prompts(["ifeval"], 1)
-    # A reference that stopped: a greedy token of the model's own (new from the third on) made its end of turn.
+    # A reference that stopped: one of the model's own greedy tokens (new from the third on) ended its turn.
     free = record_reference(model, tokenizer, _template(run, tokenizer), [-1], prompt, 8)
     ids = free["rows"][0]["answer_ids"]
     at = next(i for i, token in enumerate(ids) if i >= 2 and token not in ids[:i])
