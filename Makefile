@@ -30,7 +30,7 @@ train: setup
 # Test files run in parallel, each whole on one worker (its module fixtures are built once): 12 min on 2 cores.
 TEST_WORKERS ?= auto
 test: setup $(CHROMIUM)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(ARGS)
 
 # sft.train against TRL's SFTTrainer, same model/LoRA/data/steps, one session (TRL: the bench extra).
 bench: setup
