@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import TINY, run_module
+from conftest import TINY, logged_series, run_module
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -204,6 +204,7 @@ def test_a_real_sweep_runs_each_seed_at_once_and_tells_their_mean(tmp_path, cach
         "-m",
         "hydra/sweeper=optuna",
         "hydra/launcher=parallel",
+        "hydra/sweeper/pruner=median",  # prunes nothing within its 3 startup trials, but hears reports
         *TINY,
         "trainer.max_steps=2",
         "trainer.eval_steps=1",
@@ -226,9 +227,12 @@ def test_a_real_sweep_runs_each_seed_at_once_and_tells_their_mean(tmp_path, cach
         assert seed == config["seed"] == [1, 2][int(job.name) % 2]  # the job ran with its own seed
         trial = study.trials[config["trial"]["number"]]
         assert config["optimizer"]["lr"] == trial.params["optimizer.lr"]
-        by_trial.setdefault(trial.number, {})[seed] = json.loads((job / "summary.json").read_text())[
-            "val_loss"
-        ]
+        summary = json.loads((job / "summary.json").read_text())
+        by_trial.setdefault(trial.number, {})[seed] = summary["val_loss"]
+        # The pruner hears the first seed's evaluations, never the other seed's.
+        curve = set(logged_series(job, "val/loss").values())
+        heard = set(trial.intermediate_values.values())
+        assert len(heard) == 2 and (heard <= curve) == (seed == 1), (heard, curve)
     for trial in study.trials:
         values = by_trial[trial.number]
         assert values[1] != values[2]  # the seeds really differ: not one run told twice
