@@ -200,7 +200,7 @@ def package_versions() -> dict[str, str]:
 
 
 def hardware() -> dict:
-    """Platform, host, CPUs, CUDA/cuDNN versions, GPUs and the launcher environment of this process."""
+    """Platform, host, CPUs, torch threads, CUDA/cuDNN versions, GPUs and the launcher environment."""
     env = {
         k: v
         for k, v in sorted(os.environ.items())
@@ -216,6 +216,8 @@ def hardware() -> dict:
         import torch
     except ImportError:
         return info
+    # Jobs sharing a machine (a parallel sweep) each get a share of its cores: the record says which.
+    info["torch_threads"] = torch.get_num_threads()
     info["cuda"] = torch.version.cuda
     try:
         info["cudnn"] = torch.backends.cudnn.version()

@@ -37,6 +37,19 @@ def on_rank_zero(value: Any) -> Any:
     return value if int(rank) == 0 else None
 
 
+def sweep_batch(sweeper: Any) -> int:
+    """Jobs a sweeper launches together: the Optuna sweeper's n_jobs trials x seeds, else -1 (unknown)."""
+    if "n_jobs" not in sweeper:  # Hydra's basic sweeper launches a whole grid (or max_batch_size) at once
+        return sweeper.get("max_batch_size") or -1
+    return sweeper.n_jobs * len(sweeper.get("seeds") or [None])
+
+
+def cpu_share(jobs: int) -> int:
+    """This machine's cores divided among `jobs` jobs running at once (at least 1; -1: one per core)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // jobs) if jobs > 0 else 1
+
+
 def register_resolvers() -> None:
     """Register the resolvers (idempotent)."""
     resolvers = {
@@ -46,6 +59,8 @@ def register_resolvers() -> None:
         "sft.run_name": run_name,
         "sft.data_dir": default_data_dir,
         "sft.on_rank_zero": on_rank_zero,
+        "sft.sweep_batch": sweep_batch,
+        "sft.cpu_share": cpu_share,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

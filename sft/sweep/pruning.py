@@ -19,10 +19,14 @@ class TrialPruning(Callback):
     The trial is reached through the study's storage (the sweeper passes its id), so this works
     whether the launcher runs jobs in the sweeper's process or elsewhere. Rank 0 reports and asks;
     every rank then stops together. Multi-objective studies cannot prune (Optuna does not support it).
+
+    When the sweeper runs each trial over several seeds (`hydra.sweeper.seeds`, kept on the study), only
+    the job of the first seed reports: its curve stands for the trial, so the pruner compares trials on
+    the same seed, and the other seeds (running at the same time) never mix their steps into it.
     """
 
-    def __init__(self, trial: TrialConfig, metric: str):
-        self.cfg, self.metric = trial, metric
+    def __init__(self, trial: TrialConfig, metric: str, seed: int | None = None):
+        self.cfg, self.metric, self.seed = trial, metric, seed
         self._trial: optuna.Trial | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -32,7 +36,8 @@ class TrialPruning(Callback):
         study = optuna.load_study(study_name=self.cfg.study_name, storage=self.cfg.storage)
         # The storage keeps no pruner; the sweeper left its config on the study (none: never prune).
         pruner = study.user_attrs.get("pruner")
-        if len(study.directions) == 1 and pruner:
+        seeds = study.user_attrs.get("seeds")
+        if len(study.directions) == 1 and pruner and (not seeds or self.seed == seeds[0]):
             study = optuna.load_study(
                 study_name=self.cfg.study_name, storage=self.cfg.storage, pruner=instantiate(pruner)
             )

@@ -13,6 +13,9 @@ RUNNING forever. With `hydra.sweeper.heartbeat_interval` set (the default), each
 heartbeat for its running trials; the next worker to start or to ask for a trial marks those silent for
 `grace_period` seconds FAIL and queues a copy with the same parameters (up to `max_retry` times), which
 the next `ask` hands out like any enqueued trial.
+
+With `hydra.sweeper.seeds` each trial runs once per seed (`seed=<s>`), all in the same launch, and the
+study is told the mean over the seeds; see `_tell_seeds` for failures and `sft.sweep.pruning` for pruning.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 import threading
 import time
 import warnings
@@ -60,9 +64,18 @@ class StudySweeper(Sweeper):
         heartbeat_interval: int | None = 60,
         grace_period: int | None = 120,
         max_retry: int | None = 2,
+        seeds: list[int] | None = None,
     ):
         if n_trials < 1 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper: n_trials={n_trials} and n_jobs={n_jobs} must both be >= 1")
+        seeds = None if seeds is None else list(seeds)
+        if seeds is not None and (
+            not seeds
+            or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        ):
+            raise ValueError(f"hydra.sweeper: seeds={seeds} must be null or a list of distinct integers")
+        self.seeds = seeds
         if heartbeat_interval is not None and (
             heartbeat_interval < 1
             or (grace_period is not None and grace_period <= heartbeat_interval)
@@ -130,7 +143,12 @@ class StudySweeper(Sweeper):
         space, fixed = parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         if not space:
             raise ValueError("hydra.sweeper: no search space; give hydra.sweeper.params or sweep overrides")
+        if self.seeds is not None and "seed" in {*space, *(o.split("=")[0].lstrip("+~") for o in fixed)}:
+            raise ValueError(
+                "hydra.sweeper.seeds sets each job's seed: do not also give seed= as an override or parameter"
+            )
         study = self._study()
+        self._check_seeds(study)
         # Jobs reach the study through its storage, which does not keep the pruner: they rebuild it from this.
         pruner = self.config.hydra.sweeper.get("pruner")
         study.set_user_attr("pruner", OmegaConf.to_container(pruner, resolve=True) if pruner else None)
@@ -150,18 +168,16 @@ class StudySweeper(Sweeper):
             ", ".join(space),
         )
         returns: list[JobReturn] = []
-        done = 0
+        done = launched = 0
+        seeds = self.seeds or [None]
         while done < self.n_trials:
             size = min(self.n_jobs, self.n_trials - done)
             # Here, before each ask (the first: as the worker starts), so the retries of trials whose
             # workers died are queued first and this ask hands them out.
             self._fail_stale_trials(study)
             trials = [self._ask(study, space) for _ in range(size)]
-            # Job directories are named by trial number: workers sharing a study never share a directory.
-            batch = [
-                [*fixed, *as_overrides(t.params), self._identity(t), f"hydra.sweep.subdir={t.number}"]
-                for t in trials
-            ]
+            # One launch holds every seed of every trial, so a parallel launcher runs them all at once.
+            batch = [self._job(fixed, t, i, seed) for t in trials for i, seed in enumerate(seeds)]
             try:
                 self.validate_batch_is_legal(batch)
             except Exception:
@@ -169,13 +185,39 @@ class StudySweeper(Sweeper):
                     study.tell(trial, state=TrialState.FAIL)
                 raise
             with self._heartbeat(trials):
-                results = self.launcher.launch(batch, initial_job_idx=done)
-            for trial, result in zip(trials, results, strict=True):
-                self._tell(study, trial, result)
+                results = self.launcher.launch(batch, initial_job_idx=launched)
+            for k, trial in enumerate(trials):
+                own = results[k * len(seeds) : (k + 1) * len(seeds)]
+                if self.seeds is None:
+                    self._tell(study, trial, own[0])
+                else:
+                    self._tell_seeds(study, trial, dict(zip(self.seeds, own, strict=True)))
             returns += results
             done += len(trials)
+            launched += len(batch)
         self._report(study, sweep_dir)
         return returns
+
+    def _job(self, fixed: list[str], trial: optuna.Trial, index: int, seed: int | None) -> list[str]:
+        """The overrides of one job: a trial's parameters (and its `index`-th seed, if seeds are set)."""
+        # Directories are numbered by trial (its seeds next to each other): workers sharing a study never
+        # share one, and `sft.report` reads them as the numbered job dirs of a multirun.
+        number = trial.number * len(self.seeds or [None]) + index
+        seeded = [] if seed is None else [f"seed={seed}"]
+        where = f"hydra.sweep.subdir={number}"
+        return [*fixed, *as_overrides(trial.params), *seeded, self._identity(trial), where]
+
+    def _check_seeds(self, study: optuna.Study) -> None:
+        """Record the study's seeds; a study run with other seeds cannot go on (its means do not compare)."""
+        if "seeds" in study.user_attrs or study.get_trials(deepcopy=False):
+            before = study.user_attrs.get("seeds")
+            if before != self.seeds:
+                raise ValueError(
+                    f"study {self.study_name} was run with hydra.sweeper.seeds={before}, this sweep has "
+                    f"{self.seeds}: its values are means over other seeds; use another study_name"
+                )
+        # The runs read this too: only the first seed reports to the pruner (sft.sweep.pruning).
+        study.set_user_attr("seeds", self.seeds)
 
     def _fail_stale_trials(self, study: optuna.Study) -> None:
         """Fail the trials whose workers stopped beating; the storage's callback queues their retries."""
@@ -238,33 +280,82 @@ class StudySweeper(Sweeper):
             f"id:{trial._trial_id},number:{trial.number}}}"
         )
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
-        """Record a job's outcome: its objective values, PRUNED, or FAIL with the error kept on the trial."""
-        if self.heartbeats is not None and self.heartbeats.get_trial(trial._trial_id).state.is_finished():
-            # Another worker found it silent (this process stalled past the grace period) and failed it;
-            # Optuna cannot take that back, and its retry is queued, so this result goes to the log only.
-            log.warning(
-                "trial %d: failed meanwhile as stale by another worker; its result is not recorded",
-                trial.number,
-            )
-            return
+    def _stale(self, trial: optuna.Trial) -> bool:
+        """Whether another worker has already failed this trial as stale (its result must not be told)."""
+        if self.heartbeats is None or not self.heartbeats.get_trial(trial._trial_id).state.is_finished():
+            return False
+        # Another worker found it silent (this process stalled past the grace period) and failed it;
+        # Optuna cannot take that back, and its retry is queued, so this result goes to the log only.
+        log.warning(
+            "trial %d: failed meanwhile as stale by another worker; its result is not recorded", trial.number
+        )
+        return True
+
+    @staticmethod
+    def _outcome(result: JobReturn, objectives: int) -> tuple[TrialState, list[float] | None, str]:
+        """(COMPLETE, values, "") or (PRUNED, None, why) or (FAIL, None, error) for one job's result."""
         try:
             value = result.return_value  # re-raises the job's exception
         except optuna.TrialPruned as pruned:
-            log.info("trial %d: pruned (%s)", trial.number, pruned)
-            study.tell(trial, state=TrialState.PRUNED)
-            return
+            return TrialState.PRUNED, None, str(pruned)
         except Exception as err:  # one bad trial (a config error, out of memory, divergence) is not the study
-            self._fail(study, trial, f"{type(err).__name__}: {err}")
-            return
+            return TrialState.FAIL, None, f"{type(err).__name__}: {err}"
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if len(values) != len(study.directions):
-            self._fail(study, trial, f"the run returned {values}, expected {len(study.directions)} value(s)")
-        elif not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            self._fail(study, trial, f"the objective was not finite: {values}")
+        if len(values) != objectives:
+            return TrialState.FAIL, None, f"the run returned {values}, expected {objectives} value(s)"
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return TrialState.FAIL, None, f"the objective was not finite: {values}"
+        return TrialState.COMPLETE, [float(v) for v in values], ""
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
+        """Record a job's outcome: its objective values, PRUNED, or FAIL with the error kept on the trial."""
+        if self._stale(trial):
+            return
+        state, values, why = self._outcome(result, len(study.directions))
+        if state == TrialState.PRUNED:
+            log.info("trial %d: pruned (%s)", trial.number, why)
+            study.tell(trial, state=TrialState.PRUNED)
+        elif state == TrialState.FAIL:
+            self._fail(study, trial, why)
         else:
             study.tell(trial, values)
             log.info("trial %d: %s", trial.number, ", ".join(f"{v:.4f}" for v in values))
+
+    def _tell_seeds(self, study: optuna.Study, trial: optuna.Trial, results: dict[int, JobReturn]) -> None:
+        """Tell the mean over a trial's seeds; each seed's value (and their spread) stays on the trial.
+
+        Any failed seed fails the trial: a mean over fewer seeds would not compare with the other
+        trials' means. Otherwise a pruned seed (only the first one reports) prunes the trial.
+        """
+        if self._stale(trial):
+            return
+        objectives = len(study.directions)
+        outcomes = {seed: self._outcome(result, objectives) for seed, result in results.items()}
+        done = {seed: values for seed, (state, values, _) in outcomes.items() if state == TrialState.COMPLETE}
+        one = objectives == 1  # single-objective values are kept as numbers, like Optuna's trial.value
+        if done:
+            trial.set_user_attr("seed_values", {str(s): v[0] if one else v for s, v in done.items()})
+        failed = [f"seed {s}: {why}" for s, (state, _, why) in outcomes.items() if state == TrialState.FAIL]
+        pruned = [f"seed {s}: {why}" for s, (state, _, why) in outcomes.items() if state == TrialState.PRUNED]
+        if failed:
+            self._fail(study, trial, "; ".join(failed))
+            return
+        if pruned:
+            log.info("trial %d: pruned (%s)", trial.number, "; ".join(pruned))
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        columns = list(zip(*done.values(), strict=True))  # one tuple of per-seed values per objective
+        means = [statistics.fmean(column) for column in columns]
+        if len(done) > 1:
+            spread = [statistics.stdev(column) for column in columns]
+            trial.set_user_attr("seed_std", spread[0] if one else spread)
+        study.tell(trial, means)
+        log.info(
+            "trial %d: %s (mean of seeds %s)",
+            trial.number,
+            ", ".join(f"{v:.4f}" for v in means),
+            ", ".join(map(str, done)),
+        )
 
     @staticmethod
     def _fail(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
@@ -284,8 +375,14 @@ class StudySweeper(Sweeper):
             "study_name": self.study_name,
             "storage": self.storage,
             "directions": [d.name.lower() for d in study.directions],
-            "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best],
+            "best": [
+                {"number": t.number, "values": t.values, "params": t.params}
+                | ({"seed_values": t.user_attrs.get("seed_values")} if self.seeds else {})
+                for t in best
+            ],
         }
+        if self.seeds:  # the best values are means over these seeds
+            results["seeds"] = self.seeds
         retries = [
             {"number": t.number, "retry_of": t.system_attrs["retry_history"], "state": t.state.name.lower()}
             for t in study.get_trials(deepcopy=False)

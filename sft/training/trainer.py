@@ -81,7 +81,7 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
     if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
         from ..sweep.pruning import TrialPruning  # here, so that optuna loads only for sweep jobs
 
-        callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0]))
+        callbacks.append(TrialPruning(cfg.trial, cfg.objective.metrics[0], cfg.seed))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
     strategy = build_strategy(cfg.strategy, t.precision, model, t.accelerator)
