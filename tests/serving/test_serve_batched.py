@@ -389,38 +389,52 @@ def test_api_key(client, url, monkeypatch):
 # --- clients that leave ---
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(client, server, url):
+LONG = "The capital of France is"  # greedy, the tiny model writes a few hundred tokens before its EOS
+
+
+@pytest.fixture(scope="module")
+def long_reply(client, server) -> int:
+    """Steps the engine takes for LONG's whole greedy reply (nothing else running)."""
     wait_idle(server)
-    body = {"model": "tiny", "messages": USER, "max_tokens": 900, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        while not next(lines).startswith("data: {"):
-            pass
-        deadline = time.monotonic() + 10
-        while server.engine.load()["running"] != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    # The connection is closed after one chunk of 900: the generation must stop and leave the batch.
+    before = server.engine.steps
+    reply = client.completions.create(model="tiny", prompt=LONG, max_tokens=900, temperature=0)
+    assert server.engine.steps - before == reply.usage.completion_tokens > 200
+    return reply.usage.completion_tokens
+
+
+def assert_stopped_early(server, before: int, full: int) -> None:
+    """The generation left the batch long before its whole reply (and the engine is idle again)."""
     wait_idle(server)
+    assert server.engine.steps - before < full - 100, (server.engine.steps - before, full)
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(client, server, url, long_reply):
+    wait_idle(server)
+    before = server.engine.steps
+    body = {"model": "tiny", "prompt": LONG, "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/completions", json=body, timeout=60) as response:
+        next(line for line in response.iter_lines() if line.startswith("data: {"))
+    # Closed after the first chunk: the generation must stop and leave the batch.
+    assert_stopped_early(server, before, long_reply)
     reply = client.chat.completions.create(model="tiny", messages=USER, max_tokens=3)
-    assert reply.usage.completion_tokens == 3
+    assert reply.usage.completion_tokens == 3  # and the server goes on serving
 
 
-def test_a_client_that_disconnects_while_waiting_for_a_whole_reply_frees_its_slot(server, url):
+def test_a_client_that_disconnects_while_waiting_for_a_whole_reply_frees_its_slot(server, long_reply):
     wait_idle(server)
-    body = json.dumps({"model": "tiny", "messages": USER, "max_tokens": 900, "temperature": 0}).encode()
-    port = server.server_address[1]
+    before = server.engine.steps
+    body = json.dumps({"model": "tiny", "prompt": LONG, "max_tokens": 900, "temperature": 0}).encode()
     request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    with socket.create_connection(("127.0.0.1", port)) as raw:
+    with socket.create_connection(("127.0.0.1", server.server_address[1])) as raw:
         raw.sendall(request)
         deadline = time.monotonic() + 20
-        while server.engine.load()["running"] == 0:
+        while server.engine.steps - before < 5:  # generating
             assert time.monotonic() < deadline
-            time.sleep(0.02)
-    wait_idle(server)
+            time.sleep(0.005)
+    assert_stopped_early(server, before, long_reply)
 
 
 # --- load ---
