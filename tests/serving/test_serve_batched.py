@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sft.config import ModelConfig
 from sft.serving import kv
 from sft.serving.batching import Generation
-from sft.serving.chat import load
+from sft.serving.chat import eos_ids, load
 from sft.serving.serve import make_server
 from sft.serving.text import ReplyText
 from sft.training.model import resolve_source
@@ -402,6 +402,26 @@ def long_reply(client, server) -> int:
     reply = client.completions.create(model="tiny", prompt=LONG, max_tokens=900, temperature=0)
     assert server.engine.steps - before == reply.usage.completion_tokens > 200
     return reply.usage.completion_tokens
+
+
+def test_a_reply_ends_at_the_end_of_turn_token_as_generate_does(client, loaded, long_reply):
+    """LONG's greedy reply ends at the model's EOS: the same tokens and text as `generate` with eos_ids."""
+    model, tokenizer = loaded
+    reply = client.completions.create(model="tiny", prompt=LONG, max_tokens=900, temperature=0)
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens == long_reply
+    ids = tokenizer(LONG, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=900,
+            do_sample=False,
+            eos_token_id=eos_ids(model, tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new = out[0, ids.shape[1] :].tolist()
+    assert new[-1] in eos_ids(model, tokenizer) and len(new) == long_reply
+    assert reply.choices[0].text == tokenizer.decode(new, skip_special_tokens=True)
 
 
 def assert_stopped_early(server, before: int, full: int) -> None:
