@@ -117,6 +117,8 @@ class Api:
             if max(ids) >= len(self.tokenizer):
                 raise RequestError(f"prompt: token id {max(ids)} is not in the vocabulary", "prompt")
         where = "messages" if chat else "prompt"
+        if not ids:
+            raise RequestError(f"{where}: the prompt comes to no tokens", where)
         limit = budget(self.context, len(ids), params, self.default_max_tokens, where)
         return Generation(
             prompt_ids=list(ids),

@@ -9,6 +9,7 @@ whether it runs alone or beside others.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 from collections import deque
@@ -102,6 +103,9 @@ class Engine:
     ) -> None:
         kv.install(model)
         self.model, self.tokenizer = model, tokenizer
+        # The worker decodes with its own copy: a fast tokenizer shared across threads can fail with
+        # "Already borrowed" when one thread changes its padding or truncation while another decodes.
+        self._decoder = copy.deepcopy(tokenizer)
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.threads = threads
         self.eos = set(eos_ids(model, tokenizer))
@@ -131,7 +135,7 @@ class Engine:
 
     def submit(self, generation: Generation, emit: Callable[[Event], None]) -> _Sequence:
         """Queue a generation; `emit` gets its events on the worker thread. Returns a handle for cancel."""
-        sequence = _Sequence(generation, emit, self.tokenizer, self.device)
+        sequence = _Sequence(generation, emit, self._decoder, self.device)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
