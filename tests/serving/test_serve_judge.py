@@ -139,7 +139,7 @@ def test_sampling_with_a_seed_repeats(url):
         ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
         ({"messages": MESSAGES, "top_p": 0}, "top_p"),
         ({"messages": MESSAGES, "n": 2}, "n"),
-        ({"messages": MESSAGES, "stream": True}, "stream"),
+        ({"messages": MESSAGES, "stream": "yes"}, "stream"),
         ({"messages": MESSAGES, "stop": [""]}, "stop"),
     ],
 )
