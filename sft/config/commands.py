@@ -61,11 +61,13 @@ class ServeConfig:
 
 @dataclass
 class ExportConfig:
-    """`python -m sft.export`: a run merged into one transformers model directory."""
+    """`python -m sft.export`: a run merged into one transformers model directory or one GGUF file."""
 
     run: str = setting()
     out: str | None = setting()
+    format: str = setting(choices=("safetensors", "gguf"))
     dtype: str | None = setting(choices=DTYPES)
+    gguf_type: str = setting(choices=("f16", "q8_0"))
     overwrite: bool = setting()
     cache_dir: str = setting()
 

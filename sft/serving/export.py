@@ -3,7 +3,8 @@
 Training saves `adapter/` (LoRA) or `model/` (full fine-tuning) with `save_final`. `python -m sft.export
 run=<run dir>` merges the adapter into the base weights the run was trained on (rebuilt through its
 `init_from` chain by sft.training.lineage) and writes a directory that `AutoModelForCausalLM.from_pretrained`
-loads with no PEFT, carrying the run's chat template.
+loads with no PEFT, carrying the run's chat template. `format=gguf` writes the same merged model as one
+GGUF file with an Ollama Modelfile instead (sft.serving.gguf_export).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from ..errors import ConfigError, ExportError
 from ..locations import CONF_DIR
 from ..run_dir import RunDir
 from ..training.lineage import model_config, trained_weights
+from .gguf_export import GGUF_TYPES, write_gguf_dir
 
 # What a PEFT adapter directory holds; none of it may end up in a merged export.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+FORMATS = ("safetensors", "gguf")
+GGUF_DIR = "gguf"  # format=gguf's default output directory inside the run
 
 
 def save_final(
@@ -124,17 +128,52 @@ def shareable(directory: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def export(run: Path, out: Path, cache_dir: str, dtype: str | None = None, overwrite: bool = False):
-    """Write the run as a standard transformers model directory at `out`; return (out, model)."""
+def check_format(format: str, dtype: str | None, gguf_type: str) -> None:
+    """Refuse a format, or an option the chosen format cannot honour, naming the key."""
+    if format not in FORMATS:
+        raise ExportError(f"format={format!r}: one of {FORMATS}")
+    if format == "gguf" and dtype is not None:
+        raise ExportError(
+            f"dtype={dtype}: format=gguf stores its weights as gguf_type ({', '.join(GGUF_TYPES)}), "
+            "not in a dtype; leave dtype unset"
+        )
+    if format == "gguf" and gguf_type not in GGUF_TYPES:
+        raise ExportError(f"gguf_type={gguf_type!r}: one of {tuple(GGUF_TYPES)}")
+    if format != "gguf" and gguf_type != "f16":
+        raise ExportError(f"gguf_type={gguf_type}: applies to format=gguf only; add format=gguf or drop it")
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"dtype={dtype!r}: one of {DTYPES} (or null for the run's model.dtype)")
+
+
+def default_out(run: Path, format: str = "safetensors") -> Path:
+    """Where an export goes when `out` is not given: <run>/merged, or <run>/gguf for format=gguf."""
+    return run / GGUF_DIR if format == "gguf" else RunDir(run).merged
+
+
+def export(
+    run: Path,
+    out: Path,
+    cache_dir: str,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    format: str = "safetensors",
+    gguf_type: str = "f16",
+):
+    """Write the run at `out` as a transformers directory or a GGUF file + Modelfile; return (out, model)."""
+    check_format(format, dtype, gguf_type)
     run_weights(run)  # a wrong run directory is reported before anything is loaded or checked
     check_out(run, out, overwrite)
-    model, tokenizer = load_run(run, cache_dir, dtype)
+    # GGUF weights are rounded to f16 or q8_0 once, from the merge done in float32.
+    model, tokenizer = load_run(run, cache_dir, "float32" if format == "gguf" else dtype)
 
     def build(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if format == "gguf":
+            write_gguf_dir(
+                tmp, model, tokenizer, RunDir(run).read_config(), gguf_type, Path(run).resolve().name
+            )
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         shareable(tmp)
 
     return publish_dir(build, out, overwrite=True), model
@@ -152,13 +191,13 @@ def describe(out: Path, model) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    """`python -m sft.export run=<run dir>`; a wrong run or output directory exits 2 with its message."""
+    """`python -m sft.export run=<run dir>`; a wrong run, output or option exits 2 with its message."""
     torch.set_grad_enabled(False)  # nothing here trains; merging and saving need no autograd graph
     try:
         check(cfg, ExportConfig)
         run = Path(cfg.run).expanduser()
-        out = Path(cfg.out).expanduser() if cfg.out else RunDir(run).merged
-        written, model = export(run, out, cfg.cache_dir, cfg.dtype, cfg.overwrite)
+        out = Path(cfg.out).expanduser() if cfg.out else default_out(run, cfg.format)
+        written, model = export(run, out, cfg.cache_dir, cfg.dtype, cfg.overwrite, cfg.format, cfg.gguf_type)
     except (ConfigError, ExportError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
