@@ -35,7 +35,8 @@ from sft.train import train
 from sft.training.model import byte_tokenizer
 
 SYSTEM = "You are a terse assistant."
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# As SmolLM2's first ids; <repo_name> is special without being bos, eos, unk or pad.
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>"]
 # A high learning rate moves the adapter far from zero, so an export that lost it would show.
 TRAINED = [*TINY, "trainer.max_steps=4", "trainer.eval_steps=4", "optimizer.lr=1e-2", "lora.dropout=0"]
 CONVERSATIONS = [
@@ -54,16 +55,18 @@ CONVERSATIONS = [
 ]
 GREEDY = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False}
 # Largest logit difference from the float32 merged model (logits up to ~4.2), measured on this module's run:
-# f16 0.0051, q8_0 0.13. The f16 file matches the merged model with its weights rounded to f16 in torch far
+# f16 0.0054, q8_0 0.12. The f16 file matches the merged model with its weights rounded to f16 in torch far
 # closer (ROUNDED_ATOL): what differs is that rounding, nothing else.
 F16_ATOL, Q8_0_ATOL, ROUNDED_ATOL = 1e-2, 0.25, 1e-4
-# q8_0, measured over 3 prompts x 32 greedy tokens: the greedy answers first part at token 11 of one prompt;
-# re-fed the merged model's answer, the q8_0 model picks the same next token at 95 of 96 positions.
-Q8_0_SAME_PREFIX, Q8_0_TOP1 = 8, 0.9
+# q8_0 over 3 prompts x 32 greedy tokens (measured; the test generates 16): fed the merged model's answers,
+# q8_0 picks the same next token at 94 of 96 positions; free-running, one answer parts at its 2nd token (this
+# random model's top two logits are often nearly tied) and 63 of 96 tokens agree. Where the picks differ, the
+# merged model rates q8_0's pick within Q8_0_ATOL of its own: a near-tie flipped by rounding.
+Q8_0_TOP1 = 0.9
 
 
 def bpe_tokenizer(pre_tokenizer=None) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE with ChatML specials (ids 0-2, as SmolLM2's), trained on the builtin rows."""
+    """A small byte-level BPE with special tokens at ids 0-3 (as SmolLM2), trained on the builtin rows."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -209,12 +212,14 @@ def test_the_q8_0_file_answers_close_to_the_merged_model(trained, cache_dir, mer
             ids = chat(tokenizer, messages)
             start = ids["input_ids"].shape[1]
             assert (model(**ids).logits - reference(**ids).logits).abs().max() < Q8_0_ATOL
-            ours, theirs = model.generate(**ids, **GREEDY), reference.generate(**ids, **GREEDY)
-            assert torch.equal(ours[:, : start + Q8_0_SAME_PREFIX], theirs[:, : start + Q8_0_SAME_PREFIX])
+            answer = reference.generate(**ids, **GREEDY)
             # Teacher-forced on the merged model's answer: does q8_0 pick the same next token?
-            picks = [m(theirs).logits[0, start - 1 : -1].argmax(-1) for m in (model, reference)]
-            same += int((picks[0] == picks[1]).sum())
-            total += picks[0].numel()
+            expected = reference(answer).logits[0, start - 1 : -1]
+            picks = model(answer).logits[0, start - 1 : -1].argmax(-1)
+            same += int((picks == expected.argmax(-1)).sum())
+            total += picks.numel()
+            margin = expected.max(-1).values - expected.gather(-1, picks[:, None])[:, 0]
+            assert margin.max() < Q8_0_ATOL
     assert same / total >= Q8_0_TOP1
 
 
@@ -229,12 +234,12 @@ def test_the_gguf_tokenizer_tokenizes_as_the_runs(f16, merged):
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         )
         assert torch.equal(chat(rebuilt, messages)["input_ids"], chat(tokenizer, messages)["input_ids"])
-    text = "Plain text, 1234 digits, it's   spaced\tand <|im_end|> special."
+    text = "Plain text, 1234 digits, it's   spaced\tand <|im_end|> <repo_name> special."
     assert rebuilt(text)["input_ids"] == tokenizer(text)["input_ids"]
     meta = fields(f16 / "model.f16.gguf")
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.ggml.add_bos_token"] is False and meta["tokenizer.ggml.add_eos_token"] is False
-    assert meta["tokenizer.ggml.token_type"][:3] == [3, 3, 3]  # the ChatML specials are CONTROL tokens
+    assert meta["tokenizer.ggml.token_type"][:4] == [3, 3, 3, 3]  # special tokens are CONTROL tokens
 
 
 def render_go(template: str, data: dict) -> str:
