@@ -179,13 +179,13 @@ def export(
     return publish_dir(build, out, overwrite=True), model
 
 
-def describe(out: Path, model) -> str:
-    """What an export wrote: the directory, its files with sizes, the parameter count and dtype."""
+def describe(out: Path, model, stored: str | None = None) -> str:
+    """What an export wrote: the directory, its files with sizes, the parameter count and how it is stored."""
     files = sorted(p for p in out.rglob("*") if p.is_file())
     lines = [f"wrote {out}"]
     lines += [f"  {p.relative_to(out)}  {p.stat().st_size / 2**20:.1f} MiB" for p in files]
     params = sum(p.numel() for p in model.parameters())
-    lines.append(f"parameters: {params:,} ({next(model.parameters()).dtype})")
+    lines.append(f"parameters: {params:,} ({stored or next(model.parameters()).dtype})")
     return "\n".join(lines)
 
 
@@ -201,7 +201,7 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, ExportError) as err:
         print(err, file=sys.stderr)
         sys.exit(2)
-    print(describe(written, model))
+    print(describe(written, model, f"GGUF {cfg.gguf_type}" if cfg.format == "gguf" else None))
 
 
 cli = checked_cli(main, ExportConfig)

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data.loading import fill_text
 from ..data.templates import Template, get_template
 from ..errors import ExportError
+from ..locations import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ CHATML_OLLAMA = """{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
 {{ end }}<|im_start|>assistant
 """
-# Sampling as `python -m sft.chat` does by default (conf/chat.yaml), so both answer alike.
-SAMPLING = {"temperature": 0.7, "top_p": 0.9}
+# Sampling as `python -m sft.chat` does by default, so both answer alike.
+SAMPLING = ("temperature", "top_p")
 # Ollama's own context default (2k-4k tokens, by version) would cut conversations the model can hold.
 MAX_NUM_CTX = 8192
 
@@ -382,8 +383,9 @@ def modelfile(gguf_name: str, template: Template | None, stops: list[str], conte
         if '"' in stop or "\n" in stop:
             raise ExportError(f"format=gguf: stop token {stop!r} cannot be written as a Modelfile parameter")
         lines.append(f'PARAMETER stop "{stop}"')
-    for key, value in SAMPLING.items():
-        lines.append(f"PARAMETER {key} {value}")
+    chat_defaults = OmegaConf.load(CONF_DIR / "chat.yaml")
+    for key in SAMPLING:
+        lines.append(f"PARAMETER {key} {chat_defaults[key]}")
     lines.append(f"PARAMETER num_ctx {min(context_length, MAX_NUM_CTX)}")
     return "\n".join(lines) + "\n"
 
