@@ -68,6 +68,7 @@ class ExportConfig:
     format: str = setting(choices=("safetensors", "gguf"))
     dtype: str | None = setting(choices=DTYPES)
     gguf_type: str = setting(choices=("f16", "q8_0"))
+    parity: bool = setting()
     overwrite: bool = setting()
     cache_dir: str = setting()
 

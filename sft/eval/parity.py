@@ -112,15 +112,17 @@ def _artifact_file(artifact: Path) -> tuple[Path, str | None]:
     raise ExportError(f"{artifact}: not an exported model (a directory with config.json, or a .gguf file)")
 
 
-def load_artifact(artifact: Path, dtype: torch.dtype | None = None):
+def load_artifact(artifact: Path):
     """(model, tokenizer) of an exported artifact, loaded with transformers as a user of it would."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..serving.gguf_export import load_gguf
+
     directory, gguf = _artifact_file(Path(artifact))
-    extra = {"gguf_file": gguf} if gguf else {}
-    tokenizer = AutoTokenizer.from_pretrained(directory, **extra)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto", **extra)
-    return model.eval(), tokenizer
+    if gguf:
+        return load_gguf(directory / gguf)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype="auto").eval(), tokenizer
 
 
 def _first_difference(expected: list[int], got: list[int]) -> int:

@@ -202,6 +202,25 @@ def main(cfg: DictConfig) -> None:
         print(err, file=sys.stderr)
         sys.exit(2)
     print(describe(written, model, f"GGUF {cfg.gguf_type}" if cfg.format == "gguf" else None))
+    if cfg.parity:
+        check_parity(run, written)
+
+
+def check_parity(run: Path, written: Path) -> None:
+    """Answer the run's recorded prompts with the written files, loaded as a user would; exit 1 on drift.
+
+    The export stays in place either way, for a look at what drifted.
+    """
+    from ..eval import parity
+
+    if not RunDir(run).parity_reference.is_file():
+        print(f"parity not checked: {run} recorded no answers (evaluation.parity.prompts was 0)")
+        return
+    result = parity.check(run, written)
+    print(parity.describe(result))
+    if not result["passed"]:
+        print(f"the export drifts from the trained model (written anyway: {written})", file=sys.stderr)
+        sys.exit(1)
 
 
 cli = checked_cli(main, ExportConfig)

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from sft.eval import checklist
 from sft.eval.parity import check, compare, describe, load_artifact, parity_prompts, record_reference
 from sft.run_dir import RunDir
-from sft.serving.export import export
+from sft.serving.export import check_parity, export
 from sft.train import train
 
 PROMPTS = 3
@@ -66,7 +66,15 @@ def _copy(out: Path, to: Path) -> Path:
     return Path(shutil.copytree(out, to))
 
 
-def test_a_changed_chat_template_is_named(exported, tmp_path):
+def test_sft_export_checks_what_it_wrote(exported, tmp_path):
+    run, _ = exported
+    done = run_module("sft.export", f"run={run}", f"out={tmp_path / 'merged'}")
+    assert done.returncode == 0, done.stderr
+    assert f"{PROMPTS}/{PROMPTS} prompts identical" in done.stdout
+    assert json.loads(RunDir(run).parity.read_text())["artifact"] == str((tmp_path / "merged").resolve())
+
+
+def test_a_changed_chat_template_is_named_and_fails_the_export(exported, tmp_path, capsys):
     run, out = exported
     broken = _copy(out, tmp_path / "template")
     jinja = broken / "chat_template.jinja"
@@ -75,6 +83,9 @@ def test_a_changed_chat_template_is_named(exported, tmp_path):
     drift = result["first_difference"]
     assert not result["passed"] and result["matched"] == 0 and drift["index"] == 0
     assert "chat template renders the prompt differently" in drift["reason"]
+    with pytest.raises(SystemExit) as exit_:
+        check_parity(run, broken)
+    assert exit_.value.code == 1 and "drifts from the trained model" in capsys.readouterr().err
 
 
 def test_changed_weights_name_the_first_prompt_and_both_answers(exported, tmp_path):

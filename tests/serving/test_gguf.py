@@ -116,6 +116,7 @@ def trained(tmp_path_factory, cache_dir) -> Path:
     tiny_model(LlamaConfig, tokenizer, tie_word_embeddings=True).save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
     overrides = [f"model.name_or_path={root / 'base'}", "model.random_init=null", f"data.system='{SYSTEM}'"]
+    overrides += ["evaluation.parity.prompts=3", "evaluation.parity.max_new_tokens=12"]  # checked by export
     train(compose_train(root / "trained", root, cache_dir, *TRAINED, *overrides))
     GlobalHydra.instance().clear()
     return root / "trained"
@@ -140,6 +141,8 @@ def f16(trained, cache_dir, tmp_path_factory) -> Path:
     )
     assert done.returncode == 0, done.stderr
     assert "model.f16.gguf" in done.stdout and "Modelfile" in done.stdout and "(GGUF f16)" in done.stdout
+    # The file, loaded back as a user would, answers the run's recorded prompts as training ended.
+    assert "3/3 prompts identical" in done.stdout
     return out
 
 
