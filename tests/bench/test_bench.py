@@ -88,7 +88,9 @@ def test_tiny_comparison_runs_both_trainers_end_to_end(tmp_path, cache_dir):
         "peak_matrix=256",  # a CPU without bf16 matmul kernels takes minutes over the default 2048
         f"cache_dir={cache_dir}",
         f"hydra.run.dir={tmp_path}",
-        "~runs.trl_packed_no_gc", "~runs.sft_packed", "ours=sft",
+        "~runs.trl_packed_no_gc",
+        "~runs.sft_packed",
+        "ours=sft",
         f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
         timeout=600,
     )
