@@ -4,7 +4,9 @@
 
 With no overrides this is SmolLM2-135M (the embedded default model), LoRA, 2 optimizer steps of 8 rows.
 Prints the largest difference of the logged train and validation losses and of the saved adapter tensors,
-and exits 1 when they differ by more than float32 reduction-order noise (1e-5 relative).
+and exits 1 when they differ by more than float32 reduction-order noise: 1e-5 relative for the losses,
+1e-4 of each tensor's largest value for the adapter (Adam divides by the root of tiny second moments, so a
+1e-7 difference in a near-zero gradient moves its weight by much more than the gradient's own error).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ COMMON = [
     "probe.enabled=false",
     "evaluation.parity.prompts=0",
 ]
-TOLERANCE = 1e-5
+TOLERANCE, ADAPTER_TOLERANCE = 1e-5, 1e-4
 
 
 def train(strategy: str, root: Path, overrides: list[str]) -> tuple[Path, float]:
@@ -75,11 +77,11 @@ def main() -> int:
             x, y = load_file(ddp / weights), load_file(fsdp / weights)
             assert x.keys() == y.keys() and x, "the adapters hold different tensors"
             diff = max(((x[k] - y[k]).abs().max() / x[k].abs().max().clamp_min(1e-12)).item() for k in x)
-            worst = max(worst, diff)
+            worst = max(worst, diff * TOLERANCE / ADAPTER_TOLERANCE)
             print(f"adapter: {len(x)} tensors, largest difference relative to each tensor's max {diff:.2e}")
         print(f"wall: DDP {ddp_s:.0f} s, FSDP {fsdp_s:.0f} s; torch {torch.__version__}")
     ok = worst <= TOLERANCE
-    print("agree" if ok else f"DIFFER beyond {TOLERANCE}")
+    print("agree" if ok else "DIFFER beyond the tolerances")
     return 0 if ok else 1
 
 
