@@ -26,6 +26,8 @@ COMMON = [
     "trainer.save_steps=2",
     "trainer.eval_steps=2",
     "trainer.save_total_limit=5",
+    "evaluation.parity.prompts=2",  # FSDP answers from the saved weights, DDP from the model in memory
+    "evaluation.parity.max_new_tokens=8",
 ]
 
 
@@ -91,6 +93,15 @@ def test_fsdp_on_two_cpu_processes_matches_ddp(runs):
         _assert_same_tensors(
             _weights(fsdp / "checkpoints" / name), _weights(ddp / "checkpoints" / name), rtol=1e-5, atol=1e-6
         )
+
+
+def test_fsdp_records_the_parity_answers_ddp_records(runs):
+    # Under FSDP the model in memory is sharded: the answers come from the saved adapter on its base.
+    one, two = (
+        json.loads((run / "parity_reference.json").read_text())["rows"] for run in (runs.ddp, runs.fsdp)
+    )
+    assert len(one) == 2 and [r["answer_ids"] for r in two] == [r["answer_ids"] for r in one]
+    assert [r["prompt_ids"] for r in two] == [r["prompt_ids"] for r in one]
 
 
 def test_fsdp_on_cpu_resumes_exactly_from_its_step_checkpoint(runs, cache_dir):
