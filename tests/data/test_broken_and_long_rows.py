@@ -208,3 +208,22 @@ def test_the_preview_shows_weighted_turns_and_the_long_row_warning(tmp_path, cac
         "<|im_start|>user\nOnce more<|im_end|>\n<|im_start|>assistant\n«Hi!<|im_end|>»\n"
     ) in text
     assert "warning: dataset 'weighted': 1 of 2 rows (50.0%) are longer than data.cutoff_len=128" in text
+
+
+def test_the_run_summary_prints_the_data_warnings(capsys):
+    from sft.training.summary import print_summary
+
+    summary = {
+        "global_step": 1,
+        "wall_seconds": 1.0,
+        "train_loss": 1.0,
+        "initial_val_loss": None,
+        "val_loss": None,
+        "val_ppl": None,
+        "val_token_accuracy": None,
+        "saved": "adapter",
+        "output_dir": "run",
+        "data": {"warnings": ["dataset 'd': 6 of 100 rows (6.0%) are longer than data.cutoff_len=64"]},
+    }
+    print_summary(summary)
+    assert "data warning: dataset 'd': 6 of 100 rows (6.0%) are longer" in capsys.readouterr().out
