@@ -2,7 +2,9 @@
 
 Both follow the batch contract in notes/data_contract.md: labels are -100 on every padding position
 (even when pad_id is the eos id, which many tokenizers use as pad), and `num_tokens` counts the
-non-padding tokens of the batch.
+non-padding tokens of the batch. When any example of the batch carries per-turn loss weights, the batch
+gets `label_weights` (float32, the shape of labels: each example's weights, 1.0 for an example without
+any, 0.0 on padding); a batch without any has no such key and its loss is computed exactly as before.
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ def _as_long(values) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long)
 
 
+def has_weights(example: dict) -> bool:
+    """Whether an example carries per-token loss weights (an empty list means every weight is 1)."""
+    weights = example.get("label_weights")
+    return weights is not None and len(weights) > 0
+
+
+def weights_of(example: dict, n: int) -> torch.Tensor:
+    """An example's per-token loss weights as float32, all ones when it carries none."""
+    if not has_weights(example):
+        return torch.ones(n, dtype=torch.float32)
+    return torch.as_tensor(example["label_weights"], dtype=torch.float32)
+
+
 def _padded_width(longest: int, multiple: int) -> int:
     """`longest` rounded up to a multiple of `multiple` (tensor-core friendly shapes, fewer recompiles)."""
     return -(-longest // multiple) * multiple
@@ -29,17 +44,22 @@ class PadCollator:
         self.pad_id, self.multiple = pad_id, multiple
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Stack examples into input_ids, labels, attention_mask and num_tokens."""
+        """Stack examples into input_ids, labels, attention_mask and num_tokens (and label_weights)."""
         width = _padded_width(max(len(e["input_ids"]) for e in examples), self.multiple)
         ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
+        weighted = any(has_weights(e) for e in examples)
+        weights = torch.zeros((len(examples), width), dtype=torch.float32) if weighted else None
         for row, e in enumerate(examples):
             n = len(e["input_ids"])
             ids[row, :n] = _as_long(e["input_ids"])
             labels[row, :n] = _as_long(e["labels"])
             mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": mask.sum()}
+            if weights is not None:
+                weights[row, :n] = weights_of(e, n)
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "num_tokens": mask.sum()}
+        return batch if weights is None else {**batch, "label_weights": weights}
 
 
 class PackedCollator:
@@ -59,14 +79,24 @@ class PackedCollator:
         self.pad_id, self.multiple, self.flatten = pad_id, multiple, flatten
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Stack packed rows into input_ids, labels, position_ids and num_tokens (no attention_mask)."""
-        rows = [{k: _as_long(r[k]) for k in ("input_ids", "labels", "position_ids")} for r in rows]
+        """Stack packed rows into input_ids, labels, position_ids and num_tokens (no attention_mask), and
+        label_weights when any row carries them."""
+        keys = ("input_ids", "labels", "position_ids")
+        weighted = any(has_weights(r) for r in rows)
+        rows = [
+            {
+                **{k: _as_long(r[k]) for k in keys},
+                **({"label_weights": weights_of(r, len(r["input_ids"]))} if weighted else {}),
+            }
+            for r in rows
+        ]
         if self.flatten:
-            rows = [{k: torch.cat([r[k] for r in rows]) for k in ("input_ids", "labels", "position_ids")}]
+            rows = [{k: torch.cat([r[k] for r in rows]) for k in rows[0]}]
         width = _padded_width(max(len(r["input_ids"]) for r in rows), self.multiple)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
+        weights = torch.zeros((len(rows), width), dtype=torch.float32) if weighted else None
         num_tokens = 0
         for row, r in enumerate(rows):
             n = len(r["input_ids"])
@@ -74,10 +104,13 @@ class PackedCollator:
             labels[row, :n] = r["labels"]
             positions[row, :n] = r["position_ids"]
             positions[row, n:] = torch.arange(width - n)  # the padding run restarts at 0: its own block
+            if weights is not None:
+                weights[row, :n] = r["label_weights"]
             num_tokens += n
-        return {
+        batch = {
             "input_ids": ids,
             "labels": labels,
             "position_ids": positions,
             "num_tokens": torch.tensor(num_tokens, dtype=torch.long),
         }
+        return batch if weights is None else {**batch, "label_weights": weights}

@@ -235,8 +235,9 @@ class SFTDataModule(L.LightningDataModule):
                 setattr(self.prepared, split, rows.add_column("ref_logps", values))
 
     def _columns(self, rows) -> list[str]:
-        """The columns batches are built from, with the reference's when the rows carry it."""
-        return batch_columns(self.cfg.kind) + (["ref_logps"] if "ref_logps" in rows.column_names else [])
+        """The columns batches are built from, plus ref_logps and label_weights when rows carry them."""
+        extra = [c for c in ("ref_logps", "label_weights") if c in rows.column_names]
+        return batch_columns(self.cfg.kind) + extra
 
     @property
     def paired(self) -> bool:

@@ -4,13 +4,23 @@ Canonical conversation (docs: the data contract): {"system": str | None, "tools"
 "messages": [...], "category": str | None}. Messages hold user / assistant / tool turns, start on a
 user turn and end on an assistant turn; a function call is an assistant turn with HF-style
 `tool_calls`. Column and role-tag names follow LLaMA-Factory's dataset_info.json (`columns`, `tags`).
+
+Two optional keys ride on assistant messages, present only when the row gives them:
+`reasoning_content` (the reasoning trace, the key DeepSeek's API and Qwen3's chat template use) and
+`loss_weight` (a weight in [0, 1) for the turn's tokens; 1, the default, is never stored).
+Turn content may be a string or a list of parts; only text (and, on assistant turns, reasoning and
+tool-call) parts are accepted: this framework trains text-only models, so a row with an image,
+audio, video or file part is refused with a reason, never trained on with the part silently left out.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
+import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataFileError, MalformedRow
@@ -58,6 +68,37 @@ SHAREGPT_ALIASES = {"user": "user", "assistant": "assistant", "tool": "tool"}
 # Keys that mark a lone JSON object as a row itself rather than a wrapper around a list of rows.
 ROW_KEYS = ("instruction", "output", "conversations", "messages")
 MESSAGES_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+
+# Per-turn loss weights: `loss_weight` (LLaMA-Factory's messages format, ms-swift), `weight` (OpenAI
+# fine-tuning files and axolotl; ShareGPT rows use it as 0/1).
+WEIGHT_KEYS = ("loss_weight", "weight")
+# A reasoning trace beside the answer: `reasoning_content` (DeepSeek's API, Qwen3), `reasoning` (vLLM,
+# OpenRouter), `thinking` (Anthropic-style exports).
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+# Keys a content part may keep its text under: OpenAI's `text`, LLaMA-Factory's and others' `value`.
+TEXT_KEYS = ("text", "value")
+# Content-part types that hold a reasoning trace, and the keys their text may sit under.
+REASONING_PARTS = ("reasoning", "thinking")
+REASONING_PART_KEYS = ("text", "value", "reasoning", "thinking")
+# Non-text part types of OpenAI, Anthropic, LLaMA-Factory and TRL/HF rows, and LLaMA-Factory's media columns.
+MEDIA_PARTS = (
+    "image",
+    "image_url",
+    "input_image",
+    "image_file",
+    "audio",
+    "audio_url",
+    "input_audio",
+    "video",
+    "video_url",
+    "file",
+    "input_file",
+    "document",
+)
+MEDIA_COLUMNS = ("images", "videos", "audios")
+TEXT_ONLY = "this framework trains text-only models; drop the row or its non-text parts"
+# A reasoning trace written into the answer text itself (DeepSeek-R1 and Qwen3 outputs).
+THINK = re.compile(r"\s*<think>(.*?)</think>\s*", re.DOTALL)
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -308,6 +349,9 @@ def to_conversation(
     if problems := mapping_problems(fmt, columns, tags):
         raise ValueError("; ".join(problems))
     row = as_row(row)
+    for key in MEDIA_COLUMNS:
+        if row.get(key):  # an empty list or "" (a CSV cell) holds no media
+            raise MalformedRow(f"{key!r} column holds media: {TEXT_ONLY}")
     if fmt == "auto":
         fmt = detect_format(row, columns, tags)
     cols = {**COLUMNS[fmt], **{k: v for k, v in (columns or {}).items() if k in COLUMNS[fmt]}}
@@ -369,7 +413,7 @@ def _from_alpaca(row: Mapping, cols: Mapping) -> tuple[str, list[dict], list[str
         where = f"{cols['history']}[{i}]"
         messages += [
             {"role": "user", "content": _text(pair[0], f"{where} instruction")},
-            {"role": "assistant", "content": _text(pair[1], f"{where} output")},
+            _answer(_text(pair[1], f"{where} output"), f"{where} output"),
         ]
         labels += [f"{where} instruction", f"{where} output"]
     prompt = _text(_required(row, cols["prompt"]), repr(cols["prompt"]))
@@ -378,7 +422,7 @@ def _from_alpaca(row: Mapping, cols: Mapping) -> tuple[str, list[dict], list[str
     if not content:
         raise MalformedRow(f"{cols['prompt']!r} and {cols['query']!r} are both empty")
     response = _text(_required(row, cols["response"]), repr(cols["response"]))
-    messages += [{"role": "user", "content": content}, {"role": "assistant", "content": response}]
+    messages += [{"role": "user", "content": content}, _answer(response, repr(cols["response"]))]
     labels += [repr(cols["prompt"]), repr(cols["response"])]
     return _optional_text(row, cols["system"]), messages, labels
 
@@ -390,6 +434,29 @@ def _roles(fmt: str, tags: Mapping | None) -> tuple[dict[str, str], str, str]:
     resolved = {**TAGS, **(tags or {})}
     roles = {**SHAREGPT_ALIASES, **{resolved[key]: role for key, role in ROLE_TAGS.items()}}
     return roles, resolved["role_tag"], resolved["content_tag"]
+
+
+def _answer(text: str, what: str) -> dict:
+    """An assistant message from answer text, with a leading <think> block moved to `reasoning_content`."""
+    text, reasoning = _split_think(text, what)
+    return _with_reasoning({"role": "assistant", "content": text}, reasoning)
+
+
+def _with_reasoning(message: dict, reasoning: str | None) -> dict:
+    """The message with its reasoning trace, when there is one that is not blank."""
+    if reasoning and reasoning.strip():
+        message["reasoning_content"] = reasoning.strip()
+    return message
+
+
+def _split_think(text: str, what: str) -> tuple[str, str | None]:
+    """(answer, reasoning) of text that may open with a <think>...</think> block."""
+    found = THINK.match(text)
+    if found:
+        return text[found.end() :], found.group(1)
+    if text.lstrip().startswith("<think>"):
+        raise MalformedRow(f"{what}: <think> is never closed by </think>")
+    return text, None
 
 
 def _from_turns(
@@ -406,35 +473,124 @@ def _from_turns(
                 f"{where}: unknown role {turn.get(role_key)!r}; allowed {role_key!r} values: {allowed}"
             )
         role, value = roles[turn[role_key]], turn.get(content_key)
+        answers = role in ("assistant", "function_call")
+        weight = _loss_weight(turn, where, answers)
+        reasoning = _reasoning_field(turn, where, answers)
         if role == "system":
             if i:
                 raise MalformedRow(f"{where}: a system turn may only come first")
-            system = _content(value, f"{where} {content_key}", fmt)
-        elif role == "function_call":
-            calls = _tool_calls(value, where)
-            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
-        elif fmt == "messages" and role == "assistant" and turn.get("tool_calls"):
-            calls = [
-                _tool_call(c, f"{where} tool_calls") for c in _json_list(turn["tool_calls"], "tool_calls")
-            ]
-            text = "" if value is None else _content(value, f"{where} {content_key}", fmt)
-            messages.append({"role": "assistant", "content": text, "tool_calls": calls})
+            system = _content(value, f"{where} {content_key}", role).text
+            continue
+        if role == "function_call":
+            message = {"role": "assistant", "content": "", "tool_calls": _tool_calls(value, where)}
         else:
-            messages.append({"role": role, "content": _content(value, f"{where} {content_key}", fmt)})
-        if role != "system":
-            labels.append(where)
+            calls = []
+            if fmt == "messages" and role == "assistant" and turn.get("tool_calls"):
+                calls = [
+                    _tool_call(c, f"{where} tool_calls") for c in _json_list(turn["tool_calls"], "tool_calls")
+                ]
+            parsed = Content("", None, [])
+            if value is not None or not calls:  # a tool-call turn may leave its content out
+                parsed = _content(value, f"{where} {content_key}", role)
+            if parsed.reasoning is not None and reasoning is not None:
+                raise MalformedRow(f"{where}: reasoning given twice (a reasoning field and in the content)")
+            reasoning = reasoning if reasoning is not None else parsed.reasoning
+            message = {"role": role, "content": parsed.text}
+            if calls or parsed.calls:
+                message["tool_calls"] = [*parsed.calls, *calls]
+        if weight is not None and weight != 1:  # 1 is every turn's weight: stored, it would change nothing
+            message["loss_weight"] = weight
+        messages.append(_with_reasoning(message, reasoning))
+        labels.append(where)
     return system, messages, labels
 
 
-def _content(value: object, what: str, fmt: str) -> str:
-    """Turn text; OpenAI messages may give it as a list of text parts."""
+def _loss_weight(turn: Mapping, where: str, answers: bool) -> float | None:
+    """The turn's loss weight in [0, 1], None when it gives none; only an answer may carry a non-zero one."""
+    given = [key for key in WEIGHT_KEYS if turn.get(key) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise MalformedRow(f"{where}: both {given[0]!r} and {given[1]!r} given; keep one")
+    key, value = given[0], turn[given[0]]
+    what = f"{where} {key}={value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MalformedRow(f"{what}: a loss weight must be a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise MalformedRow(f"{what}: a loss weight must be in [0, 1] (0: not trained, 1: fully trained)")
+    # LLaMA-Factory's messages format marks every prompt turn loss_weight 0.0: what happens anyway.
+    if not answers and value != 0:
+        raise MalformedRow(f"{what}: only assistant turns are trained, so only they may carry a loss weight")
+    return float(value) if answers else None
+
+
+def _reasoning_field(turn: Mapping, where: str, answers: bool) -> str | None:
+    """The turn's reasoning trace given as a field beside its content (None when there is none)."""
+    given = [key for key in REASONING_KEYS if turn.get(key) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise MalformedRow(f"{where}: both {given[0]!r} and {given[1]!r} given; keep one")
+    if not answers:
+        raise MalformedRow(f"{where}: {given[0]!r} on a non-assistant turn; only answers carry reasoning")
+    return _text(turn[given[0]], f"{where} {given[0]}")
+
+
+@dataclass
+class Content:
+    """A turn's content read from a string or a list of parts: its text, reasoning and tool calls."""
+
+    text: str
+    reasoning: str | None
+    calls: list[dict]
+
+
+def _content(value: object, what: str, role: str) -> Content:
+    """Turn content from a string, one part, or a list of parts (OpenAI `text`, others' `value` key).
+
+    An answer's reasoning may come as reasoning/thinking parts before its text or as a leading
+    <think> block in the text; a media part refuses the row.
+    """
     if value is None:
         raise MalformedRow(f"{what} is missing")
-    if fmt == "messages" and isinstance(value, list):
-        if not all(isinstance(p, Mapping) and p.get("type", "text") == "text" for p in value):
-            raise MalformedRow(f"{what}: only text content parts are supported")
-        return "".join(_text(p.get("text"), f"{what} text part") for p in value)
-    return _text(value, what)
+    answers = role in ("assistant", "function_call")
+    if isinstance(value, str):
+        text, reasoning = _split_think(value, what) if answers else (value, None)
+        return Content(text, reasoning, [])
+    parts = [value] if isinstance(value, Mapping) else value
+    if not isinstance(parts, list):
+        raise MalformedRow(f"{what} must be a string or a list of content parts, got {type(value).__name__}")
+    texts, reasonings, calls = [], [], []
+    for j, part in enumerate(parts):
+        where = f"{what}[{j}]"
+        if not isinstance(part, Mapping):
+            raise MalformedRow(f"{where}: a content part must be an object, got {type(part).__name__}")
+        kind = part.get("type", "text")
+        if kind in MEDIA_PARTS:
+            raise MalformedRow(f"{where}: a {kind!r} part on a {role} turn: {TEXT_ONLY}")
+        if kind == "text":
+            texts.append(_part_text(part, TEXT_KEYS, where))
+        elif kind in REASONING_PARTS and answers:
+            if texts:
+                raise MalformedRow(f"{where}: a {kind!r} part after the answer text; reasoning comes first")
+            reasonings.append(_part_text(part, REASONING_PART_KEYS, where))
+        elif kind == "tool_call" and answers:  # LLaMA-Factory: the call as JSON text under `value`
+            calls += _tool_calls(_part_text(part, TEXT_KEYS, where), where)
+        else:
+            allowed = "text, reasoning, thinking, tool_call" if answers else "text"
+            raise MalformedRow(f"{where}: unsupported {kind!r} part on a {role} turn; allowed: {allowed}")
+    text, reasoning = "".join(texts), "".join(reasonings) if reasonings else None
+    if answers and reasoning is None:
+        text, reasoning = _split_think(text, what)
+    return Content(text, reasoning, calls)
+
+
+def _part_text(part: Mapping, keys: tuple[str, ...], where: str) -> str:
+    """The text of a content part, under the first of `keys` it has."""
+    for key in keys:
+        if part.get(key) is not None:
+            return _text(part[key], f"{where} {key}")
+    raise MalformedRow(f"{where}: a {part.get('type', 'text')!r} part holds no {' or '.join(keys)} text")
 
 
 def _tool_calls(value: object, where: str) -> list[dict]:

@@ -53,15 +53,45 @@ def fill_placeholders(conversation: dict, values: dict[str, str]) -> dict:
     filled = {
         **conversation,
         "system": fill_text(conversation.get("system"), values),
-        "messages": [{**m, "content": fill_text(m.get("content"), values)} for m in conversation["messages"]],
+        "messages": [_filled(m, values) for m in conversation["messages"]],
     }
     for side in ("chosen", "rejected"):
         if side in conversation:
-            filled[side] = {
-                **conversation[side],
-                "content": fill_text(conversation[side].get("content"), values),
-            }
+            filled[side] = _filled(conversation[side], values)
     return filled
+
+
+def _filled(message: dict, values: dict[str, str]) -> dict:
+    """One message with placeholders filled in its content and its reasoning trace."""
+    filled = {**message, "content": fill_text(message.get("content"), values)}
+    if message.get("reasoning_content") is not None:
+        filled["reasoning_content"] = fill_text(message["reasoning_content"], values)
+    return filled
+
+
+def apply_reasoning(record: dict, policy: str) -> dict:
+    """The record under `data.reasoning`: train keeps every reasoning trace, drop removes them all."""
+    if policy == "train" or "messages" not in record:
+        return record
+    strip = lambda m: {k: v for k, v in m.items() if k != "reasoning_content"}  # noqa: E731
+    dropped = {**record, "messages": [strip(m) for m in record["messages"]]}
+    for side in ("chosen", "rejected"):
+        if side in record:
+            dropped[side] = strip(record[side])
+    return dropped
+
+
+def check_bad_rows(name: str, bad: int, rows: int, limit: float, problems: list[str], what: str) -> None:
+    """Stop when more than `limit` of a dataset's rows are bad: a wrong file or format, not a few bad rows."""
+    if bad > limit * rows:
+        raise DataError(
+            with_problems(
+                f"dataset {name!r}: {bad} of {rows} rows ({bad / rows:.1%}) {what}, more than "
+                f"data.max_bad_fraction={limit}; is the file or its format wrong? Fix the rows, or raise "
+                "data.max_bad_fraction to train on the rest. The first problems:",
+                problems,
+            )
+        )
 
 
 def system_prompt(cfg: DataConfig) -> str | None:
@@ -105,7 +135,7 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
                 seen.update(row)
             try:
                 conversation = normalise(row, spec.format, spec.columns, spec.tags)
-                conversation = fill_placeholders(conversation, placeholders)
+                conversation = apply_reasoning(fill_placeholders(conversation, placeholders), cfg.reasoning)
             except MalformedRow as err:
                 counts.malformed += 1
                 stats.problems.append(f"{location}: {err}")
@@ -132,11 +162,12 @@ def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataSta
         raise DataError(
             f"data.datasets.{name}.columns: {unused} name columns no row has (columns seen: {sorted(seen)})"
         )
+    problems = stats.problems[first_problem:]
     if not records:
-        problems = stats.problems[first_problem:]
         raise DataError(
             with_problems(f"dataset {name!r}: none of its {counts.rows} rows is usable", problems)
         )
+    check_bad_rows(name, counts.malformed, counts.rows, cfg.max_bad_fraction, problems, "are malformed")
     return records
 
 

@@ -66,9 +66,10 @@ def packing_efficiency(lengths: list[int], bins: list[list[int]], capacity: int)
 class PackedDataset(Dataset):
     """Item i concatenates the examples of bins[i] into one row with per-sample position_ids.
 
-    `examples` is any indexable of {"input_ids", "labels"} rows (a list or a datasets.Dataset); rows
-    are fetched on access, never all held in memory. `lengths` (tokens per example), if given, saves
-    a pass over the data to compute the per-row lengths exposed as `self.lengths` for the sampler.
+    `examples` is any indexable of {"input_ids", "labels"} rows, optionally with "label_weights" (a list
+    or a datasets.Dataset); rows are fetched on access, never all held in memory. `lengths` (tokens per
+    example), if given, saves a pass over the data to compute the per-row lengths exposed as
+    `self.lengths` for the sampler.
     """
 
     def __init__(self, examples: Sequence[dict], bins: list[list[int]], lengths: list[int] | None = None):
@@ -81,11 +82,14 @@ class PackedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.bins)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        """The packed row: input_ids, labels (each sample's first label masked) and position_ids."""
+    def __getitem__(self, index: int) -> dict[str, list]:
+        """The packed row: input_ids, labels (each sample's first label masked) and position_ids, plus
+        label_weights (1.0 for a sample without any) when any of its samples carries loss weights."""
         input_ids: list[int] = []
         labels: list[int] = []
         position_ids: list[int] = []
+        weights: list[float] = []
+        weighted = False
         for i in self.bins[index]:
             example = self.examples[i]
             ids, labs = _to_list(example["input_ids"]), _to_list(example["labels"])
@@ -94,4 +98,9 @@ class PackedDataset(Dataset):
             # previous sample's last token. Unpacked, labels[0] is never a target either.
             labels += [IGNORE_INDEX, *labs[1:]]
             position_ids += range(len(ids))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+            given = example.get("label_weights")
+            own = [] if given is None else _to_list(given)
+            weighted = weighted or bool(own)
+            weights += own or [1.0] * len(ids)
+        row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        return {**row, "label_weights": weights} if weighted else row

@@ -87,6 +87,7 @@ def to_pair(
         rest = {k: v for k, v in columns.items() if k not in ("chosen", "rejected")}
         sides[side] = to_conversation(_with_response(row, fmt, cols, turn), fmt, rest, tags)
     chosen, rejected = sides["chosen"], sides["rejected"]
+    _no_loss_weights([*chosen["messages"], rejected["messages"][-1]])
     prompt = chosen["messages"][:-1]
     if not prompt or prompt[-1]["role"] != "user":
         got = prompt[-1]["role"] if prompt else "nothing"
@@ -121,4 +122,12 @@ def to_feedback(
     row = as_row(row)
     key = (columns or {}).get("kto_tag") or COLUMNS["alpaca"]["kto_tag"]
     label = parse_label(row.get(key), key)
-    return {**to_conversation(row, fmt, columns, tags), "label": label}
+    conversation = to_conversation(row, fmt, columns, tags)
+    _no_loss_weights(conversation["messages"])
+    return {**conversation, "label": label}
+
+
+def _no_loss_weights(messages: list[dict]) -> None:
+    """Preference losses score whole responses: a per-turn loss weight below 1 has no meaning there."""
+    if any("loss_weight" in m for m in messages):
+        raise MalformedRow("a turn with a loss weight below 1: per-turn loss weights apply to SFT rows only")

@@ -18,7 +18,7 @@ from .tokenize import (
     IGNORE_INDEX,
     TRUNCATION,
     _keep_response,
-    _uses_tools,
+    cannot_render,
     overlap_labels,
     trained_spans,
 )
@@ -59,11 +59,8 @@ def _check(truncation: str) -> None:
 
 
 def _unrenderable(record: dict, template: Template, responses: list[dict]) -> str | None:
-    """Why the template cannot render the record, when it is a tool conversation the template refuses."""
-    conversation = {**record, "messages": [*record["messages"], *responses]}
-    if not template.supports_tools and _uses_tools(conversation):
-        return f"invalid: template {template.name!r} cannot render tools or tool calls"
-    return None
+    """Why the template cannot render the record: tools or reasoning the template refuses."""
+    return cannot_render({**record, "messages": [*record["messages"], *responses]}, template)
 
 
 def encode_pair(
@@ -73,58 +70,63 @@ def encode_pair(
 
     Both sides are cut together: when either is over cutoff_len, keep_response shortens the shared
     prompt until the longer side fits and re-encodes both with it; drop and error reject the pair.
+    `full_length` is the longer side's untruncated token count (0 when the pair cannot be rendered).
     """
     _check(truncation)
     empty = {f"{side}_{key}": [] for side in SIDES for key in ("input_ids", "labels")}
     if why := _unrenderable(record, template, [record["chosen"], record["rejected"]]):
-        return {**empty, "status": why}
+        return {**empty, "status": why, "full_length": 0}
     tools = record.get("tools") or None
     prompt = with_system(record, template)
+    full = 0
     try:
         sides = {s: encode_side(tokenizer, template, prompt, record[s], tools) for s in SIDES}
         status = "ok"
         longest = max(SIDES, key=lambda s: len(sides[s]["input_ids"]))
-        if len(sides[longest]["input_ids"]) > cutoff_len:
+        full = len(sides[longest]["input_ids"])
+        if full > cutoff_len:
             prompt = _fit_prompt(tokenizer, template, prompt, record[longest], tools, cutoff_len, truncation)
             if prompt is None:
-                return {**empty, "status": "too_long"}
+                return {**empty, "status": "too_long", "full_length": full}
             sides = {s: encode_side(tokenizer, template, prompt, record[s], tools) for s in SIDES}
             if any(len(sides[s]["input_ids"]) > cutoff_len for s in SIDES):
-                return {**empty, "status": "too_long"}
+                return {**empty, "status": "too_long", "full_length": full}
             status = "truncated"
     except _RENDER_ERRORS as err:
-        return {**empty, "status": f"invalid: {type(err).__name__}: {err}"}
+        return {**empty, "status": f"invalid: {type(err).__name__}: {err}", "full_length": full}
     if any(_untrained(sides[s]["labels"]) for s in SIDES):
-        return {**empty, "status": "no_trained_token"}
+        return {**empty, "status": "no_trained_token", "full_length": full}
     out = {f"{s}_{key}": sides[s][key] for s in SIDES for key in ("input_ids", "labels")}
-    return {**out, "status": status}
+    return {**out, "status": status, "full_length": full}
 
 
 def encode_feedback(
     record: dict, tokenizer, template: Template, cutoff_len: int, truncation: str = "keep_response"
 ) -> dict:
-    """input_ids, labels (final assistant turn), prompt_len and a status for one KTO record."""
+    """input_ids, labels (final assistant turn), prompt_len, a status and the untruncated full_length."""
     _check(truncation)
     empty = {"input_ids": [], "labels": [], "prompt_len": 0}
     if why := _unrenderable(record, template, []):
-        return {**empty, "status": why}
+        return {**empty, "status": why, "full_length": 0}
     tools = record.get("tools") or None
     messages = with_system(record, template)
     prompt, response = messages[:-1], messages[-1]
+    full = 0
     try:
         example, status = encode_side(tokenizer, template, prompt, response, tools), "ok"
-        if len(example["input_ids"]) > cutoff_len:
+        full = len(example["input_ids"])
+        if full > cutoff_len:
             prompt = _fit_prompt(tokenizer, template, prompt, response, tools, cutoff_len, truncation)
             if prompt is None:
-                return {**empty, "status": "too_long"}
+                return {**empty, "status": "too_long", "full_length": full}
             example, status = encode_side(tokenizer, template, prompt, response, tools), "truncated"
             if len(example["input_ids"]) > cutoff_len:
-                return {**empty, "status": "too_long"}
+                return {**empty, "status": "too_long", "full_length": full}
     except _RENDER_ERRORS as err:
-        return {**empty, "status": f"invalid: {type(err).__name__}: {err}"}
+        return {**empty, "status": f"invalid: {type(err).__name__}: {err}", "full_length": full}
     if _untrained(example["labels"]):
-        return {**empty, "status": "no_trained_token"}
-    return {**example, "status": status}
+        return {**empty, "status": "no_trained_token", "full_length": full}
+    return {**example, "status": status, "full_length": full}
 
 
 def kl_rows(

@@ -17,14 +17,22 @@ from pathlib import Path
 import datasets
 import tokenizers
 import transformers
-from datasets import Dataset, concatenate_datasets, disable_progress_bars, load_from_disk
+from datasets import (
+    Dataset,
+    Features,
+    List,
+    Value,
+    concatenate_datasets,
+    disable_progress_bars,
+    load_from_disk,
+)
 from datasets.fingerprint import Hasher
 
 from ..atomic import publish_dir
 from ..config import DataConfig, to_plain
 from ..errors import DataError
 from .formats import source_files
-from .loading import mix, read_dataset, split, val_counts, with_problems
+from .loading import check_bad_rows, mix, read_dataset, split, val_counts, with_problems
 from .preference_tokens import SIDES, encode_feedback, encode_pair, kl_rows
 from .raw_text import chunk_text, eos_id
 from .stats import KEPT, DatasetStats, DataStats
@@ -59,10 +67,11 @@ def _trained(labels: list[int]) -> int:
 class Encoder:
     """Batched `datasets.map` function: encodes each record of the run's data.kind and records its status.
 
-    Picklable. conversations: input_ids, labels; text: input_ids, labels of each chunk (a document may
-    give several rows, so every column comes back); pairs: chosen_/rejected_ input_ids and labels;
-    feedback: input_ids, labels, label, prompt_len (the KL rows are added after filtering, by `with_kl`).
-    Every kind also gives status, length (the tokens the example takes in a batch) and trained.
+    Picklable. conversations: input_ids, labels, label_weights (empty when every weight is 1); text:
+    input_ids, labels of each chunk (a document may give several rows, so every column comes back);
+    pairs: chosen_/rejected_ input_ids and labels; feedback: input_ids, labels, label, prompt_len (the KL
+    rows are added after filtering, by `with_kl`). Every kind also gives status, length (the tokens the
+    example takes in a batch) and trained; all but text give full_length (the untruncated length).
     """
 
     def __init__(self, tokenizer, template: Template, cfg: DataConfig):
@@ -101,12 +110,12 @@ class Encoder:
     def _pairs(self, batch: dict[str, list]) -> dict[str, list]:
         """Both sides of every pair; length counts the two sides together, as they travel in a batch."""
         keys = [f"{side}_{k}" for side in SIDES for k in ("input_ids", "labels")]
-        out: dict[str, list] = {k: [] for k in (*keys, "status", "length", "trained")}
+        out: dict[str, list] = {k: [] for k in (*keys, "status", "full_length", "length", "trained")}
         for text in batch["conversation"]:
             encoded = encode_pair(
                 json.loads(text), self.tokenizer, self.template, self.cutoff_len, self.truncation
             )
-            for key in (*keys, "status"):
+            for key in (*keys, "status", "full_length"):
                 out[key].append(encoded[key])
             out["length"].append(sum(len(encoded[f"{side}_input_ids"]) for side in SIDES))
             out["trained"].append(sum(_trained(encoded[f"{side}_labels"]) for side in SIDES))
@@ -114,7 +123,7 @@ class Encoder:
 
     def _feedback(self, batch: dict[str, list]) -> dict[str, list]:
         """The labelled completion of every row (length grows by the KL row in `with_kl`)."""
-        keys = ("input_ids", "labels", "prompt_len", "status")
+        keys = ("input_ids", "labels", "prompt_len", "status", "full_length")
         out: dict[str, list] = {k: [] for k in (*keys, "label", "length", "trained")}
         for text in batch["conversation"]:
             record = json.loads(text)
@@ -127,8 +136,9 @@ class Encoder:
         return out
 
     def _conversations(self, batch: dict[str, list]) -> dict[str, list]:
-        """Token ids, labels, status, length and trained-token count for every row of the batch."""
-        out: dict[str, list] = {"input_ids": [], "labels": [], "status": [], "length": [], "trained": []}
+        """Token ids, labels, label weights, status, lengths and trained-token count for every row."""
+        keys = ("input_ids", "labels", "label_weights", "status", "full_length")
+        out: dict[str, list] = {k: [] for k in (*keys, "length", "trained")}
         for text in batch["conversation"]:
             encoded = encode(
                 json.loads(text),
@@ -139,9 +149,8 @@ class Encoder:
                 train_on_prompt=self.train_on_prompt,
                 mask_history=self.mask_history,
             )
-            out["input_ids"].append(encoded["input_ids"])
-            out["labels"].append(encoded["labels"])
-            out["status"].append(encoded["status"])
+            for key in keys:
+                out[key].append(encoded[key])
             out["length"].append(len(encoded["input_ids"]))
             out["trained"].append(_trained(encoded["labels"]))
         return out
@@ -196,17 +205,49 @@ class Prepared:
     stats: DataStats
 
 
-def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats) -> Dataset:
-    """Encode every row, count and report the ones that cannot be trained on, keep the rest."""
+def _features(ds: Dataset, kind: str) -> Features | None:
+    """The encoded columns' types where inference would fail: an all-empty label_weights batch has no type."""
+    if kind != "conversations":
+        return None
+    ints = List(Value("int64"))
+    return Features(
+        {
+            **ds.features,
+            "input_ids": ints,
+            "labels": ints,
+            "label_weights": List(Value("float32")),
+            "status": Value("string"),
+            "full_length": Value("int64"),
+            "length": Value("int64"),
+            "trained": Value("int64"),
+        }
+    )
+
+
+def _tokenize(
+    ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats, full_lengths: list[int] | None = None
+) -> Dataset:
+    """Encode every row, count and report the ones that cannot be trained on, keep the rest.
+
+    The untruncated lengths of the rows the template rendered are added to `full_lengths`.
+    """
     if not len(ds):
         return ds
     # Text chunking returns more rows than it is given, so every column comes back from the encoder.
     remove = ds.column_names if encoder.kind == "text" else None
     ds = ds.map(
-        encoder, batched=True, num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=remove
+        encoder,
+        batched=True,
+        num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
+        remove_columns=remove,
+        features=_features(ds, encoder.kind),
     )
     keep = []
-    # One read of the three columns: iterating a datasets Column formats every row on its own.
+    # One read of the columns: iterating a datasets Column formats every row on its own.
+    if "full_length" in ds.column_names:
+        if full_lengths is not None:  # 0: a row the template could not render has no length
+            full_lengths += [n for n in ds.select_columns(["full_length"])[:]["full_length"] if n]
+        ds = ds.remove_columns("full_length")
     columns = ds.select_columns(["status", "source", "location"])[:]
     for i, (status, source, location) in enumerate(
         zip(columns["status"], columns["source"], columns["location"], strict=True)
@@ -215,7 +256,8 @@ def _tokenize(ds: Dataset, encoder: Encoder, cfg: DataConfig, stats: DataStats) 
         if status in KEPT:
             keep.append(i)
             continue
-        problem = f"{location}: {status.replace('_', ' ')}"
+        # An invalid row's reason names keys (reasoning_content) and values: keep its underscores.
+        problem = f"{location}: {status if status.startswith('invalid') else status.replace('_', ' ')}"
         if status == "too_long":
             problem += f" (over data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
         stats.problems.append(problem)
@@ -242,17 +284,29 @@ def build(cfg: DataConfig, tokenizer, template: Template, seed: int) -> Prepared
     Each row is tokenized and counted once, before weights repeat it.
     """
     stats = DataStats()
-    records = {name: read_dataset(name, spec, cfg, stats) for name, spec in cfg.datasets.items()}
+    records, problems = {}, {}
+    for name, spec in cfg.datasets.items():
+        first = len(stats.problems)
+        records[name] = read_dataset(name, spec, cfg, stats)
+        problems[name] = stats.problems[first:]
     n_val = val_counts({name: len(rows) for name, rows in records.items()}, cfg.val_size)
     encoder = Encoder(tokenizer, template, cfg)
     train_parts, val_parts = {}, []
     for name, rows in records.items():
         train, val = split(rows, n_val[name], seed)
-        train_parts[name] = _tokenize(train, encoder, cfg, stats).remove_columns(["conversation", "status"])
-        val = _tokenize(val, encoder, cfg, stats)
-        stats.dataset(name).val = len(val)
+        first, full_lengths = len(stats.problems), []
+        train = _tokenize(train, encoder, cfg, stats, full_lengths)
+        train_parts[name] = train.remove_columns(["conversation", "status"])
+        val = _tokenize(val, encoder, cfg, stats, full_lengths)
+        d = stats.dataset(name)
+        d.val = len(val)
         if len(val):
             val_parts.append(val)
+        # Rows the template cannot render count as bad too: a chatml run on reasoning data trains on nothing.
+        bad = problems[name] + [p for p in stats.problems[first:] if ": invalid" in p]
+        what = "are malformed or cannot be rendered by the template"
+        check_bad_rows(name, d.malformed + d.invalid, d.rows, cfg.max_bad_fraction, bad, what)
+        stats.check_long_rows(name, full_lengths, cfg.cutoff_len, cfg.long_rows_warning)
     train = mix(train_parts, {name: spec.weight for name, spec in cfg.datasets.items()}, cfg.mix, seed)
     if not len(train):
         raise DataError(with_problems("no training examples left after tokenization", stats.problems))

@@ -25,18 +25,28 @@ from .tokenize import IGNORE_INDEX
 _ON, _OFF = "\033[1;32m", "\033[0m"
 
 
-def highlight(tokenizer, input_ids: list[int], labels: list[int], color: bool) -> str:
-    """The decoded example with each run of trained tokens coloured (or wrapped in «»)."""
+def highlight(
+    tokenizer, input_ids: list[int], labels: list[int], color: bool, weights: list[float] | None = None
+) -> str:
+    """The decoded example with each run of trained tokens coloured (or wrapped in «»).
+
+    With per-token loss weights, a trained run whose weight is not 1 is followed by `[weight w]`, and a
+    turn left untrained by weight 0 by `[weight 0]`.
+    """
     start, end = (_ON, _OFF) if color else ("«", "»")
-    pieces, run, trained = [], [], None
-    for token, label in [*zip(input_ids, labels, strict=True), (None, None)]:
+    weights = list(weights) if weights is not None and len(weights) else [1.0] * len(input_ids)
+    pieces, run, key = [], [], None
+    for token, label, weight in [*zip(input_ids, labels, weights, strict=True), (None, None, None)]:
         is_trained = label is not None and label != IGNORE_INDEX
-        if run and (token is None or is_trained != trained):
+        if run and (token is None or (is_trained, weight) != key):
+            trained, w = key
             text = tokenizer.decode(run)
             pieces.append(f"{start}{text}{end}" if trained else text)
+            if (trained and w != 1) or w == 0:
+                pieces.append(f"[weight {w:g}]")
             run = []
         run.append(token)
-        trained = is_trained
+        key = (is_trained, weight)
     return "".join(pieces)
 
 
@@ -70,7 +80,7 @@ def show_example(tokenizer, row: dict, kind: str, color: bool) -> list[str]:
             "[KL row: this prompt with another row's completion]",
             highlight(tokenizer, row["kl_input_ids"], row["kl_labels"], color),
         ]
-    return [highlight(tokenizer, row["input_ids"], row["labels"], color)]
+    return [highlight(tokenizer, row["input_ids"], row["labels"], color, row.get("label_weights"))]
 
 
 def report(stats: DataStats) -> str:
@@ -102,6 +112,7 @@ def report(stats: DataStats) -> str:
         lines.append(f"categories: {mix}")
     if stats.cache:
         lines.append(f"cache {stats.cache}")
+    lines += [f"warning: {w}" for w in stats.warnings]
     lines += [f"skipped {p}" for p in stats.problems[:10]]
     if len(stats.problems) > 10:
         lines.append(f"... and {len(stats.problems) - 10} more skipped rows")

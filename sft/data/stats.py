@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ class DataStats:
     packing_efficiency: float | None = None
     cache: str | None = None
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def dataset(self, name: str) -> DatasetStats:
         """The counters of one dataset (created on first use)."""
@@ -84,6 +86,25 @@ class DataStats:
             }
         self.categories = dict(Counter(c for c in categories if c).most_common())
 
+    def check_long_rows(self, name: str, full_lengths: list[int], cutoff_len: int, limit: float) -> None:
+        """Warn when more than `limit` of a dataset's rows were truncated or dropped for length.
+
+        `full_lengths` are the untruncated token counts of the rows the template rendered; the warning
+        names the cutoff that would keep 99% of them whole (their 99th percentile, nearest rank).
+        """
+        d = self.dataset(name)
+        long_rows = d.truncated + d.too_long
+        if not full_lengths or long_rows <= limit * len(full_lengths):
+            return
+        ordered = sorted(full_lengths)
+        p99 = ordered[math.ceil(0.99 * len(ordered)) - 1]
+        self.warnings.append(
+            f"dataset {name!r}: {long_rows} of {len(ordered)} rows ({long_rows / len(ordered):.1%}) are "
+            f"longer than data.cutoff_len={cutoff_len} ({d.truncated} truncated, {d.too_long} dropped), "
+            f"more than data.long_rows_warning={limit}; data.cutoff_len={p99} would keep 99% of them whole "
+            "(the 99th percentile of their token lengths)"
+        )
+
     def log(self, cutoff_len: int) -> None:
         """One line per dataset and one for the total, plus the first problems."""
         for name, d in self.datasets.items():
@@ -110,6 +131,8 @@ class DataStats:
             self.train_trained_tokens,
             self.length_percentiles,
         )
+        for warning in self.warnings:
+            log.warning("data: %s", warning)
         for problem in self.problems[:20]:
             log.warning("skipped %s", problem)
         if len(self.problems) > 20:

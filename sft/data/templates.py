@@ -8,10 +8,18 @@ text and its end-of-turn token) in `{% generation %}`, so `apply_chat_template(.
 return_assistant_tokens_mask=True)` marks the same tokens that `tokenize.encode` trains.
 The configured default system prompt is baked into the Jinja text, so generation with the
 saved template uses it too.
+
+Reasoning: `qwen3` (ChatML markup) and `deepseek_r1` render an assistant message's `reasoning_content`
+as `<think>\n...\n</think>\n\n` in front of its answer, inside the trained span; a message without
+one renders no think block. Unlike the models' own templates, which drop the reasoning of turns
+before the last user message at inference, every turn renders the reasoning its data holds: the
+prefix rule the masks are derived from needs each turn rendered the same way in every prefix.
+Templates without reasoning support refuse rows that carry reasoning (see `tokenize.encode`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -34,7 +42,14 @@ _ARGUMENTS = r"""
 {%- endif %}
 """
 
-# ChatML in the Qwen2.5 layout; tools the Hermes / Qwen2.5 way.
+# An answer's reasoning trace in front of its text, Qwen3 and DeepSeek-R1 style.
+_THINK = r"""
+{%- if message.reasoning_content is defined and message.reasoning_content is not none %}
+    {{- '<think>\n' + message.reasoning_content + '\n</think>\n\n' }}
+{%- endif %}
+"""
+
+# ChatML in the Qwen2.5 layout; tools the Hermes / Qwen2.5 way. @THINK@: Qwen3's reasoning block.
 _CHATML = r"""
 @SYSTEM@
 {%- if tools %}
@@ -57,6 +72,7 @@ _CHATML = r"""
     {%- if message.role == 'assistant' %}
         {{- '<|im_start|>assistant\n' }}
         {%- generation %}
+            @THINK@
             {%- if message.content %}
                 {{- message.content }}
             {%- endif %}
@@ -172,20 +188,67 @@ _ALPACA = r"""
 """
 
 
+# DeepSeek-R1's markup (no tools); the answer ends with its end-of-sentence token.
+_DEEPSEEK_R1 = r"""
+{%- if tools %}
+    {{- raise_exception('the deepseek_r1 template cannot render tools or tool calls') }}
+{%- endif %}
+{%- if bos_token is defined and bos_token %}
+    {{- bos_token }}
+{%- endif %}
+@SYSTEM@
+{%- if system is not none %}
+    {{- system }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'user' %}
+        {{- '<｜User｜>' + message.content }}
+    {%- elif message.role == 'assistant' and not message.tool_calls %}
+        {{- '<｜Assistant｜>' }}
+        {%- generation %}
+            @THINK@
+            {{- message.content + '<｜end▁of▁sentence｜>' }}
+        {%- endgeneration %}
+    {%- elif message.tool_calls or message.role == 'tool' %}
+        {{- raise_exception('the deepseek_r1 template cannot render tools or tool calls') }}
+    {%- elif not (loop.first and message.role == 'system') %}
+        {{- raise_exception('the deepseek_r1 template cannot render a ' + message.role + ' message here') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<｜Assistant｜>' }}
+{%- endif %}
+"""
+DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
+
+
 def _literal(text: str | None) -> str:
     """A Jinja expression for `text`: Python's repr escapes are exactly the ones Jinja's lexer undoes."""
     return "none" if text is None else repr(text)
 
 
-def _build(body: str, default_system: str | None) -> str:
-    """A template's Jinja text with the default system prompt baked in."""
+def _build(body: str, default_system: str | None, think: bool = False) -> str:
+    """A template's Jinja text with the default system prompt baked in, and the reasoning block if `think`."""
     system = _SYSTEM.strip().replace("@DEFAULT_SYSTEM@", _literal(default_system))
-    return body.strip().replace("@SYSTEM@", system).replace("@ARGUMENTS@", _ARGUMENTS.strip())
+    text = body.strip().replace("@SYSTEM@", system).replace("@ARGUMENTS@", _ARGUMENTS.strip())
+    # Without reasoning the placeholder's line goes entirely, so chatml's text stays what it always was.
+    block = _THINK.strip() + "\n" if think else ""
+    return re.sub(r"^[ \t]*@THINK@\n", lambda _: block, text, flags=re.MULTILINE)
 
 
 def chatml_jinja(default_system: str | None = None) -> str:
     """ChatML (Qwen2.5 layout, Hermes tool calls) with an optional default system prompt."""
     return _build(_CHATML, default_system)
+
+
+def qwen3_jinja(default_system: str | None = None) -> str:
+    """ChatML with Qwen3's reasoning block in front of an answer that has a reasoning trace."""
+    return _build(_CHATML, default_system, think=True)
+
+
+def deepseek_r1_jinja(default_system: str | None = None) -> str:
+    """DeepSeek-R1 markup with the reasoning block (no tools), with an optional default system prompt."""
+    return _build(_DEEPSEEK_R1, default_system, think=True)
 
 
 def llama3_jinja(default_system: str | None = None) -> str:
@@ -204,16 +267,19 @@ CHATML = chatml_jinja()
 
 @dataclass(frozen=True)
 class Template:
-    """A named Jinja chat template, its stop string, its default system prompt and tool support."""
+    """A named Jinja chat template, its stop string, its default system prompt, tool and reasoning support."""
 
     name: str
     jinja: str
     stop: str
     default_system: str | None = None
     supports_tools: bool = True
+    supports_reasoning: bool = False
 
 
-BUILTIN = ("chatml", "qwen", "llama3", "alpaca")
+BUILTIN = ("chatml", "qwen", "qwen3", "llama3", "alpaca", "deepseek_r1")
+# The built-in templates that render reasoning traces (named in the refusal of a row with reasoning).
+THINKING = ("qwen3", "deepseek_r1")
 
 
 def get_template(name: str, tokenizer, default_system: str | None = None) -> Template:
@@ -225,11 +291,25 @@ def get_template(name: str, tokenizer, default_system: str | None = None) -> Tem
                 "data.template=auto, but the tokenizer has no (single) chat template; "
                 f"pick one of {', '.join(BUILTIN)}"
             )
-        # A tokenizer's own template that never mentions tool calls would silently drop them.
-        return Template("auto", jinja, tokenizer.eos_token or "", default_system, "tool_calls" in jinja)
+        # A tokenizer's own template that never mentions tool calls (or reasoning) would silently drop them.
+        return Template(
+            "auto",
+            jinja,
+            tokenizer.eos_token or "",
+            default_system,
+            "tool_calls" in jinja,
+            "reasoning_content" in jinja,
+        )
     if name == "qwen":
         system = QWEN_SYSTEM if default_system is None else default_system
         return Template("qwen", chatml_jinja(system or None), "<|im_end|>", system or None)
+    if name == "qwen3":
+        jinja = qwen3_jinja(default_system or None)
+        return Template("qwen3", jinja, "<|im_end|>", default_system or None, supports_reasoning=True)
+    if name == "deepseek_r1":
+        system = default_system or None
+        jinja = deepseek_r1_jinja(system)
+        return Template("deepseek_r1", jinja, DEEPSEEK_EOS, system, False, supports_reasoning=True)
     if name == "chatml":
         return Template("chatml", chatml_jinja(default_system or None), "<|im_end|>", default_system or None)
     if name == "llama3":

@@ -7,6 +7,11 @@ is then tokenized once, so training sees exactly the ids generation will see, an
 trained when it overlaps a span: the rule `apply_chat_template(return_assistant_tokens_mask=True)`
 applies to `{% generation %}` blocks, so both agree token for token on the built-in templates.
 
+Per-turn loss weights (`loss_weight` on assistant messages, see formats.py) become a per-token
+`label_weights` list beside the labels: each token carries the weight of the assistant turn it
+belongs to (1 elsewhere); a weight-0 turn is not labelled at all. A row with no weighted turn gets
+an empty list, read as "every weight is 1", so unweighted data costs nothing and trains exactly as before.
+
 `encode` runs inside `datasets.map` (possibly in worker processes), so it is a module-level
 function that reports row-level problems as a status instead of raising.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 from jinja2 import TemplateError as JinjaTemplateError
 
 from ..errors import ConfigError, TemplateError
-from .templates import Template, render, with_system
+from .templates import THINKING, Template, render, with_system
 
 IGNORE_INDEX = -100
 TRUNCATION = ("keep_response", "drop", "error")
@@ -58,6 +63,16 @@ def overlap_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[t
     return labels
 
 
+def span_values(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], values: list, default) -> list:
+    """Each token's value: that of the span it overlaps (the `overlap_labels` rule), else `default`."""
+    out, k = [], 0
+    for start, end in offsets:
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        out.append(values[k] if k < len(spans) and end > spans[k][0] else default)
+    return out
+
+
 def _length(tokenizer, template: Template, messages: list[dict], tools: list[dict] | None) -> int:
     """Number of tokens the rendered conversation takes."""
     text = render(tokenizer, template, messages, tools)
@@ -70,14 +85,19 @@ def template_overhead(tokenizer, template: Template) -> int:
 
 
 def _labelled(tokenizer, template, messages, tools, train_on_prompt: bool, mask_history: bool) -> dict:
-    """Ids and labels of the full rendering under the masking options."""
+    """Ids, labels and label weights of the full rendering under the masking options."""
     text, spans = trained_spans(tokenizer, template, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    weights = [float(m.get("loss_weight", 1.0)) for m in messages if m["role"] == "assistant"]
+    token_weights = span_values(offsets, spans, weights, 1.0) if any(w != 1 for w in weights) else []
     if train_on_prompt:
-        return {"input_ids": ids, "labels": list(ids)}
-    trained = spans[-1:] if mask_history else spans
-    return {"input_ids": ids, "labels": overlap_labels(ids, enc["offset_mapping"], trained)}
+        per_token = token_weights or [1.0] * len(ids)
+        labels = [IGNORE_INDEX if w == 0 else t for t, w in zip(ids, per_token, strict=True)]
+        return {"input_ids": ids, "labels": labels, "label_weights": token_weights}
+    turns = list(zip(spans, weights, strict=True))
+    trained = [span for span, w in (turns[-1:] if mask_history else turns) if w > 0]
+    return {"input_ids": ids, "labels": overlap_labels(ids, offsets, trained), "label_weights": token_weights}
 
 
 def _with_content(messages: list[dict], at: int, content: str) -> list[dict]:
@@ -123,9 +143,30 @@ def _uses_tools(conversation: dict) -> bool:
     )
 
 
-def _rejected(status: str) -> dict:
-    """A row that yields no example, with the reason."""
-    return {"input_ids": [], "labels": [], "status": status}
+def reasoning_key(conversation: dict) -> str | None:
+    """Where the conversation's first reasoning trace sits (`messages[i].reasoning_content`), or None."""
+    for i, message in enumerate(conversation["messages"]):
+        if message.get("reasoning_content") is not None:
+            return f"messages[{i}].reasoning_content"
+    return None
+
+
+def cannot_render(conversation: dict, template: Template) -> str | None:
+    """Why the template cannot render the conversation's tools or reasoning, as an `invalid` status."""
+    if not template.supports_tools and _uses_tools(conversation):
+        return f"invalid: template {template.name!r} cannot render tools or tool calls"
+    if not template.supports_reasoning and (key := reasoning_key(conversation)):
+        # Rendering the answer without its reasoning would train on text the row never held.
+        return (
+            f"invalid: template {template.name!r} cannot render reasoning ({key}); "
+            f"use data.template={' or '.join(THINKING)}, or data.reasoning=drop to train on the answers alone"
+        )
+    return None
+
+
+def _rejected(status: str, full_length: int = 0) -> dict:
+    """A row that yields no example, with the reason (and its untruncated length, when it was rendered)."""
+    return {"input_ids": [], "labels": [], "label_weights": [], "status": status, "full_length": full_length}
 
 
 def encode(
@@ -138,34 +179,36 @@ def encode(
     train_on_prompt: bool = False,
     mask_history: bool = False,
 ) -> dict:
-    """Token ids, labels and a status for one conversation; never raises for a problem with the row.
+    """Token ids, labels, label weights and a status for one conversation; never raises for the row.
 
     "ok" and "truncated" carry the example; "too_long", "no_trained_token" and "invalid: <reason>"
-    come with empty ids and labels. Only a bad `truncation` value (a config error) raises.
+    come with empty lists. `full_length` is the untruncated rendering's token count (0 when the row
+    cannot be rendered). Only a bad `truncation` value (a config error) raises.
     """
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation={truncation!r}: unknown; available: {', '.join(TRUNCATION)}")
+    full_length = 0
     try:
-        if not template.supports_tools and _uses_tools(conversation):
-            return _rejected(f"invalid: template {template.name!r} cannot render tools or tool calls")
+        if why := cannot_render(conversation, template):
+            return _rejected(why)
         tools = conversation.get("tools") or None
         messages = with_system(conversation, template)
         example = _labelled(tokenizer, template, messages, tools, train_on_prompt, mask_history)
-        status = "ok"
-        if len(example["input_ids"]) > cutoff_len:
+        status, full_length = "ok", len(example["input_ids"])
+        if full_length > cutoff_len:
             fitted = None
             if truncation == "keep_response":
                 fitted = _keep_response(tokenizer, template, messages, tools, cutoff_len)
             if fitted is None:
-                return _rejected("too_long")
+                return _rejected("too_long", full_length)
             example = _labelled(tokenizer, template, fitted, tools, train_on_prompt, mask_history)
             status = "truncated"
     except _RENDER_ERRORS as err:
-        return _rejected(f"invalid: {type(err).__name__}: {err}")
+        return _rejected(f"invalid: {type(err).__name__}: {err}", full_length)
     # The first label is never a target once labels are shifted against the logits.
     if all(label == IGNORE_INDEX for label in example["labels"][1:]):
-        return _rejected("no_trained_token")
-    return {**example, "status": status}
+        return _rejected("no_trained_token", full_length)
+    return {**example, "status": status, "full_length": full_length}
 
 
 def check_cutoff(cutoff_len: int, tokenizer, template: Template) -> None:

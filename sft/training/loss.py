@@ -4,6 +4,16 @@
 logits or with the head applied only to those positions' hidden states, which never builds the
 (tokens x vocabulary) logits of prompt and padding positions. `token_loss` (full logits) and
 `trained_token_loss` (head on kept positions) are the two routes to the same summed loss.
+
+Per-turn loss weights: a batch with `label_weights` (see sft.data.collate) gives
+(sum of w x cross-entropy, sum of w, sum of w x correct) over its trained tokens instead of
+(summed cross-entropy, token count, correct count). The module adds these sums over the optimizer
+step's micro-batches and devices and divides once, so the step's loss is sum(w x nll) / sum(w) over all
+its trained tokens: every token counts by its weight, wherever in the step it sits (the per-token mean
+with weights; weight 1 everywhere is exactly today's mean). A batch without weights takes the unweighted
+path, so unweighted data computes bit for bit what it always did. Under precision=bf16-true Lightning
+casts every floating batch tensor, the weights included, to bf16 (0.1 becomes 0.10009765625); numerator
+and denominator use the same rounded weights, so the loss stays an exact weighted mean.
 """
 
 from __future__ import annotations
@@ -24,15 +34,37 @@ def summed_cross_entropy(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[to
     return F.cross_entropy(scores, wanted, reduction="sum"), (scores.argmax(-1) == wanted).sum()
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy, trained-token count, correct predictions) over positions whose label is kept.
+def weighted_cross_entropy(
+    scores: torch.Tensor, wanted: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of weight x cross-entropy, sum of weights, weighted correct predictions), computed in fp32."""
+    scores, weights = scores.float(), weights.float()
+    nll = F.cross_entropy(scores, wanted, reduction="none")
+    correct = (scores.argmax(-1) == wanted).to(weights.dtype)
+    return (weights * nll).sum(), weights.sum(), (weights * correct).sum()
+
+
+def scored_sums(
+    scores: torch.Tensor, wanted: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss sum, what it is a mean over, correct) of kept score rows; `weights` (batch-shaped) or None."""
+    if weights is None:
+        loss_sum, correct = summed_cross_entropy(scores, wanted)
+        return loss_sum, keep.sum(), correct
+    return weighted_cross_entropy(scores, wanted, weights[:, 1:][keep])
+
+
+def token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, trained-token count, correct predictions) over positions whose label is kept;
+    with `weights` (label_weights), each term and count scaled by its label's weight.
 
     An all-masked batch gives a zero sum and a zero count, never NaN, and nothing syncs with the host.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    loss_sum, correct = summed_cross_entropy(logits[:, :-1][keep], targets[keep])
-    return loss_sum, keep.sum(), correct
+    return scored_sums(logits[:, :-1][keep], targets[keep], keep, weights)
 
 
 def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -72,8 +104,7 @@ def trained_token_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`token_loss` of the batch, with the head applied to the hidden states of trained positions only."""
     scores, wanted, keep = kept_scores(None, (decoder, head), batch)
-    loss_sum, correct = summed_cross_entropy(scores, wanted)
-    return loss_sum, keep.sum(), correct
+    return scored_sums(scores, wanted, keep, batch.get("label_weights"))
 
 
 def token_logps(scores: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from ..config import SchedulerConfig, TrainerConfig
-from .loss import kept_scores, split_head, summed_cross_entropy, token_logps
+from .loss import kept_scores, scored_sums, split_head, token_logps
 from .objectives import TokenObjective
 from .optim import build_optimizer
 from .preference_losses import sequence_sums
@@ -28,7 +28,8 @@ class SFTModule(L.LightningModule):
 
     Each micro-batch backpropagates its summed loss; before the optimizer step the gradients are
     rescaled by 1 / (what the loss is averaged over in the whole accumulation window, over all devices:
-    trained tokens, pairs or examples), so accumulation gives the same update as one large batch
+    trained tokens (their summed loss weights, with per-turn weights), pairs or examples), so
+    accumulation gives the same update as one large batch
     regardless of padding and masking.
     Clipping to `gradient_clip_val` follows that rescaling, wherever the strategy keeps gradients.
     A step whose loss or gradient norm is not finite updates nothing (see NonFiniteGuard).
@@ -84,10 +85,10 @@ class SFTModule(L.LightningModule):
         return kept_scores(self.model, self._head, batch)
 
     def token_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(summed cross-entropy, trained tokens, correct predictions) of the batch."""
+        """(summed cross-entropy, trained tokens, correct predictions) of the batch; with label_weights,
+        every term weighted (sft.training.loss)."""
         scores, wanted, keep = self._scores(batch)
-        loss_sum, correct = summed_cross_entropy(scores, wanted)
-        return loss_sum, keep.sum(), correct
+        return scored_sums(scores, wanted, keep, batch.get("label_weights"))
 
     def sequence_logps(self, batch: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed log-probability, trained tokens) of every sequence the batch's `segments` number,

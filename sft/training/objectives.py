@@ -21,7 +21,11 @@ def _per(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 class TokenObjective:
-    """Next-token cross-entropy on labelled tokens: the assistant turns (sft) or every token (pt)."""
+    """Next-token cross-entropy on labelled tokens: the assistant turns (sft) or every token (pt).
+
+    With per-turn loss weights the "tokens" entry is the sum of the trained tokens' weights, and loss,
+    perplexity and accuracy are means in which each token counts by its weight.
+    """
 
     keys = ("loss", "tokens", "correct")
     train_metrics = ("loss",)

@@ -23,6 +23,7 @@ def print_summary(s: dict) -> None:
     for name, value in s.get("val", {}).items():
         if name not in SUMMARY_METRICS:
             lines.append(f"{name} {fmt(s.get('initial_val', {}).get(name))} -> {fmt(value)}")
+    lines += [f"data warning: {w}" for w in s.get("data", {}).get("warnings", [])]
     for p in s.get("probes", []):
         lines += [f"Q: {p['prompt']}", f"  before: {p['before']}", f"  after:  {p['after']}"]
     lines += [f"saved: {s['saved']}", f"run dir: {s['output_dir']}", ""]

@@ -117,7 +117,10 @@ def test_bad_rows_are_reported_with_file_and_line_counted_and_skipped(make_cfg, 
             GOOD,
         ],
     )
-    prepared = run(make_cfg, tok, "data=mix", f"data.datasets=[{path}]", "data.val_size=0")
+    # Half the rows are bad on purpose: the default data.max_bad_fraction would stop the run.
+    prepared = run(
+        make_cfg, tok, "data=mix", f"data.datasets=[{path}]", "data.val_size=0", "data.max_bad_fraction=1"
+    )
     d = prepared.stats.datasets["rows"]
     assert (d.rows, d.malformed, d.used, prepared.stats.train) == (6, 3, 3, 3)
     problems = prepared.stats.problems

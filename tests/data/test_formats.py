@@ -301,7 +301,10 @@ def _fc(value):
             "unknown role 'robot'; allowed 'from' values: assistant, "
             "function_call, gpt, human, observation, system, tool, user",
         ),
-        (_sharegpt(("human", ["Hi"]), ("gpt", "x")), r"conversations\[0\] value must be a string, got list"),
+        (
+            _sharegpt(("human", ["Hi"]), ("gpt", "x")),
+            r"conversations\[0\] value\[0\]: a content part must be an object, got str",
+        ),
         (_sharegpt(("human", "Hi"), ("system", "S"), ("gpt", "x")), "a system turn may only come first"),
         (
             _sharegpt(("human", "Hi"), ("observation", "r"), ("gpt", "x")),
@@ -329,7 +332,7 @@ def _fc(value):
         ),
         (
             {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
-            "must be a string",
+            "must be a string or a list of content parts, got int",
         ),
         (
             {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
@@ -342,7 +345,7 @@ def _fc(value):
                     {"role": "assistant", "content": "x"},
                 ]
             },
-            "only text content parts are supported",
+            r"messages\[0\] content\[0\]: a 'image_url' part on a user turn: this framework trains text-only",
         ),
         ({"text": "plain"}, "cannot tell the format"),
         (["not", "a", "dict"], "expected an object, got list"),

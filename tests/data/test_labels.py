@@ -22,7 +22,9 @@ def test_a_single_trained_token_right_after_the_first_is_kept():
     assert encode(conversation("a", "b"), tok, BARE, 16) == {
         "input_ids": ids,
         "labels": [M, ids[1]],
+        "label_weights": [],
         "status": "ok",
+        "full_length": 2,
     }
 
 
@@ -43,14 +45,22 @@ def test_a_conversation_exactly_at_the_cutoff_is_kept_whole():
     assert encode(conversation("ab", "cd"), tok, get_template("chatml", tok), n - 1, truncation="drop") == {
         "input_ids": [],
         "labels": [],
+        "label_weights": [],
         "status": "too_long",
+        "full_length": n,
     }
 
 
 def test_train_on_prompt_labels_every_token_of_an_ok_row():
     tok = byte_tokenizer()
     example = encode(conversation("ab", "cd"), tok, BARE, 16, train_on_prompt=True)
-    assert example == {"input_ids": example["input_ids"], "labels": example["input_ids"], "status": "ok"}
+    assert example == {
+        "input_ids": example["input_ids"],
+        "labels": example["input_ids"],
+        "label_weights": [],
+        "status": "ok",
+        "full_length": 4,
+    }
     assert len(example["input_ids"]) == 4
 
 
@@ -58,7 +68,8 @@ def test_a_truncated_row_keeps_the_masking_options():
     tok = byte_tokenizer()
     conv = conversation("aa", "bb", "cc", "dd", "ee", "ff")
     kept = encode(conversation("cc", "dd", "ee", "ff"), tok, BARE, 16, train_on_prompt=True)
-    assert encode(conv, tok, BARE, 8, train_on_prompt=True) == {**kept, "status": "truncated"}
+    truncated = {**kept, "status": "truncated", "full_length": 12}
+    assert encode(conv, tok, BARE, 8, train_on_prompt=True) == truncated
     last = encode(conv, tok, BARE, 8, mask_history=True)
     assert last["status"] == "truncated" and last["labels"] == [M] * 6 + last["input_ids"][6:]
 
@@ -72,7 +83,9 @@ def test_truncation_counts_the_tool_schemas():
     conv = {**conversation("a", "b", "c", "d", "e", "f"), "tools": tools}
     last = {**conversation("e", "f"), "tools": tools}
     cutoff = len(encode(last, tok, template, 4096)["input_ids"])
-    assert encode(conv, tok, template, cutoff) == {**encode(last, tok, template, 4096), "status": "truncated"}
+    full = len(encode(conv, tok, template, 4096)["input_ids"])
+    truncated = {**encode(last, tok, template, 4096), "status": "truncated", "full_length": full}
+    assert encode(conv, tok, template, cutoff) == truncated
 
 
 def test_a_tokenizer_that_adds_a_bos_token_adds_none_to_the_rendered_text():
@@ -88,7 +101,9 @@ def test_a_tokenizer_that_adds_a_bos_token_adds_none_to_the_rendered_text():
     assert encode(conversation("a", "b"), tok, BARE, 16) == {
         "input_ids": ids,
         "labels": [M, ids[1]],
+        "label_weights": [],
         "status": "ok",
+        "full_length": 2,
     }
 
 
@@ -103,6 +118,8 @@ def test_a_generation_prompt_the_answer_does_not_extend_is_refused():
     assert encode(conversation("a", "b"), tok, marked, 16) == {
         "input_ids": [],
         "labels": [],
+        "label_weights": [],
         "status": "invalid: TemplateError: template 'marked' does not render turn 1 as a prefix of the "
         "conversation; loss masks cannot be derived from it",
+        "full_length": 0,
     }

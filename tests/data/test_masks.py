@@ -77,6 +77,11 @@ def trained_text(tok, example) -> list[str]:
     return runs
 
 
+def rejected(status: str, full_length: int = 0) -> dict:
+    """What encode returns for a row it cannot train on."""
+    return {"input_ids": [], "labels": [], "label_weights": [], "status": status, "full_length": full_length}
+
+
 def ids_of(tok, text: str) -> list[int]:
     """Plain tokenization, as generation would see the text."""
     return tok(text, add_special_tokens=False)["input_ids"]
@@ -140,11 +145,11 @@ def test_alpaca_ends_every_response_with_the_tokenizers_eos(tok):
 
 
 def test_unknown_and_missing_templates_name_the_choices(tok):
-    with pytest.raises(ValueError, match="chatml, qwen, llama3, alpaca, auto"):
+    with pytest.raises(ValueError, match="chatml, qwen, qwen3, llama3, alpaca, deepseek_r1, auto"):
         get_template("vicuna", tok)
     bare = byte_tokenizer()
     bare.chat_template = None
-    with pytest.raises(ValueError, match="chatml, qwen, llama3, alpaca"):
+    with pytest.raises(ValueError, match="chatml, qwen, qwen3, llama3, alpaca, deepseek_r1"):
         get_template("auto", bare)
 
 
@@ -227,7 +232,7 @@ def test_a_row_with_nothing_trained_is_reported(tok):
     silent = Template(
         "silent", "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}", ""
     )
-    assert encode(CONV, tok, silent, 4096) == {"input_ids": [], "labels": [], "status": "no_trained_token"}
+    assert encode(CONV, tok, silent, 4096) == rejected("no_trained_token", len(ids_of(tok, "Hi é2+2?")))
 
 
 def test_a_template_that_is_not_prefix_stable_is_refused(tok):
@@ -325,11 +330,7 @@ def test_llama3_renders_json_calls_and_ipython_results(tok):
 
 def test_alpaca_refuses_tools_with_a_clear_status(tok):
     template = get_template("alpaca", tok)
-    refused = {
-        "input_ids": [],
-        "labels": [],
-        "status": "invalid: template 'alpaca' cannot render tools or tool calls",
-    }
+    refused = rejected("invalid: template 'alpaca' cannot render tools or tool calls")
     assert encode(TOOL_CONV, tok, template, 4096) == refused
     assert encode({**TOOL_CONV, "tools": None}, tok, template, 4096) == refused
     with pytest.raises(Exception, match="alpaca template cannot render tools"):
@@ -349,11 +350,7 @@ def test_a_conversation_that_fits_is_untouched(tok):
     full = length(tok, template, with_system(CONV, template))
     assert encode(CONV, tok, template, full)["status"] == "ok"
     for policy in ("drop", "error"):
-        assert encode(CONV, tok, template, full - 1, truncation=policy) == {
-            "input_ids": [],
-            "labels": [],
-            "status": "too_long",
-        }
+        assert encode(CONV, tok, template, full - 1, truncation=policy) == rejected("too_long", full)
 
 
 def test_keep_response_drops_the_oldest_exchange_but_keeps_the_system_prompt(tok):

@@ -159,6 +159,7 @@ def test_bad_pairs_are_reported_with_file_and_line_counted_and_skipped(make_cfg,
         "data=mix",
         f"data.datasets={{prefs: {{path: {path}, kind: pairs}}}}",
         "data.val_size=0",
+        "data.max_bad_fraction=1",  # a file of edge cases: mostly bad on purpose
     )
     d = prepared.stats.datasets["prefs"]
     assert (d.rows, d.malformed, prepared.stats.train) == (7, 4, 3)
@@ -185,6 +186,7 @@ def test_bad_feedback_labels_and_empty_text_are_skipped(make_cfg, tok, tmp_path)
         "data=mix",
         f"data.datasets={{fb: {{path: {feedback}, kind: feedback}}}}",
         "data.val_size=0",
+        "data.max_bad_fraction=1",
     )
     d = prepared.stats.datasets["fb"]
     assert (d.rows, d.malformed) == (7, 3)
@@ -202,6 +204,7 @@ def test_bad_feedback_labels_and_empty_text_are_skipped(make_cfg, tok, tmp_path)
         "data=mix",
         f"data.datasets={{docs: {{path: {text}, kind: text}}}}",
         "data.val_size=0",
+        "data.max_bad_fraction=1",
     )
     assert (prepared.stats.datasets["docs"].malformed, prepared.stats.train) == (3, 1)
     assert [p.split(": ", 1) for p in prepared.stats.problems] == [
