@@ -27,10 +27,11 @@ $(STAMP): pyproject.toml
 train: setup
 	$(PY) -m sft.train preset=balanced $(ARGS)
 
-# Test files run in parallel, each whole on one worker (its module fixtures are built once): 12 min on 2 cores.
+# Test files run in parallel, each whole on one worker (its module fixtures are built once), the longest
+# first (tests/conftest.py, LONGEST_FIRST).
 TEST_WORKERS ?= auto
 test: setup $(CHROMIUM)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(ARGS)
 
 # sft.train against TRL's SFTTrainer, same model/LoRA/data/steps, one session (TRL: the bench extra).
 bench: setup

@@ -55,7 +55,8 @@ def main(argv: list[str]) -> None:
     for method, (mib, summary, wall) in rows.items():
         speed = summary["tokens_per_sec"]
         print(
-            f"| {method} | {mib:.0f} | {mib / base_mib:.2f} | {speed:.1f} | {speed / base['tokens_per_sec']:.2f} "
+            f"| {method} | {mib:.0f} | {mib / base_mib:.2f} | {speed:.1f} "
+            f"| {speed / base['tokens_per_sec']:.2f} "
             f"| {summary['parameters']['trainable']:,} | {wall:.0f} |"
         )
 
