@@ -146,7 +146,9 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
         start = run_dir.adapter_init if moves_base(typed.lora) else None
         with unsharded_structure(model):
             summary["saved"] = str(save_final(model, tokenizer, template, out, weights, start))
-        if typed.evaluation.parity.prompts:
+        # Sweep trials are searched, not shipped: their many short runs skip the reference (greedy
+        # generation, minutes for a slow adapter such as DoRA); export a chosen trial after a re-run.
+        if typed.evaluation.parity.prompts and typed.trial is None:
             sharded = shards_parameters(trainer.strategy)
             _record_parity(
                 typed,

@@ -213,6 +213,7 @@ def test_a_real_sweep_runs_each_seed_at_once_and_tells_their_mean(tmp_path, cach
         "hydra.sweeper.seeds=[1,2]",
         "hydra.sweeper.study_name=seeds",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "evaluation.parity.prompts=2",  # asked for, but sweep trials never record it
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -220,6 +221,7 @@ def test_a_real_sweep_runs_each_seed_at_once_and_tells_their_mean(tmp_path, cach
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     jobs = sorted((tmp_path / "sweep").glob("[0-9]*"), key=lambda p: int(p.name))
     assert [job.name for job in jobs] == ["0", "1", "2", "3"]
+    assert not any(RunDir(job).parity_reference.exists() for job in jobs)
     by_trial: dict[int, dict[int, float]] = {}
     for job in jobs:
         config = RunDir(job).composed_config()
