@@ -344,3 +344,9 @@ def with_system(conversation: dict, template: Template) -> list[dict]:
     system = conversation.get("system") or template.default_system
     head = [{"role": "system", "content": system}] if system else []
     return head + list(conversation["messages"])
+
+
+def generation_prompt(tokenizer, template: Template, prompt: str) -> str:
+    """One user turn (after the template's default system prompt), rendered up to the assistant's reply."""
+    messages = with_system({"messages": [{"role": "user", "content": prompt}]}, template)
+    return render(tokenizer, template, messages, add_generation_prompt=True)

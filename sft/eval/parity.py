@@ -10,18 +10,15 @@ where the rendered prompt, an answer token or the stop differs.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from ..atomic import write_json
-from ..data.templates import Template, render, with_system
+from ..data.templates import Template, generation_prompt
 from ..errors import ExportError
 from ..run_dir import RunDir, read_json
 from .suite import load_suite
-
-log = logging.getLogger(__name__)
 
 
 def parity_prompts(suites: list[str], count: int) -> list[str]:
@@ -69,8 +66,7 @@ def record_reference(
     rows = []
     try:
         for prompt in prompts:
-            messages = with_system({"messages": [{"role": "user", "content": prompt}]}, template)
-            text = render(tokenizer, template, messages, add_generation_prompt=True)
+            text = generation_prompt(tokenizer, template, prompt)
             prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             new = _greedy(
                 model, prompt_ids, max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id

@@ -202,6 +202,7 @@ def main(cfg: DictConfig) -> None:
         print(err, file=sys.stderr)
         sys.exit(2)
     print(describe(written, model, f"GGUF {cfg.gguf_type}" if cfg.format == "gguf" else None))
+    del model  # the check loads the written files; two copies of the weights would double the memory
     if cfg.parity:
         check_parity(run, written)
 

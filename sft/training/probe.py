@@ -7,7 +7,7 @@ import logging
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ..data.templates import Template, render, with_system
+from ..data.templates import Template, generation_prompt
 from .strategy import shards_parameters
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,7 @@ def answer(model, tokenizer, template: Template, prompts: list[str], max_new_tok
     device = next(model.parameters()).device
     answers = []
     for prompt in prompts:
-        messages = with_system({"messages": [{"role": "user", "content": prompt}]}, template)
-        text = render(tokenizer, template, messages, add_generation_prompt=True)
+        text = generation_prompt(tokenizer, template, prompt)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
         out = model.generate(
             **ids,
