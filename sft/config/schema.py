@@ -119,6 +119,8 @@ class DataConfig:
     num_proc: int = setting(ge=1)
     num_workers: int = setting(ge=0)
     overwrite_cache: bool = setting()
+    streaming: bool = setting()
+    shuffle_buffer: int = setting(ge=1)
 
 
 @dataclass

@@ -145,7 +145,7 @@ def train_problems(c: TrainConfig) -> list[str]:
             f"objective.directions={o.directions!r}: one direction per metric of objective.metrics "
             f"({len(o.metrics)})"
         )
-    return p + _stage_problems(c) + _strategy_problems(c) + _method_problems(c)
+    return p + _stage_problems(c) + _strategy_problems(c) + _method_problems(c) + _streaming_problems(c)
 
 
 def _method_problems(c: TrainConfig) -> list[str]:
@@ -180,6 +180,34 @@ def _method_problems(c: TrainConfig) -> list[str]:
         p.append(
             f"trainer.neftune_alpha={c.trainer.neftune_alpha!r}: null for stage {c.stage.name} (NEFTune "
             "noises sft and pt batches; a preference loss compares against a noiseless reference)"
+        )
+    return p
+
+
+def _streaming_problems(c: TrainConfig) -> list[str]:
+    """Streamed training data has no length and is read once, in order: what that rules out."""
+    d, p = c.data, []
+    if not d.streaming:
+        return p
+    why = "with data.streaming=true"
+    if c.trainer.max_steps <= 0:
+        p.append(f"trainer.max_steps={c.trainer.max_steps}: a positive count {why} (a stream has no epochs)")
+    if not (d.val_size == int(d.val_size) and (d.val_size >= 1 or d.val_size == 0)):
+        p.append(
+            f"data.val_size={d.val_size}: a whole count of rows {why} (the first rows of each dataset "
+            "are held out; a stream's length is unknown), e.g. data.val_size=200"
+        )
+    if d.kind not in ("conversations", "text"):
+        p.append(
+            f"data.streaming=true: stage sft or pt; {d.kind} ({c.stage.name}) is read whole, not streamed"
+        )
+    if d.curriculum != "none":
+        p.append(f"data.curriculum={d.curriculum!r}: none {why} (a curriculum orders the whole dataset)")
+    if d.max_samples or any(e.max_samples for e in d.datasets.values()):
+        p.append(f"data.max_samples: null {why} (trainer.max_steps sets how much is read)")
+    if d.num_workers:
+        p.append(
+            f"data.num_workers={d.num_workers}: 0 {why} (the stream's position lives in the training process)"
         )
     return p
 

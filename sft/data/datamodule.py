@@ -24,8 +24,9 @@ from .paired_batches import (
     PairedPadCollator,
     batch_columns,
 )
-from .preprocess import Prepared, prepare
+from .preprocess import Encoder, Prepared, prepare
 from .stats import DataStats
+from .streaming import StreamLoader, TrainStream, prepare_stream
 from .templates import Template
 
 log = logging.getLogger(__name__)
@@ -305,9 +306,44 @@ class SFTDataModule(L.LightningDataModule):
         )
 
 
+class StreamingDataModule(SFTDataModule):
+    """`data.streaming=true`: validation rows read up front, training rows streamed (`sft.data.streaming`)."""
+
+    def _prepare(self, rebuild: bool | None = None) -> None:
+        self.prepared, self.sources, self.starts = prepare_stream(self.cfg, self.tokenizer, self.template)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open this rank's training stream (validation rows are read once, by `prepare_data` or here)."""
+        if self.train_set is not None:
+            return
+        if self.prepared is None:
+            self._prepare()
+        self.train_set = TrainStream(
+            self.cfg,
+            Encoder(self.tokenizer, self.template, self.cfg),
+            self.sources,
+            self.starts,
+            self.stats,
+            self.seed,
+            self.micro_batch_size,
+            self.group_size,
+            *self._shard(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Micro-batches as the stream makes them; its position is saved with every checkpoint."""
+        collate = (
+            PackedCollator(self.pad_id, flatten=self.flatten_packed)
+            if self.cfg.packing
+            else self._pad_collator()
+        )
+        return StreamLoader(self.train_set, collate, self._batches_trained, pin_memory=PIN_MEMORY)
+
+
 def build_datamodule(cfg: TrainConfig, tokenizer, template: Template) -> SFTDataModule:
     """The data module of a training run, from its data, trainer and model settings."""
-    return SFTDataModule(
+    kind = StreamingDataModule if cfg.data.streaming else SFTDataModule
+    return kind(
         cfg.data,
         tokenizer,
         template,

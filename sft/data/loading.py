@@ -117,51 +117,67 @@ def _rows(name: str, spec: DatasetConfig, kind: str) -> Iterator[tuple[str, obje
         yield from read_source(spec.path)
 
 
+class RecordMaker:
+    """Raw rows of one dataset → the records the encoder takes; a bad row is counted and reported."""
+
+    def __init__(self, name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataStats):
+        self.name, self.spec, self.cfg, self.stats = name, spec, cfg, stats
+        self.counts = stats.dataset(name)
+        self.placeholders = {**cfg.placeholders, **spec.placeholders}
+        self.normalise = normaliser(cfg.kind)
+        self.seen: set[str] = set()  # every column name met, to check the configured columns against
+
+    def __call__(self, location: str, row: object) -> dict | None:
+        """The record of one row, or None when the row is malformed (counted; data.strict stops the run)."""
+        self.counts.rows += 1
+        if isinstance(row, dict):
+            self.seen.update(row)
+        spec, cfg = self.spec, self.cfg
+        try:
+            conversation = self.normalise(row, spec.format, spec.columns, spec.tags)
+            conversation = apply_reasoning(fill_placeholders(conversation, self.placeholders), cfg.reasoning)
+        except MalformedRow as err:
+            self.counts.malformed += 1
+            self.stats.problems.append(f"{location}: {err}")
+            if cfg.strict:
+                raise DataError(f"{location}: {err} (data.strict=true stops at the first bad row)") from None
+            return None
+        return {
+            "conversation": json.dumps(conversation, ensure_ascii=False),
+            "source": self.name,
+            "location": location,
+            "category": conversation.get("category"),
+            # Only a curriculum orders by it; the option is in the cache key: turning it on rebuilds.
+            "complexity": _complexity(row, conversation) if cfg.curriculum != "none" else 0.0,
+        }
+
+    def check_columns(self) -> None:
+        """Stop when a configured column name is in no row read: a typo would silently read nothing."""
+        unused = {k: v for k, v in self.spec.columns.items() if v and v not in self.seen}
+        if unused and self.counts.rows:
+            raise DataError(
+                f"data.datasets.{self.name}.columns: {unused} name columns no row has "
+                f"(columns seen: {sorted(self.seen)})"
+            )
+
+
 def read_dataset(name: str, spec: DatasetConfig, cfg: DataConfig, stats: DataStats) -> list[dict]:
     """Canonical conversations of one dataset (its first `max_samples` usable rows); bad rows are reported."""
     counts = stats.dataset(name)
-    placeholders = {**cfg.placeholders, **spec.placeholders}
     limit = spec.max_samples or cfg.max_samples
     records: list[dict] = []
-    seen: set[str] = set()
     first_problem = len(stats.problems)
-    normalise = normaliser(cfg.kind)
+    make = RecordMaker(name, spec, cfg, stats)
     try:
         for location, row in _rows(name, spec, cfg.kind):
             if limit and len(records) >= limit:
                 break
-            counts.rows += 1
-            if isinstance(row, dict):
-                seen.update(row)
-            try:
-                conversation = normalise(row, spec.format, spec.columns, spec.tags)
-                conversation = apply_reasoning(fill_placeholders(conversation, placeholders), cfg.reasoning)
-            except MalformedRow as err:
-                counts.malformed += 1
-                stats.problems.append(f"{location}: {err}")
-                if cfg.strict:
-                    raise DataError(
-                        f"{location}: {err} (data.strict=true stops at the first bad row)"
-                    ) from None
-                continue
-            records.append(
-                {
-                    "conversation": json.dumps(conversation, ensure_ascii=False),
-                    "source": name,
-                    "location": location,
-                    "category": conversation.get("category"),
-                    # Only a curriculum orders by it; the option is in the cache key: turning it on rebuilds.
-                    "complexity": _complexity(row, conversation) if cfg.curriculum != "none" else 0.0,
-                }
-            )
+            if (record := make(location, row)) is not None:
+                records.append(record)
     except DataFileError as err:  # the rest of the file cannot be read: never train on a silent prefix
         raise DataError(str(err)) from None
     counts.used = len(records)
-    unused = {k: v for k, v in spec.columns.items() if v and v not in seen}
-    if unused and counts.rows:
-        raise DataError(
-            f"data.datasets.{name}.columns: {unused} name columns no row has (columns seen: {sorted(seen)})"
-        )
+    make.check_columns()
     problems = stats.problems[first_problem:]
     if not records:
         raise DataError(

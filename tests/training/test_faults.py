@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_train, logged_series, start_module
+from conftest import SHARED_DATA, TINY, compose_train, logged_series, start_module
 from faults import InjectNaN
 
 from sft.config import ConfigError
+from sft.data.formats import read_source
 from sft.train import train
 from sft.training.resilience import Diverged, Preempted
 
@@ -95,6 +96,46 @@ def test_a_killed_or_preempted_run_resumes_where_it_stopped(signum, uninterrupte
     resumed = tmp_path / "resumed"
     train(compose_train(resumed, tmp_path, cache_dir, *RESUMABLE, "resume=last"))
     assert_continues_exactly(resumed, uninterrupted, first_step=saved["global_step"])
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory, cache_dir) -> list[str]:
+    """RESUMABLE on 200 shared Alpaca rows streamed from a .jsonl file (data.streaming=true)."""
+    root = tmp_path_factory.mktemp("streamed")
+    rows = [row for _, row in read_source(SHARED_DATA / "alpaca_en_demo.json")][:200]
+    path = root / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tiny_file = [o for o in RESUMABLE if not o.startswith("data.datasets.builtin")]
+    return [
+        *tiny_file,
+        "data=mix",
+        f"data.datasets=[{path}]",
+        "data.streaming=true",
+        "data.shuffle_buffer=32",
+    ]
+
+
+def test_a_killed_streaming_run_resumes_mid_stream_with_the_same_losses(streamed, tmp_path, cache_dir):
+    reference = tmp_path / "reference"
+    train(compose_train(reference, tmp_path, cache_dir, *streamed))
+    killed = tmp_path / "killed"
+    process, log = launch(killed, [*streamed, "trainer.save_total_limit=100"], cache_dir)
+    wait_for(killed / "checkpoints" / "step-000006.ckpt", process, log)
+    process.send_signal(signal.SIGKILL)
+    finish(process, log)
+    assert not (killed / "summary.json").exists()
+    saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    (stream,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["stream"]
+    trained = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+    assert stream["batches"] == trained and stream["positions"]["alpaca"][1] > 0  # a byte offset mid-file
+
+    resumed = tmp_path / "resumed"
+    train(
+        compose_train(
+            resumed, tmp_path, cache_dir, *streamed, f"resume={killed / 'checkpoints' / 'last.ckpt'}"
+        )
+    )
+    assert_continues_exactly(resumed, reference, first_step=saved["global_step"])
 
 
 @pytest.mark.slow  # three two-process runs: about a minute on 2 cores
