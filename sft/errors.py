@@ -45,6 +45,10 @@ class DataError(ValueError):
     """Data the run must not train on: strict-mode problems, too-long rows under truncation=error, no rows."""
 
 
+class HubError(DataError):
+    """A hub dataset that cannot be read (offline, unknown or gated id); the message says what to do."""
+
+
 class DataFileError(ValueError):
     """A data file that cannot be read past some point; the message names the file and line."""
 

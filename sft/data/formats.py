@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataFileError, MalformedRow
+from .hub import load_split
 
 FORMATS = ("auto", "alpaca", "sharegpt", "messages")
 # .txt holds raw text (one document per non-empty line) and is read only for continued pre-training.
@@ -161,12 +162,16 @@ def read_file(path: str | Path) -> Iterator[tuple[str, object]]:
     return reader(path)
 
 
-def read_hub(name: str, subset: str | None = None, split: str = "train") -> Iterator[tuple[str, object]]:
-    """Yield ("hub:name[:subset][split]#index", row) for every row of a Hugging Face hub dataset."""
-    import datasets
+def read_hub(
+    name: str, subset: str | None = None, split: str = "train", entry: str | None = None
+) -> Iterator[tuple[str, object]]:
+    """Yield ("hub:name[:subset][split]#index", row) for every row of a Hugging Face hub dataset.
 
+    A hub that cannot be reached (or an id it does not serve) raises a HubError naming the dataset entry
+    (`entry`, else the conf/data entry for this id) and how to point it at a local copy.
+    """
     where = f"hub:{name}{f':{subset}' if subset else ''}[{split}]"
-    for index, row in enumerate(datasets.load_dataset(name, subset, split=split)):
+    for index, row in enumerate(load_split(name, subset, split, entry)):
         yield f"{where}#{index}", row
 
 

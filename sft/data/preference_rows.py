@@ -8,8 +8,9 @@ Each side is checked by normalising prompt + response as an ordinary conversatio
 so roles, tags, tool calls and system turns follow exactly the rules of SFT rows. Accepted forms:
 LLaMA-Factory `ranking: true` rows (alpaca: instruction/input/chosen/rejected strings; sharegpt:
 `conversations` prompt turns with single chosen/rejected turn objects), OpenAI/TRL `messages` or
-`prompt` lists with chosen/rejected as a message, a list holding one message, or a string; and
-LLaMA-Factory `kto_tag` rows (a conversation with a boolean label column).
+`prompt` lists with chosen/rejected as a message, a list holding one message, or a string; TRL's implicit
+prompt (chosen/rejected as whole conversations sharing all but their last turn, as UltraFeedback writes them);
+and LLaMA-Factory `kto_tag` rows (a conversation with a boolean label column).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def _pair_format(row: Mapping, fmt: str, columns: Mapping, tags: Mapping | None)
             columns["messages"] = "prompt"
         elif isinstance(prompt, str) and "instruction" not in row:  # TRL standard: a prompt string
             return "alpaca", {"prompt": "prompt", **columns}
+        sides = row.get(columns.get("chosen") or "chosen")
+        if prompt is None and isinstance(sides, list) and len(sides) > 1 and isinstance(sides[0], Mapping):
+            return detect_format({"messages": sides}, None, tags), columns  # TRL's implicit prompt
     probe = {**row, "output": ""} if "output" not in row else row  # a pair row has no response column
     return detect_format(probe, columns, tags), columns
 
@@ -64,6 +68,27 @@ def _response(value: object, key: str, fmt: str, tags: Mapping | None) -> object
     return value
 
 
+def _implicit_prompt(row: Mapping, fmt: str, cols: Mapping) -> Mapping:
+    """TRL's implicit-prompt pairs (HuggingFaceH4/ultrafeedback_binarized): `chosen` and `rejected` are whole
+    conversations that share every turn but the last; the shared turns become the prompt.
+
+    Only when the row's prompt column is absent or repeats them (UltraFeedback's `messages` holds the chosen
+    conversation): a row with a prompt of its own keeps it, and its multi-turn sides stay malformed.
+    """
+    chosen, rejected = row.get(cols["chosen"]), row.get(cols["rejected"])
+    if fmt == "alpaca" or not all(isinstance(s, list) and len(s) > 1 for s in (chosen, rejected)):
+        return row
+    prompt = row.get(cols["messages"])
+    if prompt is not None and prompt not in (chosen, chosen[:-1]):
+        return row
+    if chosen[:-1] != rejected[:-1]:
+        raise MalformedRow(
+            f"{cols['chosen']!r} and {cols['rejected']!r} are whole conversations that differ before their "
+            "last turn; a preference pair needs one prompt"
+        )
+    return {**row, cols["messages"]: chosen[:-1], cols["chosen"]: chosen[-1], cols["rejected"]: rejected[-1]}
+
+
 def _with_response(row: Mapping, fmt: str, cols: Mapping, turn: object) -> dict:
     """The row as an ordinary conversation row that ends on `turn`."""
     if fmt == "alpaca":
@@ -81,6 +106,7 @@ def to_pair(
     row = as_row(row)
     fmt, columns = _pair_format(row, fmt, columns or {}, tags)
     cols = {**COLUMNS[fmt], **{k: v for k, v in columns.items() if v}}
+    row = _implicit_prompt(row, fmt, cols)
     sides = {}
     for side in ("chosen", "rejected"):
         turn = _response(row.get(cols[side]), cols[side], fmt, tags)

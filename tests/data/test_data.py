@@ -72,7 +72,10 @@ def test_names_paths_and_weights_resolve(make_cfg, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data=mix", "data.datasets=[alpaca]"], "unknown dataset 'alpaca'; available: alpaca_en, builtin"),
+        (
+            ["data=mix", "data.datasets=[alpacca]"],
+            "unknown dataset 'alpacca'; available: alpaca, alpaca_en, alpaca_gpt4, builtin",
+        ),
         (["data=mix", "data.datasets=[/no/such.jsonl]"], "data.datasets.such.path='/no/such.jsonl': "),
         (["data=alpaca_en", "+data.datasets.alpaca_en.columns.answer=output"], "answer"),
         (["data=glaive_toolcall", "+data.datasets.glaive_toolcall.tags.bot_tag=gpt"], "bot_tag"),
