@@ -46,12 +46,15 @@ def _classes(names: Iterable[str]) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def load_split(name: str, subset: str | None, split: str, entry: str | None = None):
-    """`datasets.load_dataset(name, subset, split=split)`, or a HubError saying why not and what to do."""
+def load_split(name: str, subset: str | None, split: str, entry: str | None = None, streaming: bool = False):
+    """`datasets.load_dataset(name, subset, split=split)`, or a HubError saying why not and what to do.
+
+    `streaming` returns an IterableDataset that downloads rows as they are read, nothing whole.
+    """
     import datasets
 
     try:
-        return datasets.load_dataset(name, subset, split=split)
+        return datasets.load_dataset(name, subset, split=split, streaming=streaming)
     except _classes(NOT_FOUND) as err:
         # Offline, a dataset missing from the cache may read as one missing from the hub.
         why = unreachable if offline_variables() else not_found

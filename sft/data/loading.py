@@ -112,7 +112,7 @@ def _rows(name: str, spec: DatasetConfig, kind: str) -> Iterator[tuple[str, obje
         for row in builtin_conversations(spec.num_rows):
             yield f"builtin:{row['id']}", row
     elif spec.source == "hub":
-        yield from read_hub(spec.path, spec.subset, spec.split)
+        yield from read_hub(spec.path, spec.subset, spec.split, entry=name)
     else:
         yield from read_source(spec.path)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import DataError, DataFileError, MalformedRow
 from .formats import source_files
+from .hub import load_split
 
 STREAM_SUFFIXES = (".jsonl", ".parquet")
 _BOM = b"\xef\xbb\xbf"
@@ -86,13 +87,11 @@ def _parquet(path: Path, offset: int, line: int) -> Iterator[tuple[str, object, 
 
 
 def read_hub_stream(
-    name: str, subset: str | None, split: str, start: Position
+    name: str, subset: str | None, split: str, start: Position, entry: str | None = None
 ) -> Iterator[tuple[str, object, Position]]:
     """Rows of a hub dataset streamed by `datasets` (nothing downloaded whole), from a row offset."""
-    import datasets
-
     where = f"hub:{name}{f':{subset}' if subset else ''}[{split}]"
-    rows = datasets.load_dataset(name, subset, split=split, streaming=True)
+    rows = load_split(name, subset, split, entry, streaming=True)
     for index, row in enumerate(rows.skip(start.offset) if start.offset else rows, start.offset + 1):
         yield f"{where}#{index}", row, Position(0, index, index)
 

@@ -74,7 +74,7 @@ class Rows:
         if spec.source == "file":
             return read_files(self.files, start)
         if spec.source == "hub":
-            return read_hub_stream(spec.path, spec.subset, spec.split, start)
+            return read_hub_stream(spec.path, spec.subset, spec.split, start, self.name)
         return read_list(builtin_conversations(spec.num_rows), "builtin", start)
 
 

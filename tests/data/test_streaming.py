@@ -13,13 +13,12 @@ from conftest import SHARED_DATA, TINY
 from sft.config import ConfigError, validate
 from sft.data.formats import read_source
 from sft.data.preprocess import Encoder
-from sft.data.shards import Position, parse_row, read_files
+from sft.data.shards import Position, parse_row, read_files, read_hub_stream
 from sft.data.streaming import PACK_WINDOW, TrainStream, prepare_stream
 from sft.data.templates import get_template
 from sft.errors import DataError, MalformedRow
 from sft.train import train
 from sft.training.model import byte_tokenizer
-
 
 # The tiny setup on a data file instead of the builtin rows.
 TINY_FILE = [o for o in TINY if not o.startswith("data.datasets.builtin")]
@@ -58,6 +57,25 @@ def test_jsonl_and_parquet_shards_continue_exactly_from_any_saved_position(tmp_p
     for cut in (1, 17, 30, 31, 32, 33, 40, 47, 60):
         rest = list(read_files(files, whole[cut - 1][2]))
         assert [(loc, raw) for loc, raw, _ in rest] == [(loc, raw) for loc, raw, _ in whole[cut:]], cut
+
+
+def test_a_hub_dataset_streams_and_continues_from_a_row_offset(tmp_path, alpaca_rows, monkeypatch):
+    import datasets
+
+    path = tmp_path / "copy.jsonl"
+    write_jsonl(path, alpaca_rows[:25])
+    asked, original = [], datasets.load_dataset
+
+    def load_dataset(name, subset=None, split="train", streaming=False):
+        asked.append((name, subset, split, streaming))
+        return original("json", data_files=str(path), split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    whole = list(read_hub_stream("tatsu-lab/alpaca", None, "train", Position()))
+    assert asked[0] == ("tatsu-lab/alpaca", None, "train", True)  # streamed, never downloaded whole
+    assert [row for _, row, _ in whole] == alpaca_rows[:25]
+    assert whole[4][0] == "hub:tatsu-lab/alpaca[train]#5"
+    assert list(read_hub_stream("tatsu-lab/alpaca", None, "train", whole[9][2])) == whole[10:]
 
 
 def stream_cfg(make_cfg, path, *overrides):
@@ -175,7 +193,6 @@ def test_settings_a_stream_cannot_honour_are_named(make_cfg, tmp_path, alpaca_ro
             stream_cfg(make_cfg, path, override)
         assert message in str(err.value), override
     with pytest.raises(DataError, match=r"alpaca_en_demo.json cannot be streamed; data.streaming=true reads"):
-        stream_cfg(make_cfg, SHARED_DATA / "alpaca_en_demo.json")
         prepare_stream(stream_cfg(make_cfg, SHARED_DATA / "alpaca_en_demo.json"), None, None)
 
 

@@ -138,6 +138,29 @@ def test_a_killed_streaming_run_resumes_mid_stream_with_the_same_losses(streamed
     assert_continues_exactly(resumed, reference, first_step=saved["global_step"])
 
 
+def test_a_streamed_ddp_run_saves_each_ranks_stream_and_resumes_exactly(streamed, tmp_path, cache_dir):
+    ddp = [
+        *streamed,
+        "trainer.micro_batch_size=2",
+        "trainer.devices=2",
+        "strategy=ddp",
+        "trainer.max_steps=6",
+    ]
+    reference = tmp_path / "reference"
+    process, log = launch(reference, [*ddp, "trainer.save_total_limit=100"], cache_dir)
+    assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
+    checkpoint = reference / "checkpoints" / "step-000003.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    streams = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["stream"]
+    buffers = [{example["location"] for example in stream["buffer"]} for stream in streams]
+    assert len(streams) == 2 and buffers[0] and buffers[0] != buffers[1]  # each rank's own stream
+
+    resumed = tmp_path / "resumed"
+    process, log = launch(resumed, ddp, cache_dir, f"resume={checkpoint}")
+    assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
+    assert_continues_exactly(resumed, reference, first_step=3)
+
+
 @pytest.mark.slow  # three two-process runs: about a minute on 2 cores
 def test_a_preempted_ddp_run_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, cache_dir):
     ddp = [
