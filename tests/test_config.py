@@ -38,6 +38,8 @@ def test_option_composes_and_validates(make_cfg, group, option):
     # Data of another kind than conversations validates under its stage, and a stage with its data.
     if group == "data" and option in DATA_OF.values():
         overrides.append("stage=" + next(stage for stage, data in DATA_OF.items() if data == option))
+    if (group, option) == ("data", "ultrafeedback"):  # preference pairs from the hub
+        overrides.append("stage=dpo")
     if group == "stage" and option in DATA_OF:
         overrides.append(f"data={DATA_OF[option]}")
     if (group, option) == ("data", "mix"):

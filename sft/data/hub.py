@@ -54,7 +54,9 @@ def load_split(name: str, subset: str | None, split: str, entry: str | None = No
     import datasets
 
     try:
-        return datasets.load_dataset(name, subset, split=split, streaming=streaming)
+        if streaming:
+            return datasets.load_dataset(name, subset, split=split, streaming=True)
+        return datasets.load_dataset(name, subset, split=split)
     except _classes(NOT_FOUND) as err:
         # Offline, a dataset missing from the cache may read as one missing from the hub.
         why = unreachable if offline_variables() else not_found

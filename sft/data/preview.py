@@ -7,6 +7,8 @@ is exactly what the model will be trained on; no model weights are loaded.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
+from itertools import islice
 
 import hydra
 from omegaconf import DictConfig, open_dict
@@ -17,8 +19,9 @@ from ..errors import ConfigError, DataError
 from ..locations import CONF_DIR
 from ..training.model import load_tokenizer
 from .loading import system_prompt
-from .preprocess import prepare
+from .preprocess import Encoder, Prepared, prepare
 from .stats import DataStats
+from .streaming import TrainStream, prepare_stream
 from .templates import get_template
 from .tokenize import IGNORE_INDEX
 
@@ -119,6 +122,20 @@ def report(stats: DataStats) -> str:
     return "\n".join(lines)
 
 
+def streamed_rows(typed, tokenizer, template, n: int, split: str) -> tuple[Prepared, list[dict]]:
+    """With data.streaming: the held-out rows, or the first `n` training examples as the stream deals
+    them to one device (shuffled, unpacked), each with its source and trained-token count."""
+    prepared, sources, starts = prepare_stream(typed.data, tokenizer, template)
+    if split == "train":
+        cfg = replace(typed.data, packing=False, group_by_length=False)
+        encoder = Encoder(tokenizer, template, cfg)
+        stream = TrainStream(cfg, encoder, sources, starts, prepared.stats, typed.seed, 1, 1)
+        examples = [batch[0] for batch in islice(stream, n)]
+    else:
+        examples = list(prepared.val.select(range(min(n, len(prepared.val)))))
+    return prepared, [{**e, "trained": sum(t != IGNORE_INDEX for t in e["labels"])} for e in examples]
+
+
 def preview(cfg: DictConfig) -> str:
     """The preview text for a composed `preview` config."""
     options = check(cfg.preview, PreviewSettings, prefix="preview.")
@@ -127,8 +144,11 @@ def preview(cfg: DictConfig) -> str:
     typed = validate(cfg)
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
-    prepared = prepare(typed.data, tokenizer, template, typed.seed, typed.paths.cache_dir)
-    rows = prepared.train if options.split == "train" else prepared.val
+    if typed.data.streaming:
+        prepared, rows = streamed_rows(typed, tokenizer, template, options.rows, options.split)
+    else:
+        prepared = prepare(typed.data, tokenizer, template, typed.seed, typed.paths.cache_dir)
+        rows = prepared.train if options.split == "train" else prepared.val
     color = sys.stdout.isatty() if options.color == "auto" else bool(options.color)
     out = []
     for i in range(min(options.rows, len(rows))):

@@ -85,9 +85,8 @@ def encode_record(encoder: Encoder, record: dict) -> list[tuple[str, dict]]:
     for i, status in enumerate(out["status"]):
         weights = out["label_weights"][i] if "label_weights" in out else []
         example = {"input_ids": out["input_ids"][i], "labels": out["labels"][i], "label_weights": weights}
-        examples.append(
-            (status, {**example, "length": len(example["input_ids"]), "location": record["location"]})
-        )
+        where = {"source": record["source"], "location": record["location"]}
+        examples.append((status, {**example, "length": len(example["input_ids"]), **where}))
     return examples
 
 
@@ -140,7 +139,7 @@ def read_validation(
     features = Features(
         {
             **{"input_ids": ints, "labels": ints, "label_weights": List(Value("float32"))},
-            **{"length": Value("int64"), "location": Value("string")},
+            **{"length": Value("int64"), "source": Value("string"), "location": Value("string")},
         }
     )
     val = Dataset.from_list(examples, features=features) if examples else Dataset.from_dict({})
