@@ -1,6 +1,6 @@
 """Streaming at scale: peak memory as the corpus grows 10x, and throughput against the cached path.
 
-    python scripts/bench_streaming.py [--small-gb 0.3] [--steps 30] [--model tiny] [--keep DIR]
+    python scripts/bench_streaming.py [--small-gb 0.3] [--steps 30] [--model tiny] [--keep DIR] [overrides...]
 
 1. Writes a corpus of real rows from the shared data (Alpaca, Glaive tool calls, the identity set), varied
    (two rows joined into a two-turn conversation, an id, a random system prompt), as .jsonl shards of
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--keep", type=Path)
     parser.add_argument("--only", choices=("memory", "speed"), help="one of the two measurements")
+    parser.add_argument("overrides", nargs="*", help="sft.train overrides added to every run")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     cache = Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft"))
@@ -126,8 +127,11 @@ def main() -> None:
         "trainer.save_steps=1000000",
         "data.cutoff_len=512",
         "data.val_size=32",
+        *args.overrides,
     ]
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; model={args.model}, {args.steps} steps")
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; model={args.model}, {args.steps} steps {args.overrides}"
+    )
     try:
         sizes = [("1x", args.small_gb)] + ([("10x", 10 * args.small_gb)] if args.only != "speed" else [])
         print("\n| corpus | rows | peak RSS (GB) | to first step (s) | tokens/s |\n|---|---|---|---|---|")

@@ -7,7 +7,8 @@ again. Datasets are sampled by weight (a seeded draw per row), so a small datase
 a large one's pass. Raw rows are dealt round-robin to the ranks (rank r trains on rows r,
 r + world_size, ...: disjoint), each rank parsing and tokenizing only its own. A seeded buffer of
 `data.shuffle_buffer` examples shuffles them; then each effective batch is sorted by length
-(`data.group_by_length`) or windows of `PACK_WINDOW` examples are packed, and cut into micro-batches.
+(`data.group_by_length`) or windows of `PACK_WINDOW` examples are packed, and cut into micro-batches
+by a background thread (up to `PREFETCH` ahead), so reading and tokenizing overlap training.
 
 Exact resume: after each micro-batch the stream keeps a snapshot of everything it would need to
 continue (each dataset's pass and file position, the generators, the buffer and the queued
@@ -18,7 +19,9 @@ resumed run continues from it, seeking straight to the saved file offsets.
 from __future__ import annotations
 
 import logging
+import queue
 import random
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -39,8 +42,10 @@ log = logging.getLogger(__name__)
 
 # Examples packed together: enough for best-fit to fill rows well, few enough to start training at once.
 PACK_WINDOW = 256
-# Snapshots kept behind the newest: Lightning fetches one micro-batch ahead of the one it trains on.
+# Snapshots kept behind the newest handed out (Lightning fetches one micro-batch ahead of training).
 KEPT_SNAPSHOTS = 4
+# Micro-batches the background thread may have ready ahead of training.
+PREFETCH = 4
 # A stream never stops, so its problem list is capped; the counts keep growing.
 MAX_PROBLEMS = 1000
 # Rows of a dataset read before its share of bad rows is judged (data.max_bad_fraction).
@@ -237,9 +242,45 @@ class TrainStream(IterableDataset):
         return self.snapshots[batches]
 
     def __iter__(self) -> Iterator[list[dict]]:
+        """Micro-batches made by a background thread (reading and tokenizing overlap training), each
+        recorded with its snapshot as it is handed out."""
         state = StreamState(**self.resume_from) if self.resume_from else self.initial_state()
         self.resume_from = None
         self.snapshots = {state.batches: state.frozen()}
+        made: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        stop = threading.Event()
+
+        def hand_over(item) -> None:
+            while not stop.is_set():
+                try:
+                    made.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def produce() -> None:
+            try:
+                for item in self._batches(state):
+                    hand_over(item)
+                    if stop.is_set():
+                        return
+            except BaseException as err:  # raised where training asks for the batch
+                hand_over((err, None))
+
+        threading.Thread(target=produce, name="sft-data-stream", daemon=True).start()
+        try:
+            while True:
+                batch, snapshot = made.get()
+                if snapshot is None:
+                    raise batch
+                self.snapshots[snapshot["batches"]] = snapshot
+                self.snapshots.pop(snapshot["batches"] - KEPT_SNAPSHOTS, None)
+                yield batch
+        finally:
+            stop.set()
+
+    def _batches(self, state: StreamState) -> Iterator[tuple[list[dict], dict]]:
+        """(micro-batch, the state right after it) from `state` on; only this generator changes the state."""
         mix, shuffle = _rng(state.mix_rng), _rng(state.shuffle_rng)
         readers: dict[str, Iterator] = {}
         while True:
@@ -248,9 +289,7 @@ class TrainStream(IterableDataset):
             batch = state.ready.pop(0)
             state.batches += 1
             state.mix_rng, state.shuffle_rng = _rng_state(mix), _rng_state(shuffle)
-            self.snapshots[state.batches] = state.frozen()
-            self.snapshots.pop(state.batches - KEPT_SNAPSHOTS, None)
-            yield batch
+            yield batch, state.frozen()
 
     def _fill(self, state: StreamState, readers: dict, mix: random.Random, shuffle: random.Random) -> None:
         """Queue the micro-batches of the next effective batch (or packing window)."""
