@@ -168,7 +168,7 @@ def read_hub(
     """Yield ("hub:name[:subset][split]#index", row) for every row of a Hugging Face hub dataset.
 
     A hub that cannot be reached (or an id it does not serve) raises a HubError naming the dataset entry
-    (`entry`, else the conf/data entry for this id) and how to point it at a local copy.
+    (`entry`, as data.datasets names it) and how to point it at a local copy.
     """
     where = f"hub:{name}{f':{subset}' if subset else ''}[{split}]"
     for index, row in enumerate(load_split(name, subset, split, entry)):

@@ -72,13 +72,8 @@ def load_split(name: str, subset: str | None, split: str, entry: str | None = No
 
 
 def entry_name(name: str, subset: str | None, split: str, entry: str | None = None) -> str:
-    """The name in data.datasets: the one given, else the conf/data entry reading this id, else <name>."""
-    if entry:
-        return entry
-    from .registry import hub_entries  # here: the registry reads data files through this package's formats
-
-    names = hub_entries(name, subset, split)
-    return names[0] if len(names) == 1 else "<name>"
+    """The dataset's name in data.datasets as the caller gave it, else `<name>`."""
+    return entry or "<name>"
 
 
 def describe(name: str, subset: str | None, split: str) -> str:

@@ -67,19 +67,6 @@ def _from_conf(name: str) -> list[tuple[str, dict]] | None:
     return None
 
 
-def hub_entries(hub_id: str, subset: str | None = None, split: str | None = None) -> list[str]:
-    """The conf/data entries reading `hub_id` from the hub (with this subset and split, if several)."""
-    found = [
-        (key, entry)
-        for name in conf_names()
-        for key, entry in _from_conf(name) or []
-        if entry.get("source") == "hub" and entry.get("path") == hub_id
-    ]
-    if len(found) > 1:  # one hub id, several entries: the one for this subset and split
-        found = [(k, e) for k, e in found if e.get("subset") == subset and e.get("split", "train") == split]
-    return sorted({key for key, _ in found})
-
-
 def read_dataset_info(path: str) -> dict[str, dict]:
     """Load a LLaMA-Factory dataset_info.json."""
     file = Path(path).expanduser()

@@ -319,7 +319,7 @@ def test_hub_failures_become_one_message_naming_the_entry(monkeypatch, raised, s
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(HubError) as err:  # a DataError: the commands print it and exit 2
-        next(read_hub("HuggingFaceH4/ultrachat_200k", None, "train_sft"))
+        next(read_hub("HuggingFaceH4/ultrachat_200k", None, "train_sft", entry="ultrachat_200k"))
     text = str(err.value)
     assert text.startswith("data.datasets.ultrachat_200k: ") and said in text
     if not isinstance(raised, ValueError):
@@ -327,7 +327,7 @@ def test_hub_failures_become_one_message_naming_the_entry(monkeypatch, raised, s
         assert "'DIR/**/train_sft-*.parquet'" in text
     else:
         assert "data.datasets.ultrachat_200k.split" in text
-    # An id no conf/data entry reads, and an entry named by the caller.
+    # Without the caller's entry name, the message says what <name> stands for.
     with pytest.raises(HubError, match=r"^data\.datasets\.<name>: "):
         next(read_hub("someone/elses-set"))
     with pytest.raises(HubError, match=r"^data\.datasets\.mine: "):
