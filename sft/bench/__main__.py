@@ -52,6 +52,7 @@ def run_one(name: str, spec: dict, out: Path, timeout: int) -> dict:
     spec = {**spec, "out_dir": str(run_dir), "result": str(run_dir / "result.json")}
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    why = ""
     with open(run_dir / "log.txt", "w") as log:
         try:
             done = subprocess.run(
@@ -60,19 +61,21 @@ def run_one(name: str, spec: dict, out: Path, timeout: int) -> dict:
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
             )
-            failed = done.returncode != 0
+            failed, why = done.returncode != 0, f"exit {done.returncode}"
         except subprocess.TimeoutExpired:
-            failed = True
+            failed, why = True, f"timed out after {timeout:g} s"
     if failed or not (run_dir / "result.json").exists():
         tail = (run_dir / "log.txt").read_text()[-2000:]
-        return {"error": tail}
+        # A timed-out run's last line says so (its log may be empty, or end mid-step).
+        return {"error": tail + (f"\n{why}" if why.startswith("timed out") or not tail.strip() else "")}
     return json.loads((run_dir / "result.json").read_text())
 
 
 def summarise(result: dict, warmup: int, context: float, peak_gflops: float) -> dict:
     """The table's numbers for one run."""
     if "error" in result:
-        return {"error": result["error"].strip().splitlines()[-1][:200]}
+        lines = result["error"].strip().splitlines() or ["no output"]
+        return {"error": lines[-1][:200]}
     timed = rates(result["steps"], warmup)
     per_token = flops_per_token(
         result["frozen_matmul"], result["trainable"], result["layers"], result["width"], context
