@@ -37,6 +37,7 @@ LONGEST_FIRST = (
     "tests/eval/test_harness.py",
     "tests/bench/test_gpu_bench.py",  # 80 s alone while another suite ran (not yet in a make test timing)
     "tests/sweep/test_launchers.py",
+    "tests/data/test_streaming.py",
 )
 
 
