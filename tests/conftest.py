@@ -115,6 +115,28 @@ def compose_train(out: Path, log_dir: Path, cache: Path, *overrides: str):
         )
 
 
+def preview_in_process(tmp_path: Path, cache: Path, *overrides: str) -> str:
+    """What `python -m sft.data <overrides>` prints, uncoloured, run in this process (outputs in tmp_path)."""
+    from sft.data.preview import preview
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(
+                "preview",
+                overrides=[
+                    "preview.color=false",
+                    f"paths.cache_dir={cache}",
+                    f"paths.output_dir={tmp_path / 'out'}",
+                    f"paths.log_dir={tmp_path}",
+                    *overrides,
+                ],
+            )
+        return preview(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def compose_step(step: str, *overrides: str):
     """Compose `conf/prepare/<step>.yaml` (a `python -m sft.prepare <step>` config) with overrides."""
     GlobalHydra.instance().clear()

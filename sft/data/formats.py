@@ -183,10 +183,10 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[str, object]]:
     # split("\n"), not splitlines(): U+2028 and friends may sit unescaped inside JSON strings.
     for lineno, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            yield f"{path}:{lineno}", _loads_line(line)
+            yield f"{path}:{lineno}", parse_json_line(line)
 
 
-def _loads_line(line: str) -> object:
+def parse_json_line(line: str) -> object:
     """Parse one JSON line, keeping a bad line as a marker so it is reported, not fatal."""
     try:
         return json.loads(line)
@@ -201,7 +201,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, object]]:
         return
     if text[start] == "[":
         yield from _json_array(path, text, start + 1)
-    elif text[start] == "{" and not isinstance(_loads_line(text[start:].split("\n", 1)[0]), MalformedRow):
+    elif text[start] == "{" and not isinstance(parse_json_line(text[start:].split("\n", 1)[0]), MalformedRow):
         yield from _json_lines(path, text)  # JSON lines in a .json file, as Hugging Face datasets reads
     elif text[start] == "{":
         yield from _json_object(path, text)

@@ -252,19 +252,25 @@ def _tokenize(
     for i, (status, source, location) in enumerate(
         zip(columns["status"], columns["source"], columns["location"], strict=True)
     ):
-        stats.count_status(source, status)
-        if status in KEPT:
+        if keeps(status, source, location, stats, cfg):
             keep.append(i)
-            continue
-        # An invalid row's reason names keys (reasoning_content) and values: keep its underscores.
-        problem = f"{location}: {status if status.startswith('invalid') else status.replace('_', ' ')}"
-        if status == "too_long":
-            problem += f" (over data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
-        stats.problems.append(problem)
-        if cfg.strict or (status == "too_long" and cfg.truncation == "error"):
-            raise DataError(problem)
     ds = ds.select(keep) if len(keep) < len(ds) else ds
     return with_kl(ds, cfg.cutoff_len) if encoder.kind == "feedback" else ds
+
+
+def keeps(status: str, source: str, location: str, stats: DataStats, cfg: DataConfig) -> bool:
+    """Count an encoder status and report a row that cannot be trained on; whether the row is kept."""
+    stats.count_status(source, status)
+    if status in KEPT:
+        return True
+    # An invalid row's reason names keys (reasoning_content) and values: keep its underscores.
+    problem = f"{location}: {status if status.startswith('invalid') else status.replace('_', ' ')}"
+    if status == "too_long":
+        problem += f" (over data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
+    stats.problems.append(problem)
+    if cfg.strict or (status == "too_long" and cfg.truncation == "error"):
+        raise DataError(problem)
+    return False
 
 
 def with_kl(ds: Dataset, cutoff_len: int) -> Dataset:

@@ -8,13 +8,12 @@ row is yielded as its raw bytes and parsed by `parse_row` only by the rank that 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, DataFileError, MalformedRow
-from .formats import source_files
+from .formats import parse_json_line, source_files
 from .hub import load_split
 
 STREAM_SUFFIXES = (".jsonl", ".parquet")
@@ -107,8 +106,6 @@ def parse_row(raw: object) -> object:
     if not isinstance(raw, bytes):
         return raw
     try:
-        return json.loads(raw.decode("utf-8"))
+        return parse_json_line(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         return MalformedRow(f"invalid UTF-8 ({err.reason} at byte {err.start})")
-    except json.JSONDecodeError as err:
-        return MalformedRow(f"invalid JSON ({err.msg} at column {err.colno})")

@@ -25,18 +25,18 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
 from datasets import Dataset, Features, List, Value
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..training.resilience import every_rank, python_rng_state, set_python_rng_state
 from .builtin import builtin_conversations
 from .loading import RecordMaker, check_bad_rows, val_counts, with_problems
 from .packing import PackedDataset, pack
-from .preprocess import Encoder, Prepared
+from .preprocess import Encoder, Prepared, keeps
 from .shards import Position, parse_row, read_files, read_hub_stream, read_list, stream_files
-from .stats import KEPT, DataStats
+from .stats import DataStats
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +95,6 @@ def encode_record(encoder: Encoder, record: dict) -> list[tuple[str, dict]]:
     return examples
 
 
-def count_encoded(stats: DataStats, record: dict, status: str, cfg: DataConfig) -> bool:
-    """Count an encoder status; report a row that cannot be trained on. Whether the example is kept."""
-    stats.count_status(record["source"], status)
-    if status in KEPT:
-        return True
-    problem = f"{record['location']}: {status if status.startswith('invalid') else status.replace('_', ' ')}"
-    if status == "too_long":
-        problem += f" (over data.cutoff_len={cfg.cutoff_len} with data.truncation={cfg.truncation})"
-    stats.problems.append(problem)
-    if cfg.strict or (status == "too_long" and cfg.truncation == "error"):
-        raise DataError(problem)
-    return False
-
-
 def judge_bad_rows(stats: DataStats, name: str, cfg: DataConfig) -> None:
     """Stop once a dataset's share of bad rows is over data.max_bad_fraction (judged after some rows)."""
     d = stats.dataset(name)
@@ -132,7 +118,7 @@ def read_validation(
             record = make(location, parse_row(raw))
             if record is not None:
                 for status, example in encode_record(encoder, record):
-                    if count_encoded(stats, record, status, cfg):
+                    if keeps(status, record["source"], record["location"], stats, cfg):
                         examples.append(example)
                         kept += 1
             if kept >= n_val[name]:
@@ -182,17 +168,10 @@ class StreamState:
         }
 
 
-def _rng_state(rng: random.Random) -> list:
-    """A generator's state as a plain list (checkpoints load with weights_only=True)."""
-    _, internal, gauss = rng.getstate()
-    return [*internal, gauss]
-
-
 def _rng(state: list) -> random.Random:
-    """A generator continuing from `_rng_state`'s list."""
+    """A generator continuing from a `python_rng_state` list."""
     rng = random.Random()
-    *internal, gauss = state
-    rng.setstate((3, tuple(internal), gauss))
+    set_python_rng_state(state, rng)
     return rng
 
 
@@ -228,9 +207,9 @@ class TrainStream(IterableDataset):
         return StreamState(
             passes={name: 0 for name in self.names},
             positions={name: [p.file, p.offset, p.line] for name, p in self.starts.items()},
-            mix_rng=_rng_state(random.Random(self.seed)),
+            mix_rng=python_rng_state(random.Random(self.seed)),
             # Each rank shuffles its own rows with its own generator.
-            shuffle_rng=_rng_state(random.Random(self.seed * 1000003 + self.rank)),
+            shuffle_rng=python_rng_state(random.Random(self.seed * 1000003 + self.rank)),
         )
 
     def snapshot(self, batches: int) -> dict:
@@ -288,7 +267,7 @@ class TrainStream(IterableDataset):
                 self._fill(state, readers, mix, shuffle)
             batch = state.ready.pop(0)
             state.batches += 1
-            state.mix_rng, state.shuffle_rng = _rng_state(mix), _rng_state(shuffle)
+            state.mix_rng, state.shuffle_rng = python_rng_state(mix), python_rng_state(shuffle)
             yield batch, state.frozen()
 
     def _fill(self, state: StreamState, readers: dict, mix: random.Random, shuffle: random.Random) -> None:
@@ -331,7 +310,11 @@ class TrainStream(IterableDataset):
         kept = []
         if record is not None:
             encoded = encode_record(self.encoder, record)
-            kept = [e for status, e in encoded if count_encoded(self.stats, record, status, self.cfg)]
+            kept = [
+                e
+                for status, e in encoded
+                if keeps(status, record["source"], record["location"], self.stats, self.cfg)
+            ]
         self.stats.train += len(kept)
         self.stats.dataset(name).train += len(kept)
         del self.stats.problems[MAX_PROBLEMS:]
@@ -374,13 +357,7 @@ class StreamLoader(DataLoader):
     def state_dict(self) -> dict:
         """Every rank's stream snapshot (rank order) after the micro-batches trained so far."""
         mine = self.dataset.snapshot(int(self.position()))
-        world = self.dataset.world_size
-        if world > 1 and torch.distributed.is_initialized():
-            states: list = [None] * world
-            torch.distributed.all_gather_object(states, mine)
-        else:
-            states = [mine]
-        return {"stream": states}
+        return {"stream": every_rank(mine, self.dataset.world_size)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue this rank's stream where the checkpoint left it."""

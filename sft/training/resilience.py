@@ -75,6 +75,28 @@ class GracefulStop(Callback):
         self._restore()
 
 
+def python_rng_state(rng=random) -> list:
+    """A Python generator's state (the `random` module's, or a `random.Random`'s) as a plain list, so a
+    checkpoint holding it still loads with weights_only=True."""
+    _, internal, gauss = rng.getstate()
+    return [*internal, gauss]
+
+
+def set_python_rng_state(state: list, rng=random) -> None:
+    """Put a Python generator back where `python_rng_state` found it."""
+    *internal, gauss = state
+    rng.setstate((3, tuple(internal), gauss))
+
+
+def every_rank(state, world_size: int) -> list:
+    """Every rank's `state`, in rank order (collective: each rank calls it together); [state] alone."""
+    if world_size > 1 and torch.distributed.is_initialized():
+        states: list = [None] * world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
+
+
 def rng_state() -> dict:
     """The state of every random generator training draws from, as tensors and plain values."""
     np_state = np.random.get_state()
@@ -83,7 +105,7 @@ def rng_state() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         # Plain lists and ints, so the checkpoint still loads with weights_only=True.
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python": list(random.getstate()[1]) + [random.getstate()[2]],
+        "python": python_rng_state(),
     }
 
 
@@ -94,8 +116,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    *internal, gauss = state["python"]
-    random.setstate((3, tuple(internal), gauss))
+    set_python_rng_state(state["python"])
 
 
 class RngCheckpoint(Callback):
@@ -111,13 +132,7 @@ class RngCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         """Add the generators of every rank (collective: every rank saves the checkpoint together)."""
-        state = rng_state()
-        if trainer.world_size > 1 and torch.distributed.is_initialized():
-            states: list = [None] * trainer.world_size
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
-        checkpoint["rng_states"] = states
+        checkpoint["rng_states"] = every_rank(rng_state(), trainer.world_size)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         """Hold this rank's saved state (rank 0's when the world size changed) until training resumes."""

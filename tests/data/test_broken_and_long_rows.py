@@ -9,14 +9,11 @@ import logging
 import math
 
 import pytest
-from conftest import CONF, SHARED_DATA
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import SHARED_DATA, preview_in_process
 
 from sft.config import validate
 from sft.data.formats import read_source, to_conversation
 from sft.data.preprocess import prepare
-from sft.data.preview import preview
 from sft.data.templates import get_template
 from sft.data.tokenize import encode
 from sft.errors import DataError
@@ -182,26 +179,17 @@ def test_the_preview_shows_weighted_turns_and_the_long_row_warning(tmp_path, cac
     ]
     path = tmp_path / "weighted.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "preview",
-            overrides=[
-                "model=tiny",
-                "data=mix",
-                f"data.datasets=[{path}]",
-                "data.val_size=0",
-                "data.cutoff_len=128",
-                "data.truncation=drop",
-                "preview.rows=1",
-                "preview.color=false",
-                f"paths.cache_dir={cache_dir}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                f"paths.log_dir={tmp_path}",
-            ],
-        )
-    text = preview(cfg)
-    GlobalHydra.instance().clear()
+    text = preview_in_process(
+        tmp_path,
+        cache_dir,
+        "model=tiny",
+        "data=mix",
+        f"data.datasets=[{path}]",
+        "data.val_size=0",
+        "data.cutoff_len=128",
+        "data.truncation=drop",
+        "preview.rows=1",
+    )
     assert (
         "<|im_start|>assistant\n«Hi<|im_end|>»[weight 0.5]\n<|im_start|>user\nAgain<|im_end|>\n"
         "<|im_start|>assistant\nHi again<|im_end|>[weight 0]\n"

@@ -10,16 +10,13 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import CONF, run_module
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import CONF, preview_in_process, run_module
 from omegaconf import DictConfig, OmegaConf
 
 from sft.config import validate
 from sft.data.formats import read_hub
 from sft.data.loading import read_dataset
 from sft.data.preference_rows import to_pair
-from sft.data.preview import preview
 from sft.data.stats import DataStats
 from sft.errors import HubError, MalformedRow
 
@@ -196,28 +193,8 @@ def test_hub_entries_read_their_fixture_through_the_hub_reader(name, make_cfg, m
 
 def preview_text(tmp_path, cache_dir, name: str, *overrides: str) -> str:
     """`python -m sft.data data=<name>` in-process, every fixture row shown."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "preview",
-            overrides=[
-                "model=tiny",
-                f"data={name}",
-                *stage_of(name),
-                "data.val_size=0",
-                "data.cutoff_len=1024",
-                "preview.rows=5",
-                "preview.color=false",
-                f"paths.cache_dir={cache_dir}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                f"paths.log_dir={tmp_path}",
-                *overrides,
-            ],
-        )
-    try:
-        return preview(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    common = ["model=tiny", f"data={name}", *stage_of(name), "data.val_size=0", "data.cutoff_len=1024"]
+    return preview_in_process(tmp_path, cache_dir, *common, "preview.rows=5", *overrides)
 
 
 @pytest.mark.parametrize("name", sorted(HUB))
