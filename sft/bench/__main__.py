@@ -28,8 +28,10 @@ from ..config import BenchConfig, check, checked_cli
 from ..errors import ConfigError
 from ..locations import CONF_DIR
 from ..training.model import load_tokenizer, resolve_source
+from ..training.precision import matmul_peak
 from .clock import rates
-from .flops import flops_per_token, matmul_peak, mean_context
+from .flops import flops_per_token, mean_context
+from .search import coordinate_search, trl_spec
 from .worker import alpaca_chat
 
 
@@ -69,6 +71,44 @@ def run_one(name: str, spec: dict, out: Path, timeout: int) -> dict:
         # A timed-out run's last line says so (its log may be empty, or end mid-step).
         return {"error": tail + (f"\n{why}" if why.startswith("timed out") or not tail.strip() else "")}
     return json.loads((run_dir / "result.json").read_text())
+
+
+def search_trl(cfg: DictConfig, common: dict, out: Path, context: float, peak: float) -> tuple[dict, list]:
+    """TRL's fastest settings here (sft.bench.search), from short runs; (the best, every trial's numbers)."""
+    search = cfg.trl_search
+    start = {
+        "dtype": "bf16_weights" if common["bf16"] else "fp32",  # as runs.trl_default: TRL's own defaults
+        "packing": False,
+        "gradient_checkpointing": True,
+        "micro_batch": cfg.effective_batch,
+    }
+    space = OmegaConf.to_container(search.space)
+    numbers: list[dict] = []
+
+    def measure(point: dict) -> float | None:
+        name = "search_" + "_".join(f"{v}" for v in point.values())
+        spec = {**common, "steps": search.steps, **trl_spec(point, cfg.effective_batch)}
+        row = summarise(run_one(name, spec, out / "trl_search", cfg.timeout), search.warmup, context, peak)
+        numbers.append({**point, **{k: row.get(k) for k in ("tokens_per_sec", "peak_rss_gb", "error")}})
+        return row.get("tokens_per_sec")
+
+    best, _ = coordinate_search(space, start, measure)
+    for trial in numbers:
+        trial["best"] = all(trial[k] == v for k, v in best.items())
+    return best, numbers
+
+
+def search_markdown(trials: list[dict]) -> str:
+    """The search's trials as a Markdown table, in the order they ran."""
+    lines = ["| dtype | packing | checkpointing | micro-batch | tokens/s | peak RSS GB | |", "|---" * 7 + "|"]
+    for t in trials:
+        speed = f"{t['tokens_per_sec']:.1f}" if t.get("tokens_per_sec") else f"failed: {t.get('error')}"
+        rss = f"{t['peak_rss_gb']:.2f}" if t.get("peak_rss_gb") else ""
+        lines.append(
+            f"| {t['dtype']} | {t['packing']} | {t['gradient_checkpointing']} | {t['micro_batch']} "
+            f"| {speed} | {rss} | {'best' if t['best'] else ''} |"
+        )
+    return "\n".join(lines)
 
 
 def summarise(result: dict, warmup: int, context: float, peak_gflops: float) -> dict:
@@ -154,6 +194,11 @@ def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         model_cfg = check(cfg, BenchConfig).model
+        micro = [m for m in cfg.trl_search.space.get("micro_batch", []) if cfg.effective_batch % m]
+        if micro:
+            raise ConfigError(
+                f"trl_search.space.micro_batch={micro}: must divide effective_batch={cfg.effective_batch}"
+            )
     except ConfigError as err:
         print(err, file=sys.stderr)
         sys.exit(2)
@@ -194,10 +239,13 @@ def main(cfg: DictConfig) -> None:
     }
     results, rows = {}, {}
     peak = peaks["bf16_gflops" if bf16 else "fp32_gflops"]
-    for name, run in cfg.runs.items():
-        results[name] = run_one(
-            name, {**common, **OmegaConf.to_container(run, resolve=True)}, out, cfg.timeout
-        )
+    runs = {name: OmegaConf.to_container(run, resolve=True) for name, run in cfg.runs.items()}
+    trials = []
+    if cfg.trl_search.enabled:
+        best, trials = search_trl(cfg, common, out, context, peak)
+        runs = {**runs, "trl_best": trl_spec(best, cfg.effective_batch)}
+    for name, run in runs.items():
+        results[name] = run_one(name, {**common, **run}, out, cfg.timeout)
         rows[name] = summarise(results[name], cfg.warmup, context, peak)
     machine = {
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -217,6 +265,7 @@ def main(cfg: DictConfig) -> None:
                 "machine": machine,
                 "config": OmegaConf.to_container(cfg),
                 "data": data_rows,
+                "trl_search": trials,
                 "runs": rows,
                 "raw": results,
             },
@@ -226,6 +275,10 @@ def main(cfg: DictConfig) -> None:
     )
     (out / "table.md").write_text(markdown(rows, cfg.ours) + "\n")
     console = Console()
+    if trials:
+        (out / "trl_search.md").write_text(search_markdown(trials) + "\n")
+        console.print(f"TRL settings searched (short runs of {cfg.trl_search.steps} steps):")
+        console.print(search_markdown(trials), markup=False)
     console.print(table(rows, cfg.ours))
     console.print(
         f"matmul peak: fp32 {peaks['fp32_gflops']:.0f} GFLOP/s, bf16 {peaks['bf16_gflops']:.0f} GFLOP/s "

@@ -1,29 +1,8 @@
-"""The machine's matmul peak and the model FLOPs one training token costs, for model-FLOPs utilisation."""
+"""Model FLOPs per training token, for model-FLOPs utilisation (the peak: sft.training.precision)."""
 
 from __future__ import annotations
 
-import time
-
 import torch
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
-    """Sustained GFLOP/s of square `n` x `n` matmuls in `dtype` (best of repeated timed bursts)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    a @ b  # warm-up: thread pools, kernels, caches
-    sync()
-    best, spent = 0.0, 0.0
-    while spent < seconds:
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        sync()
-        took = time.perf_counter() - start
-        spent += took
-        best = max(best, 4 * 2 * n**3 / took / 1e9)
-    return best
 
 
 def parameter_counts(model) -> dict:

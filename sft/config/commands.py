@@ -152,6 +152,23 @@ class UiConfig:
 
 
 @dataclass
+class TrlSearch:
+    """`trl_search` of `python -m sft.bench`: short runs that find TRL's fastest settings on this machine."""
+
+    enabled: bool = setting()
+    steps: int = setting(gt=1)
+    warmup: int = setting(ge=0)
+    space: dict[str, list] = setting(
+        check=(
+            lambda v: (
+                set(v) <= {"dtype", "packing", "gradient_checkpointing", "micro_batch"} and all(v.values())
+            ),
+            "non-empty lists for dtype, packing, gradient_checkpointing or micro_batch",
+        )
+    )
+
+
+@dataclass
 class BenchConfig:
     """`python -m sft.bench`: sft.train against TRL's SFTTrainer on the same model, data and steps."""
 
@@ -170,6 +187,7 @@ class BenchConfig:
     timeout: float = setting(gt=0)
     runs: dict[str, Any] = setting()
     ours: str = setting()
+    trl_search: TrlSearch = setting()
     cache_dir: str = setting()
 
 

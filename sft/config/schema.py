@@ -25,7 +25,7 @@ CURRICULA = ("none", "easy_to_hard")
 # What happens to reasoning traces (`reasoning_content`, reasoning parts, <think> blocks): trained like the
 # answer (with a template that renders them), or removed from the text before anything is rendered.
 REASONING = ("train", "drop")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 LORA_BIAS = ("none", "all", "lora_only")
@@ -132,6 +132,7 @@ class LoraConfig:
     r: int = setting(gt=0)
     alpha: float = setting(gt=0)
     dropout: float = setting(ge=0, lt=1)
+    fast_dropout: bool = setting()
     target: Any = setting(
         check=(lambda v: v == "all" or isinstance(v, list), "'all' or a list of module names")
     )

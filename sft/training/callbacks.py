@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import psutil
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -30,7 +31,8 @@ class ThroughputMonitor(Callback):
     """Logs tokens/s (non-padding), trained tokens/s and padding fraction per optimizer step (not eval).
 
     Its totals over the whole fit (kept in checkpoints, so a resumed run continues them) make the run
-    summary's throughput section.
+    summary's throughput section, with the seconds from this process's start to its first optimizer step
+    (imports, data, model, the first evaluation and the step itself).
     """
 
     def __init__(self) -> None:
@@ -39,6 +41,7 @@ class ThroughputMonitor(Callback):
         self._window = torch.zeros(3, dtype=torch.long)  # on the batches' device: one host sync per step
         self._start: float | None = None
         self._last_step = -1
+        self.first_step_at: float | None = None  # wall clock, this process
 
     def state_dict(self) -> dict:
         """Totals a resumed run continues from."""
@@ -64,6 +67,8 @@ class ThroughputMonitor(Callback):
         if trainer.global_step == self._last_step or self._start is None:
             return
         self._last_step = trainer.global_step
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         seconds = max(time.perf_counter() - self._start, 1e-9)
         tokens, trained, slots = self._window.tolist()
         self.train_seconds += seconds
@@ -83,6 +88,9 @@ class ThroughputMonitor(Callback):
             "tokens_per_sec": round(tokens / seconds, 1),
             "trained_tokens_per_sec": round(trained / seconds, 1),
             "padding_fraction": round(1 - tokens / max(slots, 1), 4),
+            "seconds_to_first_step": None
+            if self.first_step_at is None
+            else round(self.first_step_at - psutil.Process().create_time(), 1),
         }
 
 

@@ -17,6 +17,7 @@ from ..atomic import publish_dir
 from ..config import DTYPES, LoraConfig, ModelConfig
 from ..data.templates import CHATML
 from ..errors import ConfigError
+from .dropout import halve_dropout_draws
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,10 @@ def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
         modules_to_save=cfg.modules_to_save,
         init_lora_weights=True if cfg.init == "default" else cfg.init,
     )
-    return get_peft_model(model, peft_config)
+    model = get_peft_model(model, peft_config)
+    if cfg.fast_dropout:
+        halve_dropout_draws(model)
+    return model
 
 
 def moves_base(cfg: LoraConfig) -> bool:

@@ -34,6 +34,7 @@ from .model import count_parameters, load_tokenizer, moves_base, save_initial_ad
 from .module import SFTModule
 from .neftune import NEFTune
 from .objectives import build_objective
+from .precision import resolve_precision
 from .probe import ProbeAnswers
 from .reference import frozen, reference_logps, reference_source
 from .strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters, unsharded_structure
@@ -54,6 +55,10 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
         if run_dir.claim(typed.overwrite, ckpt_path):
             run_dir.set_aside_metrics()  # the CSV logger would delete the curve so far
     out.mkdir(parents=True, exist_ok=True)
+    t = typed.trainer  # `auto` is decided once, here, and recorded as what it chose
+    t.precision = resolve_precision(
+        t.precision, t.accelerator, typed.strategy.name, bool(typed.lora.quantize)
+    )
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()
     reset_peak()

@@ -10,7 +10,9 @@ from conftest import SHARED_DATA, run_module
 
 from sft.bench.__main__ import cells, markdown
 from sft.bench.clock import rates
-from sft.bench.flops import flops_per_token, matmul_peak, mean_context, parameter_counts
+from sft.bench.flops import flops_per_token, mean_context, parameter_counts
+from sft.bench.search import coordinate_search, trl_spec
+from sft.training.precision import matmul_peak
 
 
 def steps(times, tokens, trained, slots):
@@ -46,6 +48,38 @@ def test_flops_per_token_counts_frozen_trainable_and_attention():
     model.config = type("Config", (), {"num_hidden_layers": 2, "hidden_size": 4})()
     assert parameter_counts(model) == {"frozen_matmul": 12, "trainable": 3 + 6 + 2, "layers": 2, "width": 4}
     assert matmul_peak(torch.float32, n=128, seconds=0.05) > 0
+
+
+def test_trl_search_keeps_the_fastest_value_of_each_setting_in_turn():
+    """Each setting's best value is kept for the next (even when it is not the start's), every point is
+    measured once, and a failed run never wins."""
+    space = {"dtype": ["fp32", "bf16_weights"], "packing": [False, True], "micro_batch": [8, 4, 2]}
+    start = {"dtype": "fp32", "packing": False, "gradient_checkpointing": True, "micro_batch": 8}
+    factor = {"bf16_weights": 2.0, "fp32": 1.0, True: 1.5, False: 1.0, 8: 1.0, 4: 1.2}
+    seen = []
+
+    def measure(point):
+        seen.append(point)
+        if point["micro_batch"] == 2:
+            return None  # out of memory, say
+        return 100 * factor[point["dtype"]] * factor[point["packing"]] * factor[point["micro_batch"]]
+
+    best, trials = coordinate_search(space, start, measure)
+    assert best == {
+        "dtype": "bf16_weights",
+        "packing": True,
+        "gradient_checkpointing": True,
+        "micro_batch": 4,
+    }
+    assert len(seen) == len({tuple(p.values()) for p in seen}) == len(trials) == 5
+    assert max(trials, key=lambda t: t[1] or 0) == (best, 100 * 2.0 * 1.5 * 1.2)
+    spec = trl_spec(best, 8)
+    assert spec["bf16"] is True and spec["trl_args"]["bf16"] is True
+    assert (
+        spec["trl_args"]["per_device_train_batch_size"],
+        spec["trl_args"]["gradient_accumulation_steps"],
+    ) == (4, 2)
+    assert trl_spec({**best, "dtype": "bf16_autocast"}, 8)["bf16"] is False  # fp32 weights, bf16 compute
 
 
 def test_table_cells_show_ratios_and_failures():
@@ -91,12 +125,22 @@ def test_tiny_comparison_runs_both_trainers_end_to_end(tmp_path, cache_dir):
         "~runs.trl_packed_no_gc",
         "~runs.sft_packed",
         "ours=sft",
+        "bf16=false",
+        # The search, cut to two points: TRL's defaults, then packing.
+        "trl_search.steps=2",
+        "trl_search.space.dtype=[fp32]",
+        "trl_search.space.gradient_checkpointing=[true]",
+        "trl_search.space.micro_batch=[2]",
         f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["runs"]) == {"trl_default", "sft"}
+    assert set(results["runs"]) == {"trl_default", "sft", "trl_best"}
+    trials = results["trl_search"]
+    assert [t["packing"] for t in trials] == [False, True] and all(t["tokens_per_sec"] > 0 for t in trials)
+    (best,) = [t for t in trials if t["best"]]
+    assert results["runs"]["trl_best"]["settings"]["packing"] is best["packing"]
     for name, run in results["runs"].items():
         assert run["timed_steps"] == 1 and run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1, name
     assert results["runs"]["trl_default"]["settings"]["gradient_checkpointing"] is True  # TRL's own default

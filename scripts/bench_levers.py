@@ -1,0 +1,203 @@
+"""Each performance lever of the training step, measured against the step as it was, in fresh processes.
+
+    python scripts/bench_levers.py [rounds=3] [steps=3] [levers=name,name,...] [out=/tmp/bench-levers]
+
+One worker process per lever and round (rounds alternate the levers, so drift in a noisy machine's speed
+falls on all of them alike) trains SmolLM2-135M with LoRA r32 on all linear layers on real micro-batches of
+the embedded data (packed, cutoff 512, micro-batch 2, as `data.packing=true`): forward, backward and the
+AdamW step of the run's own module (`SFTModule.token_loss`). It prints tokens/s per lever (median over
+rounds), the ratio to `before` (this session's baseline: fp32, PEFT's dropout), model FLOPs utilisation
+against the peak of the dtype it computes in, and the loss of a fixed batch with dropout off, whose
+difference from `before` shows whether a lever keeps the numbers (1e-5) or changes them (bf16).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stages import cpu_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBS = Path("/usr/lib/x86_64-linux-gnu")
+# name -> (train overrides, worker switches, environment). `before` is the step before this round's work.
+LEVERS = {
+    "before": (["trainer.precision=32-true", "lora.fast_dropout=false"], {}, {}),
+    "half_draw_dropout": (["trainer.precision=32-true"], {}, {}),
+    "bf16_autocast": (["trainer.precision=bf16-mixed", "lora.fast_dropout=false"], {}, {}),
+    "bf16_and_dropout": (["trainer.precision=bf16-mixed"], {}, {}),
+    "bf16_frozen_copies": (["trainer.precision=bf16-mixed"], {"frozen_bf16": True}, {}),
+    "bf16_base_weights": (["trainer.precision=bf16-mixed", "model.dtype=bfloat16"], {}, {}),
+    "compile_layers": (["trainer.precision=bf16-mixed"], {"compile": True}, {}),
+    "full_logits": (["trainer.precision=bf16-mixed", "trainer.trained_logits_only=false"], {}, {}),
+    "one_thread": (["trainer.precision=bf16-mixed"], {"threads": 1}, {}),
+    "omp_bind_cores": (
+        ["trainer.precision=bf16-mixed"],
+        {},
+        {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
+    ),
+    "jemalloc": (["trainer.precision=bf16-mixed"], {}, {"LD_PRELOAD": str(LIBS / "libjemalloc.so.2")}),
+    "tcmalloc": (
+        ["trainer.precision=bf16-mixed"],
+        {},
+        {"LD_PRELOAD": str(LIBS / "libtcmalloc_minimal.so.4")},
+    ),
+}
+COMMON = [
+    "model=smollm2_135m",
+    "data.packing=true",
+    "data.cutoff_len=512",
+    "trainer=cpu",
+    "trainer.micro_batch_size=2",
+    "lora.r=32",
+]
+
+
+def block_lengths(positions) -> list[int]:
+    """Lengths of the sequences packed in each row: a run of positions restarting at 0 is one sequence."""
+    lengths = []
+    for row in positions.tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        lengths += [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    return lengths
+
+
+def worker(spec: dict) -> dict:
+    """Time `steps` training steps (after one untimed) of a lever; a fixed batch's loss without dropout."""
+    import contextlib
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from sft.bench.flops import flops_per_token, mean_context, parameter_counts
+    from sft.config import validate
+    from sft.data.datamodule import build_datamodule
+    from sft.data.loading import system_prompt
+    from sft.data.templates import get_template
+    from sft.locations import CONF_DIR
+    from sft.training.lineage import start_model
+    from sft.training.model import load_tokenizer
+    from sft.training.module import SFTModule
+    from sft.training.precision import frozen_linears_to_bf16, matmul_peak
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*COMMON, *spec["overrides"], f"paths.output_dir={spec['out']}"])
+    typed = validate(cfg)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
+    template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
+    data = build_datamodule(typed, tokenizer, template)
+    data.prepare_data()
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    batches = [next(loader) for _ in range(spec["steps"] + 2)]
+    model = start_model(typed, typed.paths.cache_dir)
+    if spec.get("frozen_bf16"):  # what sft.training.precision.FrozenLinearsInBf16 does during training
+        frozen_linears_to_bf16(model)
+    if spec.get("compile"):
+        for layer in model.get_base_model().get_decoder().layers:
+            layer.compile()
+    module = SFTModule(model, typed.optimizer, typed.scheduler, typed.trainer)
+    bf16 = typed.trainer.precision == "bf16-mixed"
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    model.eval()  # the fixed batch's loss, dropout off: what a lever must keep (or, for bf16, changes)
+    with torch.no_grad(), autocast():
+        loss, count, _ = module.token_loss(batches[0])
+    check_loss = float(loss / count)
+    model.train()
+
+    def step(batch) -> None:
+        with autocast():
+            summed = module.token_loss(batch)[0]
+        summed.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    started = time.perf_counter()
+    step(batches[1])  # thread pools, allocator, compilation
+    first = time.perf_counter() - started
+    tokens = sum(int(b["num_tokens"]) for b in batches[2:])
+    started = time.perf_counter()
+    for batch in batches[2:]:
+        step(batch)
+    seconds = time.perf_counter() - started
+    counts = parameter_counts(model)
+    lengths = [n for b in batches[2:] for n in block_lengths(b["position_ids"])]
+    per_token = flops_per_token(
+        counts["frozen_matmul"], counts["trainable"], counts["layers"], counts["width"], mean_context(lengths)
+    )
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, n=2048, seconds=1.0)
+    return {
+        "tokens_per_sec": tokens / seconds,
+        "first_step_seconds": first,
+        "check_loss": check_loss,
+        "mfu": tokens / seconds * per_token / (peak * 1e9),
+        "peak_gflops": peak,
+    }
+
+
+def main(argv: list[str]) -> None:
+    """Run every lever `rounds` times in turn; print the table."""
+    if argv[:1] == ["--worker"]:
+        spec = json.loads(Path(argv[1]).read_text())
+        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+        return
+    opts = {"rounds": "3", "steps": "3", "levers": ",".join(LEVERS), "out": "/tmp/bench-levers"}
+    opts.update(a.split("=", 1) for a in argv)
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = opts["levers"].split(",")
+    names = [n for n in wanted if Path(LEVERS[n][2].get("LD_PRELOAD", "/")).exists()]  # allocators installed
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for round_ in range(int(opts["rounds"])):
+        for name in names:
+            overrides, switches, env = LEVERS[name]
+            spec_file, result = out / f"{name}-{round_}.json", out / f"{name}-{round_}.result.json"
+            spec = {"overrides": overrides, "steps": int(opts["steps"]), "out": str(out / "run"), **switches}
+            spec_file.write_text(json.dumps({**spec, "result": str(result)}))
+            with open(out / f"{name}-{round_}.log", "w") as log:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--worker", str(spec_file)],
+                    env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if done.returncode != 0:
+                sys.exit(f"{name} failed: see {out / f'{name}-{round_}.log'}")
+            results[name].append(json.loads(result.read_text()))
+            print(
+                f"round {round_ + 1} {name}: {results[name][-1]['tokens_per_sec']:.1f} tokens/s", flush=True
+            )
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    base = statistics.median(r["tokens_per_sec"] for r in results["before"]) if "before" in results else None
+    base_loss = results["before"][0]["check_loss"] if "before" in results else None
+    print(
+        f"\nCPU: {cpu_model()} ({os.cpu_count()} cores); "
+        f"{opts['rounds']} rounds of {opts['steps']} timed steps"
+    )
+    print("| lever | tokens/s (median) | min-max | vs before | MFU | first step s | loss - before's |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        speeds = [r["tokens_per_sec"] for r in runs]
+        median = statistics.median(speeds)
+        ratio = "" if base is None else f"{median / base:.2f}"
+        loss = "" if base_loss is None else f"{runs[0]['check_loss'] - base_loss:+.1e}"
+        print(
+            f"| {name} | {median:.1f} | {min(speeds):.1f}-{max(speeds):.1f} | {ratio} "
+            f"| {statistics.median(r['mfu'] for r in runs):.1%} "
+            f"| {statistics.median(r['first_step_seconds'] for r in runs):.1f} | {loss} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,139 @@
+"""`trainer.precision=auto`: the precision this machine trains fastest in, decided once per run.
+
+On a CUDA device that supports bf16: bf16-mixed. On a CPU the decision is measured, not read from the
+instruction flags: an Intel Xeon that lists AVX512-BF16 multiplied bf16 at half its fp32 rate (170 against
+336 GFLOP/s), an AMD EPYC with the same flag at 2.2 times it (421 against 191; BENCHMARKS.md). bf16-mixed
+is chosen only when bf16 matmuls of the model's sizes measure clearly faster, so noise cannot flip it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+# Lightning's subprocess launcher starts the other DDP ranks with this process's environment: they take
+# the launching process's decision instead of measuring again (and perhaps deciding otherwise).
+DECIDED = "SFT_AUTO_PRECISION"
+# bf16 must beat fp32 by this factor: the two kinds of CPU measured here differ by 2x either way.
+MARGIN = 1.3
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
+    """Sustained GFLOP/s of square `n` x `n` matmuls in `dtype` (best of repeated timed bursts)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a @ b  # warm-up: thread pools, kernels, caches
+    sync()
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        took = time.perf_counter() - start
+        spent += took
+        best = max(best, 4 * 2 * n**3 / took / 1e9)
+    return best
+
+
+def cpu_choice(fp32_gflops: float, bf16_gflops: float) -> str:
+    """bf16-mixed when bf16 matmuls are at least MARGIN times faster than fp32, else 32-true."""
+    return "bf16-mixed" if bf16_gflops >= MARGIN * fp32_gflops else "32-true"
+
+
+def resolve_precision(requested: str, accelerator: str, strategy: str, quantized: bool) -> str:
+    """The Lightning precision for `trainer.precision` (`auto` decided here; anything else as given)."""
+    if requested != "auto":
+        return requested
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        choice, why = (
+            ("bf16-mixed", "CUDA bf16") if torch.cuda.is_bf16_supported() else ("32-true", "no bf16")
+        )
+    elif accelerator not in ("auto", "cpu"):
+        choice, why = "32-true", f"accelerator {accelerator}"
+    elif strategy == "fsdp":
+        choice, why = "32-true", "FSDP autocasts on CUDA only"
+    elif quantized:
+        choice, why = "32-true", "4-bit base layers compute in model.dtype"
+    else:
+        return cpu_precision()
+    log.info("trainer.precision=auto: %s (%s)", choice, why)
+    return choice
+
+
+def cpu_precision() -> str:
+    """bf16-mixed or 32-true for this CPU, measured once per process tree (DECIDED)."""
+    if decided := os.environ.get(DECIDED):
+        return decided
+    # Matrices the size of a small model's layers; a quarter second each is enough at a 2x difference.
+    fp32 = matmul_peak(torch.float32, n=1024, seconds=0.25)
+    bf16 = matmul_peak(torch.bfloat16, n=1024, seconds=0.25)
+    choice = cpu_choice(fp32, bf16)
+    log.info("trainer.precision=auto: %s (CPU matmuls: fp32 %.0f, bf16 %.0f GFLOP/s)", choice, fp32, bf16)
+    os.environ[DECIDED] = choice
+    return choice
+
+
+class FrozenLinearsInBf16(Callback):
+    """Under bf16-mixed on a CPU, frozen Linear weights are cast to bf16 once, while training, instead of in
+    every forward: autocast re-casts a weight that requires no gradient on every call (its cast cache
+    keeps only trainable leaves), and on this path that cast was 13% of the default job's step time
+    (BENCHMARKS.md). The products do not change: autocast rounds the same fp32 weight to the same bf16
+    values. A weight shared with the input embeddings (a tied head) keeps fp32, so lookups are untouched.
+    The fp32 weights are put back when training ends (or fails), before probes, the final evaluation and
+    saving; checkpoints hold only trainable weights, so they never see the copies.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[torch.nn.Linear, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Cast once, at the first training batch (after the model has been set up and wrapped)."""
+        if (
+            self._kept
+            or trainer.precision != "bf16-mixed"
+            or not isinstance(trainer.accelerator, CPUAccelerator)
+        ):
+            return
+        from .strategy import shards_parameters  # its weights live in flat shards: left alone
+
+        if shards_parameters(trainer.strategy):
+            return
+        self._kept = frozen_linears_to_bf16(pl_module.model)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Put the fp32 weights back."""
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """Put the fp32 weights back before anything saves or answers with the model."""
+        self._restore()
+
+    def _restore(self) -> None:
+        for module, weight in self._kept.items():
+            module.weight.data = weight
+        self._kept = {}
+
+
+def frozen_linears_to_bf16(model: torch.nn.Module) -> dict[torch.nn.Linear, torch.Tensor]:
+    """Cast the frozen fp32 weights of `model`'s Linear layers (not one tied to the input embeddings) to
+    bf16 in place; each cast layer with its fp32 weight, to put back."""
+    embeddings = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+    kept = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, torch.nn.Linear) or weight is None or weight is embeddings:
+            continue
+        if weight.requires_grad or weight.dtype != torch.float32:
+            continue
+        kept[module] = weight.data
+        weight.data = weight.data.to(torch.bfloat16)
+    return kept

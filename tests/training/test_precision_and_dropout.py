@@ -1,0 +1,161 @@
+"""`trainer.precision=auto` (decided by measured matmul rates) and LoRA's half-draw dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from conftest import TINY
+
+import sft.training.precision as precision
+from sft.config import validate
+from sft.train import train
+from sft.training.dropout import HalfDrawDropout, halve_dropout_draws
+from sft.training.model import apply_peft, load_model
+from sft.training.precision import FrozenLinearsInBf16, frozen_linears_to_bf16
+
+
+@pytest.fixture
+def undecided(monkeypatch):
+    """No decision inherited from an earlier run in this process (restored afterwards)."""
+    monkeypatch.setenv(precision.DECIDED, "")
+
+
+def measured(monkeypatch, fp32: float, bf16: float) -> list:
+    """Make the CPU measure `fp32` and `bf16` GFLOP/s; the returned list records each measurement."""
+    calls = []
+
+    def peak(dtype, **_):
+        calls.append(dtype)
+        return bf16 if dtype == torch.bfloat16 else fp32
+
+    monkeypatch.setattr(precision, "matmul_peak", peak)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "fp32,bf16,expected",
+    [(191, 421, "bf16-mixed"), (336, 170, "32-true"), (200, 250, "32-true"), (200, 260, "bf16-mixed")],
+)
+def test_cpu_choice_takes_bf16_only_when_clearly_faster(fp32, bf16, expected):
+    """The two CPUs measured (AMD 2.2x faster in bf16, Intel 2x slower) and both sides of the margin."""
+    assert precision.cpu_choice(fp32, bf16) == expected
+
+
+def test_auto_measures_once_and_other_settings_never_measure(monkeypatch, undecided):
+    """Explicit precisions pass through; FSDP on the CPU, 4-bit bases and non-CPU accelerators without
+    CUDA stay in fp32 without measuring; a decision is kept for the process and its children."""
+    calls = measured(monkeypatch, 191, 421)
+    assert precision.resolve_precision("bf16-true", "cpu", "auto", False) == "bf16-true"
+    assert precision.resolve_precision("auto", "cpu", "fsdp", False) == "32-true"
+    assert precision.resolve_precision("auto", "cpu", "auto", True) == "32-true"
+    assert precision.resolve_precision("auto", "mps", "auto", False) == "32-true"
+    assert calls == []
+    assert precision.resolve_precision("auto", "cpu", "auto", False) == "bf16-mixed"
+    assert calls == [torch.float32, torch.bfloat16]
+    # Another rank (started with this environment) or a later job of a sweep: the same answer, unmeasured;
+    # the rules that do not depend on the CPU still come first.
+    measured(monkeypatch, 336, 170)
+    assert precision.resolve_precision("auto", "auto", "ddp", False) == "bf16-mixed"
+    assert precision.resolve_precision("auto", "cpu", "fsdp", False) == "32-true"
+
+
+def test_auto_precision_trains_in_the_measured_choice_and_records_it(
+    make_cfg, tmp_path, monkeypatch, undecided
+):
+    """A run with precision=auto on a bf16-fast CPU trains under bf16 autocast, with its frozen Linear
+    weights in bf16 while it trains and in fp32 again afterwards; its config says what it chose."""
+    measured(monkeypatch, 191, 421)
+    cast = []
+
+    def spy(model):
+        cast.append(frozen_linears_to_bf16(model))
+        return cast[-1]
+
+    monkeypatch.setattr(precision, "frozen_linears_to_bf16", spy)
+    train(
+        make_cfg(*TINY, "trainer.precision=auto", "trainer.max_steps=1", "trainer.eval_steps=1", run="auto")
+    )
+    recorded = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert recorded["trainer"]["precision"] == "bf16-mixed"
+    (layers,) = cast
+    assert layers and all(m.weight.dtype == torch.float32 for m in layers)
+
+
+def test_half_draw_dropout_has_the_rate_and_scale_of_dropout():
+    """Over 2M elements: dropped fraction p (within 5 sigma) in even and odd positions alike (both halves
+    of a draw), kept elements scaled by 1 / (1 - p), mean preserved, masks of neighbours independent."""
+    torch.manual_seed(0)
+    p, n = 0.05, 2_000_000
+    out = HalfDrawDropout(p).train()(torch.ones(n))
+    dropped = out == 0
+    tolerance = 5 * (p * (1 - p) / (n / 2)) ** 0.5
+    for half in (dropped[0::2], dropped[1::2]):
+        assert abs(half.float().mean().item() - p) < tolerance
+    kept = out[~dropped]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - round(p * 32768) / 32768)))
+    assert abs(out.mean().item() - 1) < 5 * (p / (1 - p) / n) ** 0.5
+    pairs = torch.stack([dropped[0::2].float(), dropped[1::2].float()])
+    assert abs(torch.corrcoef(pairs)[0, 1].item()) < 0.01
+
+
+def test_half_draw_dropout_is_seeded_shaped_and_differentiable():
+    """Same seed, same mask; eval mode and p=0 are the identity; the gradient is the mask times the scale."""
+    x = torch.randn(3, 5, 7, requires_grad=True)
+    drop = HalfDrawDropout(0.3).train()
+    torch.manual_seed(1)
+    a = drop(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(x))
+    assert a.shape == x.shape and not torch.equal(a, drop(x))
+    a.sum().backward()
+    assert torch.equal(x.grad, (a != 0) * drop.scale)
+    assert drop.eval()(x) is x and HalfDrawDropout(0.0).train()(x) is x
+
+
+def test_lora_layers_get_half_draw_dropout_unless_switched_off(make_cfg, cache_dir):
+    """Every LoRA layer's dropout is replaced (lora.fast_dropout=true), none with false."""
+
+    def lora_model(*overrides):
+        typed = validate(make_cfg("model=tiny", "lora.r=4", *overrides))
+        return apply_peft(load_model(typed.model, str(cache_dir)), typed.lora)
+
+    def kinds(model) -> set[str]:
+        layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
+        return {type(d).__name__ for m in layers for d in m.lora_dropout.values()}
+
+    assert kinds(lora_model()) == {"HalfDrawDropout"}
+    plain = lora_model("lora.fast_dropout=false")
+    assert kinds(plain) == {"Dropout"}
+    layers = sum(1 for m in plain.modules() if hasattr(m, "lora_dropout"))
+    assert halve_dropout_draws(plain) == layers > 0
+    assert kinds(plain) == {"HalfDrawDropout"}
+
+
+def test_frozen_bf16_copies_change_no_product_and_are_put_back(make_cfg, cache_dir):
+    """Under bf16 autocast, casting the frozen Linear weights once gives bit-identical logits and LoRA
+    gradients (autocast rounds the same weights the same way); embeddings stay fp32; training's end puts
+    back the very fp32 tensors."""
+    typed = validate(make_cfg("model=tiny", "lora.r=4", "lora.dropout=0", "lora.init=gaussian"))
+    model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora)
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def forward():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    reference, reference_grads = forward()
+    fp32 = {n: p.data_ptr() for n, p in model.named_parameters()}
+    callback = FrozenLinearsInBf16()
+    callback._kept = frozen_linears_to_bf16(model)
+    assert callback._kept and all(m.weight.dtype == torch.bfloat16 for m in callback._kept)
+    assert all(not m.weight.requires_grad for m in callback._kept)
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    logits, grads = forward()
+    assert torch.equal(logits, reference)
+    assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
+    callback.on_train_end(None, None)
+    assert all(p.dtype == torch.float32 and p.data_ptr() == fp32[n] for n, p in model.named_parameters())
