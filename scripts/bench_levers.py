@@ -82,6 +82,7 @@ def worker(spec: dict) -> dict:
     from sft.data.loading import system_prompt
     from sft.data.templates import get_template
     from sft.locations import CONF_DIR
+    from sft.training.attention import attend_by_segment
     from sft.training.lineage import start_model
     from sft.training.model import load_tokenizer
     from sft.training.module import SFTModule
@@ -103,6 +104,8 @@ def worker(spec: dict) -> dict:
     model = start_model(typed, typed.paths.cache_dir)
     if spec.get("frozen_bf16"):  # what sft.training.precision.FrozenLinearsInBf16 does during training
         frozen_linears_to_bf16(model)
+    if spec.get("segments"):  # what sft.training.run does for packed rows
+        attend_by_segment(model)
     if spec.get("compile"):
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()

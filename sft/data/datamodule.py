@@ -164,10 +164,12 @@ class SFTDataModule(L.LightningDataModule):
         cache_dir: str | None,
         group_size: int = 1,
         flatten_packed: bool = False,
+        eval_batch_size: int | None = None,
     ):
         super().__init__()
         self.cfg, self.tokenizer, self.template = cfg, tokenizer, template
         self.micro_batch_size, self.seed, self.cache_dir = micro_batch_size, seed, cache_dir
+        self.eval_batch_size = eval_batch_size or micro_batch_size
         # Examples per optimizer step on one device: the span within which batches are length-grouped.
         self.group_size = group_size if cfg.group_by_length else 1
         # FlashAttention only honours sample boundaries in a single (1, N) row of packed samples.
@@ -288,17 +290,21 @@ class SFTDataModule(L.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
-        """Validation micro-batches in a fixed order, never packed, so val loss compares across runs.
+        """Validation batches in a fixed order, never packed, so val loss compares across runs.
 
         Each rank takes every world_size-th row, none twice (unlike DistributedSampler's padding), so
-        the loss summed over ranks counts every row once; a rank left without rows repeats one.
+        the loss summed over ranks counts every row once; a rank left without rows repeats one. A rank's
+        rows go longest first, so a batch (`trainer.eval_micro_batch_size` rows: no activations are kept
+        for a backward pass) holds rows of similar length and little padding.
         """
         val = self.prepared.val
         rank, replicas = self._shard()
+        lengths = val.select_columns(["length"])[:]["length"] if len(val) else []
+        mine = sorted(range(rank, len(val), replicas), key=lambda i: -lengths[i])
         return DataLoader(
             val.with_format(columns=self._columns(val)) if len(val) else [],
-            batch_size=self.micro_batch_size,
-            sampler=(range(rank, len(val), replicas) or [rank % len(val)]) if len(val) else None,
+            batch_size=self.eval_batch_size,
+            sampler=(mine or [rank % len(val)]) if len(val) else None,
             collate_fn=self._pad_collator(),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
@@ -354,4 +360,5 @@ def build_datamodule(cfg: TrainConfig, tokenizer, template: Template) -> SFTData
         # example of a sorted step, so its share stays sorted.
         group_size=cfg.trainer.effective_batch_size,
         flatten_packed="flash" in (cfg.model.attn_implementation or ""),
+        eval_batch_size=cfg.trainer.eval_micro_batch_size,
     )

@@ -27,6 +27,8 @@ from ..locations import SOURCE_DIR
 from ..provenance import hydra_overrides, run_record
 from ..run_dir import SUMMARY_METRICS, RunDir
 from ..serving.export import save_final, stop_token_ids
+from .attention import NAME as SEGMENTS
+from .attention import attend_by_segment
 from .checkpoint import resolve_resume
 from .lineage import parent_record, start_model, start_weights, trained_weights
 from .memory import peak_cuda_gb, peak_rss_gb, reset_peak
@@ -81,6 +83,8 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
             )
         )
     model = start_model(typed, typed.paths.cache_dir)
+    if typed.data.packing and attend_by_segment(model):
+        log.info("packed rows: attention computed per sequence (%s)", SEGMENTS)
     if moves_base(typed.lora) and rank_zero_only.rank == 0:
         save_initial_adapter(model, run_dir.adapter_init)
     trainable, total = count_parameters(model)

@@ -19,6 +19,7 @@ from transformers.modeling_flash_attention_utils import (
 from sft.data.collate import PackedCollator, PadCollator
 from sft.data.packing import PackedDataset, pack, packing_efficiency
 from sft.data.tokenize import IGNORE_INDEX
+from sft.training.attention import NAME as SEGMENTS  # registers sft's per-sequence sdpa
 from sft.training.loss import split_head, token_loss, trained_token_loss
 
 VOCAB = 64
@@ -29,6 +30,7 @@ HAS_FLASH = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is
 IMPLS = [
     "sdpa",
     "eager",
+    SEGMENTS,
     pytest.param(
         "flash_attention_2",
         marks=pytest.mark.skipif(not HAS_FLASH, reason="needs the flash_attn package and a CUDA device"),
@@ -172,7 +174,7 @@ def lora_model(impl: str):
         return get_peft_model(model, config).train()
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager", SEGMENTS])
 def test_lora_loss_and_gradients_equal_packed_and_unpacked(impl):
     """Under LoRA the summed loss and every adapter gradient match between packed and padded batches."""
     model = lora_model(impl)
@@ -191,7 +193,7 @@ def test_lora_loss_and_gradients_equal_packed_and_unpacked(impl):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager", SEGMENTS])
 def test_one_samples_loss_has_no_gradient_into_other_packed_samples(impl):
     """d(loss of sample k)/d(input embeddings) is exactly zero on every other sample and on padding."""
     model = lora_model(impl)

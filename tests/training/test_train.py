@@ -334,3 +334,32 @@ def test_packing_trains_with_less_padding_and_the_same_validation(make_cfg, tmp_
     # Validation is never packed: the untrained model scores the same on it either way.
     assert packed["initial_val_loss"] == pytest.approx(padded["initial_val_loss"], abs=1e-6)
     assert logged_series(tmp_path / "packed", "train/padding_fraction")
+
+
+def test_validation_batches_go_longest_first_and_change_no_loss(make_cfg, tmp_path):
+    """Validation takes `trainer.eval_micro_batch_size` rows per batch, a rank's rows longest first; the
+    held-out loss is a per-token sum over every row, so one row per batch and 16 give the same value."""
+    from sft.config import validate
+    from sft.data.datamodule import build_datamodule
+    from sft.data.loading import system_prompt
+    from sft.data.templates import get_template
+    from sft.training.model import load_tokenizer
+
+    typed = validate(make_cfg(*TINY, "trainer.eval_micro_batch_size=3"))
+    tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
+    data = build_datamodule(
+        typed, tokenizer, get_template(typed.data.template, tokenizer, system_prompt(typed.data))
+    )
+    data.prepare_data()
+    data.setup("fit")
+    batches = list(data.val_dataloader())
+    assert [len(b["input_ids"]) for b in batches] == [3, 3, 2]  # the 8 held-out rows
+    lengths = [n for b in batches for n in b["attention_mask"].sum(1).tolist()]
+    assert lengths == sorted(lengths, reverse=True)
+
+    losses = []
+    for size in (1, 16):
+        run = f"eval{size}"
+        train(make_cfg(*TINY, "trainer.max_steps=1", f"trainer.eval_micro_batch_size={size}", run=run))
+        losses.append(json.loads((tmp_path / run / "summary.json").read_text())["initial_val_loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
