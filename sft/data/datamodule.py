@@ -295,12 +295,15 @@ class SFTDataModule(L.LightningDataModule):
         Each rank takes every world_size-th row, none twice (unlike DistributedSampler's padding), so
         the loss summed over ranks counts every row once; a rank left without rows repeats one. A rank's
         rows go longest first, so a batch (`trainer.eval_micro_batch_size` rows: no activations are kept
-        for a backward pass) holds rows of similar length and little padding.
+        for a backward pass) holds rows of similar length and little padding; a validation limited to
+        some batches (`trainer.limit_val_batches`) keeps the split's seeded order, so it sees a fair sample.
         """
         val = self.prepared.val
         rank, replicas = self._shard()
-        lengths = val.select_columns(["length"])[:]["length"] if len(val) else []
-        mine = sorted(range(rank, len(val), replicas), key=lambda i: -lengths[i])
+        mine = list(range(rank, len(val), replicas))
+        if self.trainer is None or self.trainer.limit_val_batches == 1.0:  # a limited one: a fair sample
+            lengths = val.select_columns(["length"])[:]["length"]
+            mine.sort(key=lambda i: -lengths[i])
         return DataLoader(
             val.with_format(columns=self._columns(val)) if len(val) else [],
             batch_size=self.eval_batch_size,

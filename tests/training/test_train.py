@@ -360,6 +360,11 @@ def test_validation_batches_go_longest_first_and_change_no_loss(make_cfg, tmp_pa
     losses = []
     for size in (1, 16):
         run = f"eval{size}"
-        train(make_cfg(*TINY, "trainer.max_steps=1", f"trainer.eval_micro_batch_size={size}", run=run))
+        overrides = (
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=1.0",
+            f"trainer.eval_micro_batch_size={size}",
+        )
+        train(make_cfg(*TINY, *overrides, run=run))
         losses.append(json.loads((tmp_path / run / "summary.json").read_text())["initial_val_loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
