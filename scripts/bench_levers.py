@@ -35,6 +35,8 @@ LEVERS = {
     "bf16_and_dropout": (["trainer.precision=bf16-mixed"], {}, {}),
     "bf16_frozen_copies": (["trainer.precision=bf16-mixed"], {"frozen_bf16": True}, {}),
     "bf16_base_weights": (["trainer.precision=bf16-mixed", "model.dtype=bfloat16"], {}, {}),
+    "sdpa_segments": (["trainer.precision=bf16-mixed"], {"frozen_bf16": True, "segments": True}, {}),
+    # Each of the rest on top of bf16_and_dropout.
     "compile_layers": (["trainer.precision=bf16-mixed"], {"compile": True}, {}),
     "full_logits": (["trainer.precision=bf16-mixed", "trainer.trained_logits_only=false"], {}, {}),
     "one_thread": (["trainer.precision=bf16-mixed"], {"threads": 1}, {}),
