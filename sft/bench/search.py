@@ -44,6 +44,7 @@ def coordinate_search(
         return -1.0 if measured[key] is None else measured[key]
 
     best = dict(start)
+    speed(best)  # the start (TRL's defaults) is the first trial
     for setting in ORDER:
         for value in space.get(setting, []):
             candidate = {**best, setting: value}
