@@ -301,7 +301,7 @@ class SFTDataModule(L.LightningDataModule):
         val = self.prepared.val
         rank, replicas = self._shard()
         mine = list(range(rank, len(val), replicas))
-        if self.trainer is None or self.trainer.limit_val_batches == 1.0:  # a limited one: a fair sample
+        if mine and (self.trainer is None or self.trainer.limit_val_batches == 1.0):  # limited: a fair sample
             lengths = val.select_columns(["length"])[:]["length"]
             mine.sort(key=lambda i: -lengths[i])
         return DataLoader(
