@@ -195,7 +195,7 @@ def main(cfg: DictConfig) -> None:
     try:
         model_cfg = check(cfg, BenchConfig).model
         micro = [m for m in cfg.trl_search.space.get("micro_batch", []) if cfg.effective_batch % m]
-        if micro:
+        if micro and cfg.trl_search.enabled:
             raise ConfigError(
                 f"trl_search.space.micro_batch={micro}: must divide effective_batch={cfg.effective_batch}"
             )
