@@ -95,7 +95,7 @@ def test_all_bad_values_are_reported_at_once(make_cfg):
         "trainer.precision='64'",
     ):
         assert expected in message
-    assert "one of ('32-true'" in message
+    assert "one of ('auto', '32-true'" in message
 
 
 def test_wrong_type_names_the_key(make_cfg):

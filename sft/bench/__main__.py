@@ -83,6 +83,9 @@ def search_trl(cfg: DictConfig, common: dict, out: Path, context: float, peak: f
         "micro_batch": cfg.effective_batch,
     }
     space = OmegaConf.to_container(search.space)
+    # Only micro-batches that split the effective batch evenly (so every trial trains the same rows per step).
+    fitting = [m for m in space.get("micro_batch", []) if cfg.effective_batch % m == 0]
+    space["micro_batch"] = fitting or [cfg.effective_batch]
     numbers: list[dict] = []
 
     def measure(point: dict) -> float | None:
@@ -194,11 +197,6 @@ def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         model_cfg = check(cfg, BenchConfig).model
-        micro = [m for m in cfg.trl_search.space.get("micro_batch", []) if cfg.effective_batch % m]
-        if micro and cfg.trl_search.enabled:
-            raise ConfigError(
-                f"trl_search.space.micro_batch={micro}: must divide effective_batch={cfg.effective_batch}"
-            )
     except ConfigError as err:
         print(err, file=sys.stderr)
         sys.exit(2)

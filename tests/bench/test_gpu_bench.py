@@ -26,6 +26,7 @@ TINY = (
     "cutoff=128",
     "effective_batch=2",
     "peak_matrix=256",
+    "trl_search.enabled=false",  # tests/bench/test_bench.py runs the search
     f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
 )
 
