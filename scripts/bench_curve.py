@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stages import cpu_model  # noqa: E402
+from bench_stages import cpu_model, run  # noqa: E402
 
 RUNS = {
     "sft": '{trainer: sft, sft_overrides: ["data.packing=true"]}',
@@ -36,10 +35,7 @@ def bench(out: Path, cutoff: int, steps: str, runs: dict[str, str]) -> dict:
     command += ["warmup=1", "trl_search.enabled=false", f"hydra.run.dir={out}", "ours=sft"]
     command += [f"~runs.{name}" for name in ("trl_default", "trl_packed_no_gc", "sft", "sft_packed")]
     command += [f"+runs.{name}={spec}" for name, spec in runs.items()]
-    with open(out.with_suffix(".log"), "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"cutoff {cutoff} failed: see {out.with_suffix('.log')}")
+    run(command, out.with_suffix(".log"))
     return json.loads((out / "results.json").read_text())
 
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stages import cpu_model  # noqa: E402
+from bench_stages import cpu_model, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBS = Path("/usr/lib/x86_64-linux-gnu")
@@ -213,15 +212,11 @@ def main(argv: list[str]) -> None:
             spec_file, result = out / f"{name}-{round_}.json", out / f"{name}-{round_}.result.json"
             spec = {"overrides": overrides, "steps": int(opts["steps"]), "out": str(out / "run"), **switches}
             spec_file.write_text(json.dumps({**spec, "result": str(result)}))
-            with open(out / f"{name}-{round_}.log", "w") as log:
-                done = subprocess.run(
-                    [sys.executable, __file__, "--worker", str(spec_file)],
-                    env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if done.returncode != 0:
-                sys.exit(f"{name} failed: see {out / f'{name}-{round_}.log'}")
+            run(
+                [sys.executable, __file__, "--worker", str(spec_file)],
+                out / f"{name}-{round_}.log",
+                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            )
             results[name].append(json.loads(result.read_text()))
             print(
                 f"round {round_ + 1} {name}: {results[name][-1]['tokens_per_sec']:.1f} tokens/s", flush=True

@@ -42,11 +42,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run(command: list[str], log: Path) -> tuple[float, float]:
-    """Run a command with its output in `log`; (wall seconds, peak resident memory in MiB) of it."""
+def run(command: list[str], log: Path, env: dict | None = None) -> tuple[float, float]:
+    """Run a command (in `env`, else this environment) with its output in `log`; exit naming the log when it
+    fails; (wall seconds, peak resident memory in MiB) of it."""
     started = time.perf_counter()
     with log.open("w") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}; see {log}")
