@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 
+from .strategy import shards_parameters
+
 log = logging.getLogger(__name__)
 
 # Lightning's subprocess launcher starts the other DDP ranks with this process's environment: they take
@@ -85,11 +87,11 @@ def cpu_precision() -> str:
 class FrozenLinearsInBf16(Callback):
     """Under bf16-mixed on a CPU, frozen Linear weights are cast to bf16 once, while training, instead of in
     every forward: autocast re-casts a weight that requires no gradient on every call (its cast cache
-    keeps only trainable leaves), and on this path that cast was 13% of the default job's step time
-    (BENCHMARKS.md). The products do not change: autocast rounds the same fp32 weight to the same bf16
-    values. A weight shared with the input embeddings (a tied head) keeps fp32, so lookups are untouched.
-    The fp32 weights are put back when training ends (or fails), before probes, the final evaluation and
-    saving; checkpoints hold only trainable weights, so they never see the copies.
+    keeps only trainable leaves); casting once measured 1.04x on a packed SmolLM2 step (BENCHMARKS.md,
+    "The levers, one at a time"). The products do not change: autocast rounds the same fp32 weight to the
+    same bf16 values. A weight shared with the input embeddings (a tied head) keeps fp32, so lookups are
+    untouched. The fp32 weights are put back when training ends (or fails), before probes, the final
+    evaluation and saving; checkpoints hold only trainable weights, so they never see the copies.
     """
 
     def __init__(self) -> None:
@@ -103,9 +105,7 @@ class FrozenLinearsInBf16(Callback):
             or not isinstance(trainer.accelerator, CPUAccelerator)
         ):
             return
-        from .strategy import shards_parameters  # its weights live in flat shards: left alone
-
-        if shards_parameters(trainer.strategy):
+        if shards_parameters(trainer.strategy):  # its weights live in flat shards: left alone
             return
         self._kept = frozen_linears_to_bf16(pl_module.model)
 
