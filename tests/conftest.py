@@ -14,29 +14,35 @@ from hydra.core.global_hydra import GlobalHydra
 
 from sft.locations import CONF_DIR
 
+# Test workers (pytest-xdist) share the cores, and so do the runs they start: one OpenMP thread each. With
+# torch's default of one thread per core, every worker and run oversubscribes the cores and OpenMP's
+# spinning threads wait on each other (make test on 2 cores: 973 s with the default, 682 s with this).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-# The longest test files (worker seconds, from `make test --durations` / junit on 2 cores, 2026-12-05),
-# longest first. `make test` hands out whole files (--dist loadfile) in collection order
+# The longest test files (worker seconds, from `make test --durations` on 2 cores, 2026-12-05, one thread
+# each), longest first. `make test` hands out whole files (--dist loadfile) in collection order
 # (--no-loadscope-reorder): starting with these keeps one long file from running alone at the end while
 # the other worker idles.
 LONGEST_FIRST = (
-    "tests/ui/test_ui_browser.py",
     "tests/training/test_faults.py",
-    "tests/training/test_smollm2.py",
+    "tests/ui/test_ui_browser.py",
     "tests/training/test_fsdp_cpu.py",
-    "tests/sweep/test_sweep.py",
-    "tests/training/test_train.py",
-    "tests/bench/test_bench.py",
     "tests/training/test_strategies.py",
-    "tests/training/test_stages.py",
-    "tests/training/test_adapters.py",
-    "tests/eval/test_harness.py",
-    "tests/bench/test_gpu_bench.py",  # 80 s alone while another suite ran (not yet in a make test timing)
+    "tests/sweep/test_sweep.py",
+    "tests/bench/test_bench.py",
+    "tests/training/test_smollm2.py",
+    "tests/bench/test_gpu_bench.py",
     "tests/sweep/test_launchers.py",
+    "tests/training/test_train.py",
+    "tests/eval/test_harness.py",
+    "tests/test_commands.py",
+    "tests/training/test_stages.py",
     "tests/data/test_streaming.py",
 )
 

@@ -197,6 +197,7 @@ class TrainerConfig:
     max_steps: int = setting()
     effective_batch_size: int = setting(gt=0)
     micro_batch_size: int = setting(gt=0)
+    micro_batch_tokens: int | None = setting(gt=0)
     eval_micro_batch_size: int = setting(gt=0)
     gradient_clip_val: float | None = setting(ge=0)
     eval_steps: int | None = setting(gt=0)

@@ -252,6 +252,15 @@ class SFTDataModule(L.LightningDataModule):
         """Tokens a packed row holds: cutoff_len, twice that when an example is two sequences (together)."""
         return self.cfg.cutoff_len * (2 if self.paired else 1)
 
+    def mean_row_tokens(self) -> float | None:
+        """Mean tokens of a training row, what `trainer.micro_batch_tokens` sizes micro-batches by; None for
+        packed rows (each about `capacity` long)."""
+        if self.cfg.packing:
+            return None
+        if self.prepared is None:  # a rank that did not prepare: the cached rows another process built
+            self._prepare(rebuild=False)
+        return self.stats.train_tokens / self.stats.train if self.stats.train else None
+
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)
         self.prepared.stats.log(self.cfg.cutoff_len)
@@ -320,6 +329,10 @@ class StreamingDataModule(SFTDataModule):
 
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared, self.sources, self.starts = prepare_stream(self.cfg, self.tokenizer, self.template)
+
+    def mean_row_tokens(self) -> None:
+        """Unknown before the stream is read: streamed micro-batches keep `trainer.micro_batch_size`."""
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         """Open this rank's training stream (validation rows are read once, by `prepare_data` or here)."""

@@ -93,8 +93,11 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     own = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
     if typed.trainer.neftune_alpha:
         own.append(NEFTune(typed.trainer.neftune_alpha))
-    built = build_trainer(typed, cfg, model, own)  # FSDP wraps the model's own layer classes
+    row_tokens = datamodule.mean_row_tokens() if typed.trainer.micro_batch_tokens else None
+    built = build_trainer(typed, cfg, model, own, row_tokens)  # FSDP wraps the model's own layer classes
     trainer = built.trainer
+    # Rows per micro-batch as the trainer chose them (micro_batch_tokens); config.yaml records the choice.
+    typed.trainer.micro_batch_size = datamodule.micro_batch_size = built.plan.micro_batch_size
     quiet_other_ranks(trainer.global_rank)  # now known on every node
     objective = build_objective(typed.stage)
     module = SFTModule(

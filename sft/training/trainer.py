@@ -46,11 +46,25 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
-def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks=()) -> BuiltTrainer:
+def rows_per_micro_batch(
+    least: int, per_device: int, token_budget: int | None, row_tokens: float | None
+) -> int:
+    """Rows per micro-batch: `least`, or, for rows of `row_tokens` on average, the most that divide the
+    device's `per_device` rows of a step and stay within `token_budget` tokens."""
+    if not token_budget or not row_tokens:
+        return least
+    fits = [m for m in range(least, per_device + 1) if per_device % m == 0 and m * row_tokens <= token_budget]
+    return max(fits, default=least)
+
+
+def build_trainer(
+    cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks=(), row_tokens: float | None = None
+) -> BuiltTrainer:
     """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts).
 
     `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes;
-    `extra_callbacks` are those the run builds itself (they need its tokenizer, for example).
+    `extra_callbacks` are those the run builds itself (they need its tokenizer, for example);
+    `row_tokens`, the training rows' mean length, sizes micro-batches by `trainer.micro_batch_tokens`.
     """
     t = cfg.trainer
     needs_cuda = cfg.strategy.name == "deepspeed" or (cfg.strategy.name == "fsdp" and t.accelerator != "cpu")
@@ -112,7 +126,10 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
     )
     # The world size is only known once Lightning has resolved accelerator and devices, so the
     # accumulation (and the evaluation interval, counted in micro-batches) is set afterwards.
-    accumulate = accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)
+    accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)  # names a bad split
+    per_device = t.effective_batch_size // trainer.world_size
+    micro = rows_per_micro_batch(t.micro_batch_size, per_device, t.micro_batch_tokens, row_tokens)
+    accumulate = accumulation_steps(t.effective_batch_size, micro, trainer.world_size)
     trainer.accumulate_grad_batches = accumulate
     if t.eval_steps:
         trainer.val_check_interval = t.eval_steps * accumulate
@@ -120,20 +137,23 @@ def build_trainer(cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks
     if is_deepspeed(trainer.strategy):
         trainer.strategy.config = fill_deepspeed_config(
             trainer.strategy.config,
-            micro_batch_size=t.micro_batch_size,
+            micro_batch_size=micro,
             effective_batch_size=t.effective_batch_size,
             gradient_clip_val=t.gradient_clip_val,
             precision=t.precision,
         )
     check_launch(trainer)
-    plan = BatchPlan(t.effective_batch_size, t.micro_batch_size, trainer.world_size, accumulate)
+    plan = BatchPlan(t.effective_batch_size, micro, trainer.world_size, accumulate)
     log.info(
-        "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps (%s, %d node(s))",
+        "effective batch %d = micro-batch %d x %d device(s) x %d accumulation steps (%s, %d node(s))%s",
         plan.effective_batch_size,
         plan.micro_batch_size,
         plan.world_size,
         plan.accumulate_grad_batches,
         type(trainer.strategy).__name__,
         trainer.num_nodes,
+        f"; rows of {row_tokens:.0f} tokens on average, micro_batch_tokens={t.micro_batch_tokens}"
+        if micro != t.micro_batch_size
+        else "",
     )
     return BuiltTrainer(trainer, plan, best)
