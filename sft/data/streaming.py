@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..training.resilience import every_rank, python_rng_state, set_python_rng_state
+from ..training.rng import every_rank, python_rng_state, set_python_rng_state
 from .builtin import builtin_conversations
 from .loading import RecordMaker, check_bad_rows, val_counts, with_problems
 from .packing import PackedDataset, pack

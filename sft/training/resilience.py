@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import threading
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..errors import Diverged, Preempted
+from .rng import every_rank, python_rng_state, set_python_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +73,6 @@ class GracefulStop(Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         """Give the signals back."""
         self._restore()
-
-
-def python_rng_state(rng=random) -> list:
-    """A Python generator's state (the `random` module's, or a `random.Random`'s) as a plain list, so a
-    checkpoint holding it still loads with weights_only=True."""
-    _, internal, gauss = rng.getstate()
-    return [*internal, gauss]
-
-
-def set_python_rng_state(state: list, rng=random) -> None:
-    """Put a Python generator back where `python_rng_state` found it."""
-    *internal, gauss = state
-    rng.setstate((3, tuple(internal), gauss))
-
-
-def every_rank(state, world_size: int) -> list:
-    """Every rank's `state`, in rank order (collective: each rank calls it together); [state] alone."""
-    if world_size > 1 and torch.distributed.is_initialized():
-        states: list = [None] * world_size
-        torch.distributed.all_gather_object(states, state)
-        return states
-    return [state]
 
 
 def rng_state() -> dict:
