@@ -7,7 +7,7 @@ checks the command line before that code (and torch) loads.
 from .config import ChatConfig
 from .config.overrides import deferred_cli
 
-cli = deferred_cli(ChatConfig, "sft.serving.chat")
+cli = deferred_cli(ChatConfig, "sft.serving.chat", "chat")
 
 if __name__ == "__main__":
     cli()

@@ -7,7 +7,7 @@ checks the command line before that code (and torch) loads.
 from .config import ChecklistConfig
 from .config.overrides import deferred_cli
 
-cli = deferred_cli(ChecklistConfig, "sft.eval.checklist")
+cli = deferred_cli(ChecklistConfig, "sft.eval.checklist", "checklist")
 
 if __name__ == "__main__":
     cli()

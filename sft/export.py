@@ -7,7 +7,7 @@ checks the command line before that code (and torch) loads.
 from .config import ExportConfig
 from .config.overrides import deferred_cli
 
-cli = deferred_cli(ExportConfig, "sft.serving.export")
+cli = deferred_cli(ExportConfig, "sft.serving.export", "export")
 
 if __name__ == "__main__":
     cli()

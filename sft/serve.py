@@ -7,7 +7,7 @@ checks the command line before that code (and torch) loads.
 from .config import ServeConfig
 from .config.overrides import deferred_cli
 
-cli = deferred_cli(ServeConfig, "sft.serving.serve")
+cli = deferred_cli(ServeConfig, "sft.serving.serve", "serve")
 
 if __name__ == "__main__":
     cli()

@@ -3,6 +3,8 @@ misspelt key exits 2 naming the closest valid one; a value out of range is named
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import run_module
 
@@ -36,12 +38,24 @@ def test_a_misspelt_key_exits_2_with_the_closest_one(command, expected):
     assert expected in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_value_out_of_range_is_named_before_anything_loads():
-    done = run_module("sft.export", "run=x", "dtype=float64")
-    assert done.returncode == 2
-    assert "dtype='float64': null or one of ('float32', 'bfloat16', 'float16')" in done.stderr
-    done = run_module("sft.chat", "run=x", "top_p=1.5")
-    assert done.returncode == 2 and "top_p=1.5: a number in (0, 1]" in done.stderr
+VALUES = [
+    (
+        ("sft.export", "run=x", "dtype=float64"),
+        "dtype='float64': null or one of ('float32', 'bfloat16', 'float16')",
+    ),
+    (("sft.chat", "run=x", "top_p=1.5"), "top_p=1.5: a number in (0, 1]"),
+    (("sft.serve", "run=x", "port=-3"), "port=-3: an integer in [0, 65535]"),
+]
+
+
+@pytest.mark.parametrize(("command", "expected"), VALUES, ids=[c[0] for c, _ in VALUES])
+def test_a_value_out_of_range_is_named_before_anything_loads(command, expected, tmp_path):
+    """The commands that load a model check their values first: here torch cannot even be imported."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch loaded before the check')\n")
+    done = run_module(*command, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_required_setting_left_unset_is_named():
