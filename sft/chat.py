@@ -5,7 +5,7 @@ checks the command line before that code (and torch) loads.
 """
 
 from .config import ChatConfig
-from .config.overrides import deferred_cli
+from .config.validate import deferred_cli
 
 cli = deferred_cli(ChatConfig, "sft.serving.chat", "chat")
 

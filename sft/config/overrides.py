@@ -7,17 +7,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
-import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from typing import Any, get_args, get_origin
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
-from ..locations import CONF_DIR
 from .rules import hints
 
 # Names users bring from PEFT, TRL and LLaMA-Factory, mapped to ours for "did you mean" hints.
@@ -147,42 +143,6 @@ def checked_cli(main: Callable[[], Any], schema: type, groups: tuple[str, ...] =
         main()
 
     return cli
-
-
-def deferred_cli(schema: type, module: str, config_name: str) -> Callable[[], None]:
-    """A command that checks the command line's keys and values, then imports `module` and runs its Hydra
-    `main` (which composes `config_name` again and checks it as before).
-
-    The checks need only the schema and the composed config, so a misspelt key or a value out of range is
-    answered in a second, before the module's model stack (torch, transformers, PEFT: about 6 s) loads.
-    """
-
-    def cli() -> None:
-        args = sys.argv[1:]
-        exit_on_unknown_keys(args, schema)
-        exit_on_bad_values(args, schema, config_name)
-        importlib.import_module(module).main()
-
-    return cli
-
-
-def exit_on_bad_values(args: list[str], schema: type, config_name: str) -> None:
-    """Compose `config_name` with plain `key=value` overrides and exit 2 with every problem `check` finds;
-    a command line with Hydra's own flags or settings is left to Hydra."""
-    if any(a.startswith("-") or a.lstrip("+~").startswith("hydra.") for a in args):
-        return
-    from .validate import check  # validate imports this module
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=args)
-    except Exception:  # a syntax error or a missing group option: Hydra reports it, as before
-        return
-    try:
-        check(cfg, schema)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig, TrainConfig
+from ..errors import ConfigError
 from .collate import PackedCollator, PadCollator
 from .packing import PackedDataset, pack, packing_efficiency
 from .paired_batches import (
@@ -138,11 +139,27 @@ class ResumableLoader(DataLoader):
         self.position = position
 
     def state_dict(self) -> dict:
-        """The epoch and how many micro-batches of it this rank has trained on."""
-        return {"epoch": self.sampler.epoch, "batches": int(self.position())}
+        """The epoch, how many micro-batches of it this rank has trained on, and their size."""
+        return {
+            "epoch": self.sampler.epoch,
+            "batches": int(self.position()),
+            "micro_batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the saved epoch after the micro-batches it had already trained on."""
+        """Continue the saved epoch after the micro-batches it had already trained on.
+
+        Lightning counts the epoch's progress in micro-batches, so a resume with another micro-batch size
+        (a changed `trainer.micro_batch_size`, or `trainer.micro_batch_tokens` choosing otherwise) would
+        start at the wrong row: it is refused, naming the settings that resume exactly.
+        """
+        saved = state.get("micro_batch_size", self.batch_size)  # checkpoints before this key: unchecked
+        if saved != self.batch_size:
+            raise ConfigError(
+                f"the checkpoint was trained with micro-batches of {saved} rows and this run makes them of "
+                f"{self.batch_size}; resume with trainer.micro_batch_size={saved} "
+                "trainer.micro_batch_tokens=null"
+            )
         self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
 
 

@@ -44,3 +44,18 @@ def test_a_token_budget_merges_micro_batches_without_changing_the_update(make_cf
     a, b = logged_series(given, "train/loss"), logged_series(budget, "train/loss")
     assert len(a) == 4 and a.keys() == b.keys()
     assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-5, abs=1e-5)
+
+
+def test_a_resume_with_other_micro_batches_is_refused_with_the_settings_that_fit(make_cfg, tmp_path):
+    """The loader's place in the epoch counts micro-batches: resuming at another size would replay or skip
+    rows, so it stops and names the settings that resume exactly (which then do)."""
+    from sft.errors import ConfigError
+
+    first = [*TINY, "trainer.max_steps=2"]
+    train(make_cfg(*first, run="first"))  # micro-batch 4 (TINY), the budget unused with these long rows
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    again = [*TINY, "trainer.max_steps=4", f"resume={checkpoint}"]
+    with pytest.raises(ConfigError, match="trainer.micro_batch_size=4 trainer.micro_batch_tokens=null"):
+        train(make_cfg(*again, "trainer.micro_batch_tokens=100000", run="budget"))
+    train(make_cfg(*again, "trainer.micro_batch_size=4", "trainer.micro_batch_tokens=null", run="given"))
+    assert json.loads((tmp_path / "given" / "summary.json").read_text())["global_step"] == 4
