@@ -17,7 +17,7 @@ from sft.locations import CONF_DIR
 # Test workers (pytest-xdist) share the cores, and so do the runs they start: one OpenMP thread each. With
 # torch's default of one thread per core, every worker and run oversubscribes the cores and OpenMP's
 # spinning threads wait on each other (make test on 2 cores: 973 s with the default, 682 s with this).
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
