@@ -365,8 +365,13 @@ def test_ddp_on_two_cpu_processes_matches_one_process(make_cfg, tmp_path, cache_
     # One process: micro-batch 4 x 2 accumulation steps = effective batch 8.
     train(make_cfg(*DDP_COMMON, run="single"))
     single = tmp_path / "single"
-    # Two processes (gloo): micro-batch 4 x 2 devices x 1 accumulation step = the same 8.
-    run = train_processes(tmp_path / "ddp", cache_dir, *DDP_COMMON, "trainer.devices=2", "strategy=ddp")
+    # Two processes (gloo): micro-batch 4 x 2 devices x 1 accumulation step = the same 8. The 4 is the token
+    # budget's choice from micro_batch_size 2, made on each rank from the cached data (with rank 1 left at 2,
+    # the ranks' collectives fell out of step and the run hung until the 600 s timeout failed it).
+    budget = ["trainer.micro_batch_size=2", "trainer.micro_batch_tokens=100000"]
+    run = train_processes(
+        tmp_path / "ddp", cache_dir, *DDP_COMMON, *budget, "trainer.devices=2", "strategy=ddp"
+    )
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["strategy"] == "DDPStrategy"
