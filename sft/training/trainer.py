@@ -129,7 +129,7 @@ def build_trainer(
     accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)  # names a bad split
     per_device = t.effective_batch_size // trainer.world_size
     micro = rows_per_micro_batch(t.micro_batch_size, per_device, t.micro_batch_tokens, row_tokens)
-    accumulate = accumulation_steps(t.effective_batch_size, micro, trainer.world_size)
+    accumulate = per_device // micro  # micro divides per_device by construction
     trainer.accumulate_grad_batches = accumulate
     if t.eval_steps:
         trainer.val_check_interval = t.eval_steps * accumulate
