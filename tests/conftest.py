@@ -203,4 +203,5 @@ TINY = [
     "evaluation.parity.prompts=0",  # tests/eval/test_parity.py records and checks them
     "preset=conservative",
     "trainer.micro_batch_size=4",  # the tests' batch arithmetic (accumulation 2 of effective 8)
+    "reuse_initial_eval=false",  # each run evaluates its own start (tests/training/test_baseline.py: reuse)
 ]

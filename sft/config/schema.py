@@ -328,3 +328,4 @@ class TrainConfig:
     evaluation: EvaluationConfig = setting()
     trial: TrialConfig | None = setting()
     probe: ProbeConfig = setting()
+    reuse_initial_eval: bool = setting()

@@ -203,6 +203,7 @@ class Prepared:
     train: Dataset
     val: Dataset
     stats: DataStats
+    key: str | None = None  # the cache entry's key (`cache_key`); None when built without a cache
 
 
 def _features(ds: Dataset, kind: str) -> Features | None:
@@ -369,4 +370,4 @@ def _load(target: Path, how: str) -> Prepared:
     stats.cache = f"{how}: {target}"
     log.info("tokenized data %s %s", "loaded from cache" if how == "hit" else "cached in", target)
     val = load_from_disk(str(target / "val")) if (target / "val").exists() else Dataset.from_dict({})
-    return Prepared(load_from_disk(str(target / "train")), val, stats)
+    return Prepared(load_from_disk(str(target / "train")), val, stats, key=target.name)

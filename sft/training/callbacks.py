@@ -31,8 +31,8 @@ class ThroughputMonitor(Callback):
     """Logs tokens/s (non-padding), trained tokens/s and padding fraction per optimizer step (not eval).
 
     Its totals over the whole fit (kept in checkpoints, so a resumed run continues them) make the run
-    summary's throughput section, with the seconds from this process's start to its first optimizer step
-    (imports, data, model, the first evaluation and the step itself).
+    summary's throughput section, with the seconds from this process's start to the start of training
+    (imports, data, model and the evaluation before training) and to the end of its first optimizer step.
     """
 
     def __init__(self) -> None:
@@ -41,7 +41,8 @@ class ThroughputMonitor(Callback):
         self._window = torch.zeros(3, dtype=torch.long)  # on the batches' device: one host sync per step
         self._start: float | None = None
         self._last_step = -1
-        self.first_step_at: float | None = None  # wall clock, this process
+        self.training_at: float | None = None  # wall clock, this process
+        self.first_step_at: float | None = None
 
     def state_dict(self) -> dict:
         """Totals a resumed run continues from."""
@@ -54,6 +55,7 @@ class ThroughputMonitor(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         """Start timing."""
         self._start, self._last_step = time.perf_counter(), trainer.global_step
+        self.training_at = self.training_at or time.time()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         """Evaluation time does not count as training time."""
@@ -88,10 +90,14 @@ class ThroughputMonitor(Callback):
             "tokens_per_sec": round(tokens / seconds, 1),
             "trained_tokens_per_sec": round(trained / seconds, 1),
             "padding_fraction": round(1 - tokens / max(slots, 1), 4),
-            "seconds_to_first_step": None
-            if self.first_step_at is None
-            else round(self.first_step_at - psutil.Process().create_time(), 1),
+            "seconds_to_training": _since_start(self.training_at),
+            "seconds_to_first_step": _since_start(self.first_step_at),
         }
+
+
+def _since_start(moment: float | None) -> float | None:
+    """Seconds from this process's creation to `moment` (a wall-clock time), or None."""
+    return None if moment is None else round(moment - psutil.Process().create_time(), 1)
 
 
 class ProgressFile(Callback):

@@ -4,18 +4,24 @@ On a CUDA device that supports bf16: bf16-mixed. On a CPU the decision is measur
 instruction flags: an Intel Xeon that lists AVX512-BF16 multiplied bf16 at half its fp32 rate (170 against
 336 GFLOP/s), an AMD EPYC with the same flag at 2.2 times it (421 against 191; BENCHMARKS.md). bf16-mixed
 is chosen only when bf16 matmuls of the model's sizes measure clearly faster, so noise cannot flip it.
+The measurement is kept in the cache directory per CPU model, thread count and torch version, so later
+runs on the same machine start without it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 
+from ..atomic import write_json
 from .strategy import shards_parameters
 
 log = logging.getLogger(__name__)
@@ -51,7 +57,9 @@ def cpu_choice(fp32_gflops: float, bf16_gflops: float) -> str:
     return "bf16-mixed" if bf16_gflops >= MARGIN * fp32_gflops else "32-true"
 
 
-def resolve_precision(requested: str, accelerator: str, strategy: str, quantized: bool) -> str:
+def resolve_precision(
+    requested: str, accelerator: str, strategy: str, quantized: bool, cache_dir: str | None = None
+) -> str:
     """The Lightning precision for `trainer.precision` (`auto` decided here; anything else as given)."""
     if requested != "auto":
         return requested
@@ -66,22 +74,57 @@ def resolve_precision(requested: str, accelerator: str, strategy: str, quantized
     elif quantized:
         choice, why = "32-true", "4-bit base layers compute in model.dtype"
     else:
-        return cpu_precision()
+        return cpu_precision(cache_dir)
     log.info("trainer.precision=auto: %s (%s)", choice, why)
     return choice
 
 
-def cpu_precision() -> str:
-    """bf16-mixed or 32-true for this CPU, measured once per process tree (DECIDED)."""
+def cpu_precision(cache_dir: str | None = None) -> str:
+    """bf16-mixed or 32-true for this CPU, measured once per machine (kept under `cache_dir`) and once per
+    process tree (DECIDED)."""
     if decided := os.environ.get(DECIDED):
         return decided
-    # Matrices the size of a small model's layers; a quarter second each is enough at a 2x difference.
-    fp32 = matmul_peak(torch.float32, n=1024, seconds=0.25)
-    bf16 = matmul_peak(torch.bfloat16, n=1024, seconds=0.25)
+    kept = Path(cache_dir).expanduser() / "precision.json" if cache_dir else None
+    machine = cpu_identity()
+    measurements = _read(kept)
+    if machine in measurements:
+        fp32, bf16 = measurements[machine]["fp32"], measurements[machine]["bf16"]
+        how = f"measured earlier on this CPU, {kept}"
+    else:
+        # Matrices the size of a small model's layers; a quarter second each is enough at a 2x difference.
+        fp32 = matmul_peak(torch.float32, n=1024, seconds=0.25)
+        bf16 = matmul_peak(torch.bfloat16, n=1024, seconds=0.25)
+        how = "measured now"
+        if kept is not None:
+            write_json({**measurements, machine: {"fp32": round(fp32, 1), "bf16": round(bf16, 1)}}, kept)
     choice = cpu_choice(fp32, bf16)
-    log.info("trainer.precision=auto: %s (CPU matmuls: fp32 %.0f, bf16 %.0f GFLOP/s)", choice, fp32, bf16)
+    log.info(
+        "trainer.precision=auto: %s (CPU matmuls: fp32 %.0f, bf16 %.0f GFLOP/s, %s)", choice, fp32, bf16, how
+    )
     os.environ[DECIDED] = choice
     return choice
+
+
+def cpu_identity() -> str:
+    """The CPU model, the threads torch uses and torch's version: what the matmul rates depend on."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def _read(path: Path | None) -> dict:
+    """The kept measurements by CPU identity; {} when there are none or the file is unreadable."""
+    try:
+        kept = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
 
 
 class FrozenLinearsInBf16(Callback):

@@ -29,10 +29,11 @@ from ..run_dir import SUMMARY_METRICS, RunDir
 from ..serving.export import save_final, stop_token_ids
 from .attention import NAME as SEGMENTS
 from .attention import attend_by_segment
+from .baseline import baseline_key, load_baseline, rng_untouched, store_baseline
 from .checkpoint import resolve_resume
 from .lineage import parent_record, start_model, start_weights, trained_weights
 from .memory import peak_cuda_gb, peak_rss_gb, reset_peak
-from .model import count_parameters, load_tokenizer, moves_base, save_initial_adapter
+from .model import count_parameters, load_tokenizer, moves_base, resolve_source, save_initial_adapter
 from .module import SFTModule
 from .neftune import NEFTune
 from .objectives import build_objective
@@ -59,7 +60,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     out.mkdir(parents=True, exist_ok=True)
     t = typed.trainer  # `auto` is decided once, here, and recorded as what it chose
     t.precision = resolve_precision(
-        t.precision, t.accelerator, typed.strategy.name, bool(typed.lora.quantize)
+        t.precision, t.accelerator, typed.strategy.name, bool(typed.lora.quantize), typed.paths.cache_dir
     )
     L.seed_everything(typed.seed, workers=True)
     started = time.perf_counter()
@@ -125,7 +126,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     if trainer.is_global_zero:
         run_dir.write_config(record)
 
-    initial = {} if ckpt_path else _validate(trainer, module, datamodule)
+    initial = {} if ckpt_path else _evaluate_before(typed, trainer, module, datamodule, own)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = built.best.best_model_path if typed.trainer.restore_best else ""
@@ -201,6 +202,28 @@ def _objective(cfg: TrainConfig, final: dict, train_metrics: dict, summary: dict
 def _metric(metrics: dict, name: str) -> float | None:
     value = metrics.get(name)
     return None if value is None else float(value)
+
+
+def _evaluate_before(typed: TrainConfig, trainer, module, datamodule: SFTDataModule, callbacks) -> dict:
+    """Validation metrics (and probe answers) of the untrained model: kept by an earlier run with the same
+    key (`sft.training.baseline`), else computed, and kept when the run has a key."""
+    probes = next((c for c in callbacks if isinstance(c, ProbeAnswers)), None)
+    cache = typed.paths.cache_dir
+    key = None
+    if trainer.num_devices * trainer.num_nodes == 1:  # every process must agree on whether to validate
+        source = resolve_source(typed.model, cache)
+        key = baseline_key(typed, source, module.model, getattr(datamodule.prepared, "key", None))
+    kept = load_baseline(cache, key)
+    if kept is not None:
+        if probes is not None:
+            probes.before = kept["probes"]
+        for logger in trainer.loggers:
+            logger.log_metrics(kept["metrics"], step=0)
+        return kept["metrics"]
+    with rng_untouched():
+        initial = _validate(trainer, module, datamodule)
+    store_baseline(cache, key, initial, probes.before if probes is not None else [])
+    return initial
 
 
 def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule, ckpt_path=None) -> dict:

@@ -16,7 +16,8 @@ def print_summary(s: dict) -> None:
         f"=== sft run summary ({s.get('stage', 'sft')}) ===",
         f"steps {s['global_step']}  wall {s['wall_seconds']} s  train {s.get('train_seconds', 'n/a')} s  "
         f"{s.get('tokens_per_sec', 'n/a')} tokens/s ({s.get('trained_tokens_per_sec', 'n/a')} trained)  "
-        f"first step done {s.get('seconds_to_first_step', 'n/a')} s after start",
+        f"training from {s.get('seconds_to_training', 'n/a')} s, first step done "
+        f"{s.get('seconds_to_first_step', 'n/a')} s after start",
         f"train loss {fmt(s['train_loss'])}  val loss {fmt(s['initial_val_loss'])} -> {fmt(s['val_loss'])}  "
         f"val ppl {fmt(s['val_ppl'])}  val token accuracy {fmt(s['val_token_accuracy'])}",
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -16,9 +18,11 @@ from sft.training.precision import FrozenLinearsInBf16, frozen_linears_to_bf16
 
 
 @pytest.fixture
-def undecided(monkeypatch):
-    """No decision inherited from an earlier run in this process (restored afterwards)."""
+def undecided(monkeypatch, tmp_path):
+    """No decision inherited from an earlier run in this process (restored afterwards), nor kept in the
+    cache for this CPU by an earlier test: the CPU is one never measured."""
     monkeypatch.setenv(precision.DECIDED, "")
+    monkeypatch.setattr(precision, "cpu_identity", lambda: f"a CPU of {tmp_path}")
 
 
 def measured(monkeypatch, fp32: float, bf16: float) -> list:
@@ -58,6 +62,23 @@ def test_auto_measures_once_and_other_settings_never_measure(monkeypatch, undeci
     measured(monkeypatch, 336, 170)
     assert precision.resolve_precision("auto", "auto", "ddp", False) == "bf16-mixed"
     assert precision.resolve_precision("auto", "cpu", "fsdp", False) == "32-true"
+
+
+def test_a_measurement_is_kept_per_cpu_for_later_processes(monkeypatch, undecided, tmp_path):
+    """A later process on the same CPU takes the kept rates without measuring; another CPU measures."""
+    cache = str(tmp_path / "cache")
+    calls = measured(monkeypatch, 191, 421)
+    assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "bf16-mixed"
+    assert calls == [torch.float32, torch.bfloat16]
+    monkeypatch.setenv(precision.DECIDED, "")  # a new process tree
+    calls = measured(monkeypatch, 336, 170)
+    assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "bf16-mixed"
+    assert calls == []
+    monkeypatch.setattr(precision, "cpu_identity", lambda: "another CPU")
+    monkeypatch.setenv(precision.DECIDED, "")
+    assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "32-true"
+    assert calls == [torch.float32, torch.bfloat16]
+    assert len(json.loads((tmp_path / "cache" / "precision.json").read_text())) == 2
 
 
 def test_auto_precision_trains_in_the_measured_choice_and_records_it(
