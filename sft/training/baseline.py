@@ -67,7 +67,7 @@ def baseline_key(typed: TrainConfig, weights_source: str, model, data_key: str |
 
 
 def load_baseline(cache_dir: str, key: str | None) -> dict | None:
-    """The kept evaluation ({"metrics": ..., "probes": [...]}) for `key`, or None."""
+    """The kept evaluation ({"metrics": ..., "probes": [...], "path": its file}) for `key`, or None."""
     if key is None:
         return None
     path = _path(cache_dir, key)
@@ -76,7 +76,7 @@ def load_baseline(cache_dir: str, key: str | None) -> dict | None:
     except (OSError, ValueError):
         return None
     log.info("evaluation before training read from %s (computed by an earlier run with this key)", path)
-    return kept
+    return {**kept, "path": str(path)}
 
 
 def store_baseline(cache_dir: str, key: str | None, metrics: dict, probes: list[str]) -> None:

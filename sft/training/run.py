@@ -126,7 +126,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     if trainer.is_global_zero:
         run_dir.write_config(record)
 
-    initial = {} if ckpt_path else _evaluate_before(typed, trainer, module, datamodule, own)
+    initial, reused = ({}, None) if ckpt_path else _evaluate_before(typed, trainer, module, datamodule, own)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = built.best.best_model_path if typed.trainer.restore_best else ""
@@ -144,6 +144,7 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
         **{key: _metric(final, name) for name, key in SUMMARY_METRICS.items()},
         "val": {name: float(value) for name, value in final.items()},  # every metric of the stage
         "initial_val": {name: float(value) for name, value in initial.items()},
+        "initial_val_reused_from": reused,  # a kept evaluation (reuse_initial_eval), else None
         "best_checkpoint": built.best.best_model_path or None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gb": peak_rss_gb(),
@@ -204,9 +205,12 @@ def _metric(metrics: dict, name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _evaluate_before(typed: TrainConfig, trainer, module, datamodule: SFTDataModule, callbacks) -> dict:
-    """Validation metrics (and probe answers) of the untrained model: kept by an earlier run with the same
-    key (`sft.training.baseline`), else computed, and kept when the run has a key."""
+def _evaluate_before(
+    typed: TrainConfig, trainer, module, datamodule: SFTDataModule, callbacks
+) -> tuple[dict, str | None]:
+    """Validation metrics (and probe answers) of the untrained model, with the file they were read from:
+    kept by an earlier run with the same key (`sft.training.baseline`), else computed (file None), and
+    kept when the run has a key."""
     probes = next((c for c in callbacks if isinstance(c, ProbeAnswers)), None)
     cache = typed.paths.cache_dir
     key = None
@@ -219,11 +223,11 @@ def _evaluate_before(typed: TrainConfig, trainer, module, datamodule: SFTDataMod
             probes.before = kept["probes"]
         for logger in trainer.loggers:
             logger.log_metrics(kept["metrics"], step=0)
-        return kept["metrics"]
+        return kept["metrics"], kept["path"]
     with rng_untouched():
         initial = _validate(trainer, module, datamodule)
     store_baseline(cache, key, initial, probes.before if probes is not None else [])
-    return initial
+    return initial, None
 
 
 def _validate(trainer: L.Trainer, module: SFTModule, datamodule: SFTDataModule, ckpt_path=None) -> dict:

@@ -49,6 +49,7 @@ def test_a_second_run_reads_the_evaluation_before_training_and_trains_the_same(
     assert (first["validations"], again["validations"]) == (2, 1)  # before and after; after only
     kept = list((cache / "baseline").iterdir())
     assert len(kept) == 1
+    assert first["initial_val_reused_from"] is None and again["initial_val_reused_from"] == str(kept[0])
     assert again["initial_val"] == first["initial_val"] and first["initial_val"]["val/loss"] > 0
     assert again["probes"][0]["before"] == first["probes"][0]["before"]
     assert again["train_loss"] == first["train_loss"] and again["val_loss"] == first["val_loss"]
