@@ -198,7 +198,6 @@ class TrainerConfig:
     effective_batch_size: int = setting(gt=0)
     micro_batch_size: int = setting(gt=0)
     micro_batch_tokens: int | None = setting(gt=0)
-    eager_attention_max_len: int | None = setting(gt=0)
     eval_micro_batch_size: int = setting(gt=0)
     gradient_clip_val: float | None = setting(ge=0)
     eval_steps: int | None = setting(gt=0)

@@ -15,7 +15,6 @@ from ..config import TrainConfig, accumulation_steps
 from ..errors import ConfigError
 from ..run_dir import RunDir
 from .checkpoint import AtomicCheckpointIO
-from .eager_attention import ShortRowsEagerAttention
 from .precision import FrozenLinearsInBf16
 from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
@@ -93,7 +92,6 @@ def build_trainer(
         enable_version_counter=False,
     )
     callbacks = [last, best, GracefulStop(run_dir.last_checkpoint), RngCheckpoint(), FrozenLinearsInBf16()]
-    callbacks.append(ShortRowsEagerAttention(t.eager_attention_max_len))
     callbacks += [*_instantiate_all(raw.get("callbacks")), *extra_callbacks]
     if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
         from ..sweep.pruning import TrialPruning  # here, so that optuna loads only for sweep jobs
