@@ -45,6 +45,7 @@ VALUES = [
     ),
     (("sft.chat", "run=x", "top_p=1.5"), "top_p=1.5: a number in (0, 1]"),
     (("sft.serve", "run=x", "port=-3"), "port=-3: an integer in [0, 65535]"),
+    (("sft.eval", "run=x", "evaluation.limit=0"), "evaluation.limit=0: null or a positive integer"),
 ]
 
 
@@ -56,6 +57,17 @@ def test_a_value_out_of_range_is_named_before_anything_loads(command, expected, 
     done = run_module(*command, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["sft.eval", "sft.export", "sft.chat", "sft.serve", "sft.checklist"])
+def test_a_run_directory_that_does_not_exist_is_named_before_anything_loads(command, tmp_path):
+    """Every command that reads a finished run names a missing one at once: torch cannot even be imported."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch loaded before the check')\n")
+    missing = tmp_path / "no-such-run"
+    done = run_module(command, f"run={missing}", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert f"run={missing}: no such directory" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_required_setting_left_unset_is_named():

@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
@@ -284,8 +285,9 @@ def deferred_cli(schema: type, module: str, config_name: str) -> Callable[[], No
     """A command that checks the command line's keys and values, then imports `module` and runs its Hydra
     `main` (which composes `config_name` again and checks it as before).
 
-    The checks need only the schema and the composed config, so a misspelt key or a value out of range is
-    answered in a second, before the module's model stack (torch, transformers, PEFT: about 6 s) loads.
+    The checks need only the schema and the composed config, so a misspelt key, a value out of range or a
+    run directory that does not exist is answered in a second, before the module's model stack (torch,
+    transformers, PEFT: about 6 s) loads.
     """
 
     def cli() -> None:
@@ -298,8 +300,8 @@ def deferred_cli(schema: type, module: str, config_name: str) -> Callable[[], No
 
 
 def exit_on_bad_values(args: list[str], schema: type, config_name: str) -> None:
-    """Compose `config_name` with plain `key=value` overrides and exit 2 with every problem `check` finds;
-    a command line with Hydra's own flags or settings is left to Hydra."""
+    """Compose `config_name` with plain `key=value` overrides and exit 2 with every problem `check` finds, or
+    when its `run` names no directory; a command line with Hydra's own flags or settings is left to Hydra."""
     if any(a.startswith("-") or a.lstrip("+~").startswith("hydra.") for a in args):
         return
     try:
@@ -311,4 +313,9 @@ def exit_on_bad_values(args: list[str], schema: type, config_name: str) -> None:
         check(cfg, schema)
     except ConfigError as err:
         print(err, file=sys.stderr)
+        sys.exit(2)
+    run = cfg.get("run")
+    if isinstance(run, str) and run and not Path(run).expanduser().exists():
+        where = "give a run directory that `python -m sft.train` wrote"
+        print(f"run={run}: no such directory ({where})", file=sys.stderr)
         sys.exit(2)
