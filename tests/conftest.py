@@ -41,7 +41,6 @@ LONGEST_FIRST = (
     "tests/sweep/test_launchers.py",
     "tests/training/test_train.py",
     "tests/eval/test_harness.py",
-    "tests/test_commands.py",
     "tests/training/test_stages.py",
     "tests/data/test_streaming.py",
 )
