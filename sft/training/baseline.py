@@ -14,17 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from ..atomic import write_json
 from ..config import TrainConfig, to_record
 from ..locations import PACKAGE_DIR
+from ..run_dir import read_json
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +67,8 @@ def load_baseline(cache_dir: str, key: str | None) -> dict | None:
     if key is None:
         return None
     path = _path(cache_dir, key)
-    try:
-        kept = json.loads(path.read_text())
-    except (OSError, ValueError):
+    kept = read_json(path)
+    if kept is None:
         return None
     log.info("evaluation before training read from %s (computed by an earlier run with this key)", path)
     return {**kept, "path": str(path)}
@@ -84,22 +79,6 @@ def store_baseline(cache_dir: str, key: str | None, metrics: dict, probes: list[
     if key is not None:
         metrics = {name: float(value) for name, value in metrics.items()}
         write_json({"metrics": metrics, "probes": probes}, _path(cache_dir, key))
-
-
-@contextmanager
-def rng_untouched():
-    """Random generators left as they were: a run that evaluates before training and one that reads the
-    kept evaluation then draw the same dropout masks and row orders."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def _path(cache_dir: str, key: str) -> Path:

@@ -10,7 +10,6 @@ runs on the same machine start without it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -22,6 +21,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 
 from ..atomic import write_json
+from ..run_dir import read_json
 from .strategy import shards_parameters
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,7 @@ def cpu_identity() -> str:
 
 def _read(path: Path | None) -> dict:
     """The kept measurements by CPU identity; {} when there are none or the file is unreadable."""
-    try:
-        kept = json.loads(path.read_text()) if path is not None else {}
-    except (OSError, ValueError):
-        return {}
+    kept = read_json(path) if path is not None else None
     return kept if isinstance(kept, dict) else {}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,17 @@ def set_rng_state(state: dict) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     set_python_rng_state(state["python"])
+
+
+@contextmanager
+def rng_untouched():
+    """Every random generator left where it was, whatever the block draws: a run that validates before
+    training and one that reads that validation from the cache then draw the same dropout masks."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 class RngCheckpoint(Callback):

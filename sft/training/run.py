@@ -29,7 +29,7 @@ from ..run_dir import SUMMARY_METRICS, RunDir
 from ..serving.export import save_final, stop_token_ids
 from .attention import NAME as SEGMENTS
 from .attention import attend_by_segment
-from .baseline import baseline_key, load_baseline, rng_untouched, store_baseline
+from .baseline import baseline_key, load_baseline, store_baseline
 from .checkpoint import resolve_resume
 from .lineage import parent_record, start_model, start_weights, trained_weights
 from .memory import peak_cuda_gb, peak_rss_gb, reset_peak
@@ -40,6 +40,7 @@ from .objectives import build_objective
 from .precision import resolve_precision
 from .probe import ProbeAnswers
 from .reference import frozen, reference_logps, reference_source
+from .resilience import rng_untouched
 from .strategy import full_state_dict, local_rank, quiet_other_ranks, shards_parameters, unsharded_structure
 from .summary import print_summary
 from .trainer import build_trainer
