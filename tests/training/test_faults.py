@@ -115,75 +115,41 @@ def streamed(tmp_path_factory, cache_dir) -> list[str]:
     ]
 
 
-def test_a_killed_streaming_run_resumes_mid_stream_with_the_same_losses(streamed, tmp_path, cache_dir):
-    reference = tmp_path / "reference"
-    train(compose_train(reference, tmp_path, cache_dir, *streamed))
-    killed = tmp_path / "killed"
-    process, log = launch(killed, [*streamed, "trainer.save_total_limit=100"], cache_dir)
-    wait_for(killed / "checkpoints" / "step-000006.ckpt", process, log)
-    process.send_signal(signal.SIGKILL)
-    finish(process, log)
-    assert not (killed / "summary.json").exists()
-    saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
-    (stream,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["stream"]
-    trained = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
-    assert stream["batches"] == trained and stream["positions"]["alpaca"][1] > 0  # a byte offset mid-file
-
-    resumed = tmp_path / "resumed"
-    train(
-        compose_train(
-            resumed, tmp_path, cache_dir, *streamed, f"resume={killed / 'checkpoints' / 'last.ckpt'}"
-        )
-    )
-    assert_continues_exactly(resumed, reference, first_step=saved["global_step"])
-
-
-def test_a_streamed_ddp_run_saves_each_ranks_stream_and_resumes_exactly(streamed, tmp_path, cache_dir):
+@pytest.mark.slow  # three two-process runs: about a minute on 2 cores
+def test_a_preempted_streamed_ddp_run_stops_every_rank_at_one_step_and_resumes_exactly(
+    streamed, tmp_path, cache_dir
+):
+    """SIGTERM to the launching process only, as a scheduler's first notice: every rank stops after the
+    same step, the checkpoint holds each rank's generators and its own place in the streamed file, and
+    the resumed run repeats the uninterrupted one loss for loss. (SIGKILL and a resume from a step
+    checkpoint: the map-style tests above; a stream's snapshot alone: tests/data/test_streaming.py.)"""
     ddp = [
         *streamed,
         "trainer.micro_batch_size=2",
         "trainer.devices=2",
         "strategy=ddp",
-        "trainer.max_steps=6",
+        "trainer.max_steps=10",
+        "trainer.save_total_limit=100",  # step checkpoints stay, so waiting for one cannot miss it
     ]
-    reference = tmp_path / "reference"
-    process, log = launch(reference, [*ddp, "trainer.save_total_limit=100"], cache_dir)
-    assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
-    checkpoint = reference / "checkpoints" / "step-000003.ckpt"
-    saved = torch.load(checkpoint, weights_only=True)
-    streams = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["stream"]
-    buffers = [{example["location"] for example in stream["buffer"]} for stream in streams]
-    assert len(streams) == 2 and buffers[0] and buffers[0] != buffers[1]  # each rank's own stream
-
-    resumed = tmp_path / "resumed"
-    process, log = launch(resumed, ddp, cache_dir, f"resume={checkpoint}")
-    assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
-    assert_continues_exactly(resumed, reference, first_step=3)
-
-
-@pytest.mark.slow  # three two-process runs: about a minute on 2 cores
-def test_a_preempted_ddp_run_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, cache_dir):
-    ddp = [
-        *RESUMABLE,
-        "trainer.micro_batch_size=2",
-        "trainer.devices=2",
-        "strategy=ddp",
-        "trainer.max_steps=12",
-    ]
-    ddp += ["trainer.save_total_limit=100"]  # step checkpoints stay, so waiting for one cannot miss it
     reference = tmp_path / "reference"
     process, log = launch(reference, ddp, cache_dir)
     assert finish(process, log) and process.returncode == 0, log.read_text()[-3000:]
 
     stopped = tmp_path / "stopped"
     process, log = launch(stopped, ddp, cache_dir)
-    wait_for(stopped / "checkpoints" / "step-000005.ckpt", process, log)
-    process.send_signal(signal.SIGTERM)  # the launching process only, as a scheduler's first notice
+    wait_for(stopped / "checkpoints" / "step-000003.ckpt", process, log)
+    process.send_signal(signal.SIGTERM)
     output = finish(process, log)
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
     assert output.count("\nstopped by SIGTERM at step") == 1  # printed once, not per rank
     saved = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)
     assert len(saved["rng_states"]) == 2  # each rank's generators
+    streams = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["stream"]
+    buffers = [{example["location"] for example in stream["buffer"]} for stream in streams]
+    assert len(streams) == 2 and buffers[0] and buffers[0] != buffers[1]  # each rank's own stream
+    trained = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+    for stream in streams:
+        assert stream["batches"] == trained and stream["positions"]["alpaca"][1] > 0  # a byte offset mid-file
 
     resumed = tmp_path / "resumed"
     process, log = launch(resumed, ddp, cache_dir, f"resume={stopped / 'checkpoints' / 'last.ckpt'}")
