@@ -1,12 +1,11 @@
-"""`python -m sft.bench`: the arithmetic of rates and MFU, and one tiny end-to-end comparison with TRL."""
+"""`python -m sft.bench`: the arithmetic of rates, MFU, the TRL search and the table. The tiny end-to-end
+comparison with TRL runs through scripts/gpu_bench.sh (tests/bench/test_gpu_bench.py), which calls this
+command."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import SHARED_DATA, run_module
 
 from sft.bench.__main__ import cells, markdown
 from sft.bench.clock import rates
@@ -108,55 +107,3 @@ def test_table_cells_show_ratios_and_failures():
         .splitlines()[2]
         .startswith("| trl | 100.0 | 50.0 | 25.0% | 1.50 | 20.0 | 1.234 |")
     )
-
-
-def test_tiny_comparison_runs_both_trainers_end_to_end(tmp_path, cache_dir):
-    """TRL (the bench extra) and sft.train on a random tiny model, two steps each: the table is complete."""
-    pytest.importorskip("trl", reason="the bench extra (pip install -e '.[bench]') is not installed")
-    done = run_module(
-        "sft.bench",
-        "model=tiny",
-        "steps=2",
-        "warmup=1",
-        "cutoff=128",
-        "effective_batch=2",
-        "peak_matrix=256",  # a CPU without bf16 matmul kernels takes minutes over the default 2048
-        f"cache_dir={cache_dir}",
-        f"hydra.run.dir={tmp_path}",
-        "~runs.trl_packed_no_gc",
-        "~runs.sft_packed",
-        "ours=sft",
-        "bf16=false",
-        # The search, cut to two points: TRL's defaults, then packing.
-        "trl_search.steps=2",
-        "trl_search.space.dtype=[fp32]",
-        "trl_search.space.gradient_checkpointing=[true]",
-        "trl_search.space.micro_batch=[4,2]",  # 4 cannot split effective_batch=2: left out
-        f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["runs"]) == {"trl_default", "sft", "trl_best"}
-    trials = results["trl_search"]
-    assert [t["packing"] for t in trials] == [False, True] and all(t["tokens_per_sec"] > 0 for t in trials)
-    (best,) = [t for t in trials if t["best"]]
-    assert results["runs"]["trl_best"]["settings"]["packing"] is best["packing"]
-    for name, run in results["runs"].items():
-        assert run["timed_steps"] == 1 and run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1, name
-    assert results["runs"]["trl_default"]["settings"]["gradient_checkpointing"] is True  # TRL's own default
-    assert results["runs"]["sft"]["prep_cached_seconds"] < results["runs"]["sft"]["prep_seconds"]
-    assert results["machine"]["fp32_gflops"] > 0
-    # Both trained on the same rows (those that fit the cutoff whole) and the same tokens: TRL's
-    # completion is everything after the prompt, "<|im_end|>\n", so it trains one more token per row.
-    given = json.loads((SHARED_DATA / "alpaca_en_demo.json").read_text())
-    assert 0 < results["data"]["fit_cutoff"] < results["data"]["rows"] == len(given)
-    trl, ours = results["raw"]["trl_default"]["data"], results["raw"]["sft"]["data"]
-    assert trl["rows"] == ours["rows"] == results["data"]["fit_cutoff"]
-    assert trl["trained_tokens"] == ours["trained_tokens"] + ours["rows"]
-    # The first step's loss (the random base model: LoRA starts as the identity) is a per-trained-token
-    # mean over two rows in both trainers; the rows differ (each shuffles its own way), so within 2%
-    # (observed: 6.063 vs 6.093).
-    first = {name: run["steps"][0]["loss"] for name, run in results["raw"].items()}
-    assert first["sft"] == pytest.approx(first["trl_default"], rel=0.02), first
-    assert "| sft |" in (tmp_path / "table.md").read_text()

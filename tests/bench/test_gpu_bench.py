@@ -26,7 +26,7 @@ TINY = (
     "cutoff=128",
     "effective_batch=2",
     "peak_matrix=256",
-    "trl_search.enabled=false",  # tests/bench/test_bench.py runs the search
+    "trl_search.enabled=false",
     f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
 )
 
@@ -108,7 +108,9 @@ def test_without_cuda_it_stops_with_a_message_unless_allowed():
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def test_tiny_run_prints_every_run_and_exits_zero(tmp_path, cache_dir):
+def test_tiny_comparison_runs_both_trainers_prints_every_run_and_exits_zero(tmp_path, cache_dir):
+    """The script end to end, as `make bench` runs sft.bench: TRL (the bench extra) and sft.train on the
+    random tiny model, TRL's best searched first, two steps each; the table is complete."""
     pytest.importorskip("trl", reason="the bench extra (pip install -e '.[bench]') is not installed")
     done = run_script(
         *TINY,
@@ -117,16 +119,46 @@ def test_tiny_run_prints_every_run_and_exits_zero(tmp_path, cache_dir):
         "~runs.trl_packed_no_gc",
         "~runs.sft_packed",
         "ours=sft",
-        timeout=300,
+        "bf16=false",  # fp32 throughout, so TRL's defaults are the search's first point whatever the CPU
+        # The search, cut to two points: TRL's defaults, then packing.
+        "trl_search.enabled=true",
+        "trl_search.steps=2",
+        "trl_search.space.dtype=[fp32]",
+        "trl_search.space.gradient_checkpointing=[true]",
+        "trl_search.space.micro_batch=[4,2]",  # 4 cannot split effective_batch=2: left out
+        timeout=600,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     table = (tmp_path / "table.md").read_text()
-    for name in ("trl_default", "sft"):
-        assert f"| {name} |" in table and f"| {name} |" in done.stdout, name
+    for name in ("trl_default", "sft", "trl_best"):
+        assert f"| {name}" in table and f"| {name}" in done.stdout, name
     assert f"results: {tmp_path / 'results.json'}" in done.stdout
-    assert "all 2 runs finished: trl_default, sft" in done.stdout
-    assert set(json.loads((tmp_path / "results.json").read_text())["runs"]) == {"trl_default", "sft"}
+    assert "all 3 runs finished: trl_default, sft, trl_best" in done.stdout
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["runs"]) == {"trl_default", "sft", "trl_best"}
+    trials = results["trl_search"]
+    assert [t["packing"] for t in trials] == [False, True] and all(t["tokens_per_sec"] > 0 for t in trials)
+    (best,) = [t for t in trials if t["best"]]
+    assert results["runs"]["trl_best"]["settings"]["packing"] is best["packing"]
+    for name, run in results["runs"].items():
+        assert run["timed_steps"] == 1 and run["tokens_per_sec"] > 0 and 0 < run["mfu"] < 1, name
+    assert results["runs"]["trl_default"]["settings"]["gradient_checkpointing"] is True  # TRL's own default
+    assert results["runs"]["sft"]["prep_cached_seconds"] < results["runs"]["sft"]["prep_seconds"]
+    assert results["machine"]["fp32_gflops"] > 0
+    # Both trained on the same rows (those that fit the cutoff whole) and the same tokens: TRL's
+    # completion is everything after the prompt, "<|im_end|>\n", so it trains one more token per row.
+    given = json.loads((SHARED_DATA / "alpaca_en_demo.json").read_text())
+    assert 0 < results["data"]["fit_cutoff"] < results["data"]["rows"] == len(given)
+    trl, ours = results["raw"]["trl_default"]["data"], results["raw"]["sft"]["data"]
+    assert trl["rows"] == ours["rows"] == results["data"]["fit_cutoff"]
+    assert trl["trained_tokens"] == ours["trained_tokens"] + ours["rows"]
+    # The first step's loss (the random base model: LoRA starts as the identity) is a per-trained-token
+    # mean over two rows in both trainers; the rows differ (each shuffles its own way), so within 2%
+    # (observed: 6.063 vs 6.093).
+    first = {name: run["steps"][0]["loss"] for name, run in results["raw"].items()}
+    assert first["sft"] == pytest.approx(first["trl_default"], rel=0.02), first
 
 
 def test_a_run_that_times_out_is_named_and_fails_the_script(tmp_path, cache_dir):
