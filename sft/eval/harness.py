@@ -40,13 +40,9 @@ def local_tasks(into: Path) -> Path:
     return into
 
 
-def run_tasks(
-    model, tokenizer, tasks: list[str], include: list[str], limit: int | None, batch_size: int
-) -> dict:
-    """lm-eval's `simple_evaluate` on an in-memory model; returns {task: {metric: value}}."""
+def task_index(tasks: list[str], include: list[str]):
+    """lm-eval's task index over its own tasks and `include`; names it does not hold are refused here."""
     try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise HarnessError("lm-eval is not installed: pip install -e '.[benchmarks]'") from err
@@ -54,6 +50,14 @@ def run_tasks(
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise HarnessError(f"tasks={unknown}: unknown to lm-eval (local tasks: {sorted(_local_names())})")
+    return manager
+
+
+def run_tasks(model, tokenizer, tasks: list[str], manager, limit: int | None, batch_size: int) -> dict:
+    """lm-eval's `simple_evaluate` on an in-memory model; returns {task: {metric: value}}."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False)
     return {task: _metrics(values) for task, values in results["results"].items()}
@@ -78,13 +82,14 @@ def benchmark(cfg: DictConfig) -> dict:
     include = tempfile.mkdtemp(prefix="sft-tasks-")
     try:
         paths = [str(local_tasks(Path(include))), *([str(cfg.include_path)] if cfg.include_path else [])]
-        tuned, tokenizer = load_run(run, cfg.cache_dir)
         tasks = list(cfg.tasks)
-        scores = {"tuned": run_tasks(tuned, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)}
+        manager = task_index(tasks, paths)  # a misspelt task is named before any model loads
+        tuned, tokenizer = load_run(run, cfg.cache_dir)
+        scores = {"tuned": run_tasks(tuned, tokenizer, tasks, manager, cfg.limit, cfg.batch_size)}
         if cfg.base:
             # The run's starting policy: its base model, or its init_from parent's result.
             base = start_weights(RunDir(run).read_config(), cfg.cache_dir).eval()
-            scores["base"] = run_tasks(base, tokenizer, tasks, paths, cfg.limit, cfg.batch_size)
+            scores["base"] = run_tasks(base, tokenizer, tasks, manager, cfg.limit, cfg.batch_size)
             scores["compare"] = compare(_rates(scores["base"]), _rates(scores["tuned"]), cfg.tolerance)
     finally:
         shutil.rmtree(include, ignore_errors=True)

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA, TINY, run_module
+from conftest import SHARED_DATA, TINY, preview_in_process
 
 from sft.config import ConfigError, validate
 from sft.data.formats import read_source
@@ -224,13 +224,12 @@ def test_the_preview_shows_the_streams_first_examples_and_the_held_out_rows(tmp_
     write_jsonl(path, alpaca_rows[:80])
     common = ["model=tiny", "data=mix", f"data.datasets=[{path}]", "data.streaming=true", "data.val_size=4"]
     common += ["trainer.max_steps=5", "data.shuffle_buffer=8", "data.cutoff_len=2048", "preview.rows=2"]
-    train_side = run_module("sft.data", *common)
-    assert train_side.returncode == 0, train_side.stderr[-2000:]
-    assert train_side.stdout.count("--- train example") == 2 and "(rows, " in train_side.stdout
-    assert "cache streaming: tokenized on the fly" in train_side.stdout
-    held_out = run_module("sft.data", *common, "preview.split=val")
+    train_side = preview_in_process(tmp_path, tmp_path / "cache", *common)
+    assert train_side.count("--- train example") == 2 and "(rows, " in train_side
+    assert "cache streaming: tokenized on the fly" in train_side
+    held_out = preview_in_process(tmp_path, tmp_path / "cache", *common, "preview.split=val")
     first = alpaca_rows[0]["instruction"]
-    assert "--- val example 0 (rows, " in held_out.stdout and first in held_out.stdout
+    assert "--- val example 0 (rows, " in held_out and first in held_out
 
 
 def test_raw_text_streams_in_chunks_for_continued_pretraining(make_cfg, tok):

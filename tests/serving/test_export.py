@@ -71,14 +71,6 @@ def test_merged_export_matches_the_adapter_on_its_base(trained, cache_dir, tmp_p
         assert torch.equal(merged.generate(**ids, **greedy), reference.generate(**ids, **greedy))
 
 
-def test_a_missing_run_directory_exits_2_with_its_path(tmp_path):
-    missing = tmp_path / "no-such-run"
-    done = run_module("sft.serving.export", f"run={missing}")
-    assert done.returncode == 2
-    assert str(missing) in done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
-
-
 def test_run_directories_without_weights_or_config_are_refused(trained, tmp_path, cache_dir):
     empty = tmp_path / "no-weights"
     empty.mkdir()
