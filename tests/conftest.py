@@ -32,17 +32,17 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 LONGEST_FIRST = (
     "tests/training/test_faults.py",
     "tests/ui/test_ui_browser.py",
+    "tests/bench/test_gpu_bench.py",
+    "tests/sweep/test_sweep.py",
     "tests/training/test_fsdp_cpu.py",
     "tests/training/test_strategies.py",
-    "tests/sweep/test_sweep.py",
-    "tests/bench/test_bench.py",
-    "tests/training/test_smollm2.py",
-    "tests/bench/test_gpu_bench.py",
     "tests/sweep/test_launchers.py",
     "tests/training/test_train.py",
-    "tests/eval/test_harness.py",
     "tests/training/test_stages.py",
-    "tests/data/test_streaming.py",
+    "tests/training/test_smollm2.py",
+    "tests/eval/test_harness.py",
+    "tests/sweep/test_crash_recovery.py",
+    "tests/training/test_adapters.py",
 )
 
 

@@ -206,9 +206,10 @@ def main(cfg: DictConfig) -> None:
     load_tokenizer(model_cfg, cfg.cache_dir)  # converts or builds the model once, outside every timing
     model_dir = resolve_source(model_cfg, cfg.cache_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    measure = {"n": cfg.peak_matrix, "seconds": cfg.peak_seconds, "device": device}
     peaks = {
-        "fp32_gflops": matmul_peak(torch.float32, n=cfg.peak_matrix, device=device),
-        "bf16_gflops": matmul_peak(torch.bfloat16, n=cfg.peak_matrix, device=device),
+        "fp32_gflops": matmul_peak(torch.float32, **measure),
+        "bf16_gflops": matmul_peak(torch.bfloat16, **measure),
     }
     # A CPU may list bf16 instructions yet multiply faster in fp32: the measurement decides.
     bf16 = peaks["bf16_gflops"] > peaks["fp32_gflops"] if cfg.bf16 == "auto" else bool(cfg.bf16)

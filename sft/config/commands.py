@@ -184,6 +184,7 @@ class BenchConfig:
     seed: int = setting()
     bf16: Any = setting(check=(lambda v: v in ("auto", True, False), "auto, true or false"))
     peak_matrix: int = setting(gt=0)
+    peak_seconds: float = setting(gt=0)
     timeout: float = setting(gt=0)
     runs: dict[str, Any] = setting()
     ours: str = setting()

@@ -26,6 +26,7 @@ TINY = (
     "cutoff=128",
     "effective_batch=2",
     "peak_matrix=256",
+    "peak_seconds=0.2",
     "trl_search.enabled=false",
     f"data_file={SHARED_DATA / 'alpaca_en_demo.json'}",
 )
