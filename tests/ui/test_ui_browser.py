@@ -1,8 +1,8 @@
 """The web page in headless Chromium: compose, validate, launch, watch, stop, resume, runs, sweeps, chat.
 
-The server is `python -m sft.ui` on a free loopback port with the tiny model; the browser is Debian's
-Chromium driven by Playwright (its own browser download is impossible offline). Screenshots of every tab go
-to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The server and the browser are shared by the module;
+The server is `python -m sft.ui` on a free loopback port with the tiny model, behind its password (each
+page logs in first); the browser is Debian's Chromium driven by Playwright (its own browser download is
+impossible offline). Screenshots of every tab go to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The server and the browser are shared by the module;
 each test opens its own page (a fresh Gradio session), and the tests that need a finished run get one from
 the `finished_run` fixture, so every test runs alone or in any order.
 """
@@ -34,6 +34,7 @@ ARTIFACTS = Path(os.environ.get("SFT_TEST_ARTIFACTS", ROOT / "outputs" / "test-a
 # Long enough to be watched and stopped part-way: 40 optimizer steps of micro-batch 2, evaluated every 5.
 RUN = ["trainer.max_steps=40", "trainer.eval_steps=5", "data.max_samples=120", "probe.enabled=false"]
 WAIT = 120_000  # ms; the machine may be busy
+PASSWORD = "open-sesame-123"  # the page is served as on a shared machine: SFT_UI_PASSWORD set
 
 
 def _free_port() -> int:
@@ -89,10 +90,12 @@ def serve_ui(tmp: Path, cache_dir: Path, *args: str, env: dict | None = None):
 
 @pytest.fixture(scope="module")
 def server(chromium, tmp_path_factory, cache_dir):
-    """(base URL, outputs dir) of a page serving the tiny model, stopped (with its runs) at the end."""
+    """(base URL, outputs dir) of a password-guarded page serving the tiny model, stopped (with its runs)
+    at the end."""
     tmp = tmp_path_factory.mktemp("ui")
     overrides = json.dumps(["model=tiny", "preset=conservative", *RUN])
-    with serve_ui(tmp, cache_dir, f"overrides={overrides}") as url:
+    env = {"SFT_UI_PASSWORD": PASSWORD}
+    with serve_ui(tmp, cache_dir, f"overrides={overrides}", env=env) as url:
         yield url, tmp / "outputs"
 
 
@@ -140,6 +143,8 @@ def page(browser, server):
     """A fresh Chromium page (its own context and Gradio session) on the server; screenshots to ARTIFACTS."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1500})
+    # Gradio's login form posts here; the session cookie it sets then opens the page.
+    assert context.request.post(f"{server[0]}/login", form={"username": "sft", "password": PASSWORD}).ok
     tab = context.new_page()
     tab.set_default_timeout(WAIT)
     tab.goto(server[0])
@@ -322,20 +327,20 @@ def test_sweep_runs_trials_and_shows_the_best(page, server):
     _shot(page, "sweeps")
 
 
-def test_a_password_guards_the_page(tmp_path, cache_dir):
+def test_a_password_guards_the_page(server):
     """With SFT_UI_PASSWORD set, Gradio's login stands before the page and its API."""
-    with serve_ui(tmp_path, cache_dir, env={"SFT_UI_PASSWORD": "open-sesame-123"}) as url:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{url}/config", timeout=10)
-        assert refused.value.code == 401
+    url, outputs = server
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/config", timeout=10)
+    assert refused.value.code == 401
 
-        def login(password: str) -> int:
-            form = urllib.parse.urlencode({"username": "sft", "password": password}).encode()
-            try:
-                return urllib.request.urlopen(f"{url}/login", data=form, timeout=10).status
-            except urllib.error.HTTPError as err:
-                return err.code
+    def login(password: str) -> int:
+        form = urllib.parse.urlencode({"username": "sft", "password": password}).encode()
+        try:
+            return urllib.request.urlopen(f"{url}/login", data=form, timeout=10).status
+        except urllib.error.HTTPError as err:
+            return err.code
 
-        assert login("wrong") == 400
-        assert login("open-sesame-123") == 200
-    assert "password required (user 'sft'" in (tmp_path / "server.log").read_text()
+    assert login("wrong") == 400
+    assert login(PASSWORD) == 200
+    assert "password required (user 'sft'" in (outputs.parent / "server.log").read_text()
