@@ -46,6 +46,7 @@ VALUES = [
     (("sft.chat", "run=x", "top_p=1.5"), "top_p=1.5: a number in (0, 1]"),
     (("sft.serve", "run=x", "port=-3"), "port=-3: an integer in [0, 65535]"),
     (("sft.eval", "run=x", "evaluation.limit=0"), "evaluation.limit=0: null or a positive integer"),
+    (("sft.data", "data.cutoff_len=0"), "data.cutoff_len=0: an integer >= 16"),
 ]
 
 

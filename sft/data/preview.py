@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, open_dict
@@ -17,13 +18,12 @@ from ..config import TRAIN_GROUPS, PreviewConfig, check, checked_cli, validate
 from ..config.commands import PreviewSettings
 from ..errors import ConfigError, DataError
 from ..locations import CONF_DIR
-from ..training.model import load_tokenizer
-from .loading import system_prompt
-from .preprocess import Encoder, Prepared, prepare
 from .stats import DataStats
-from .streaming import TrainStream, prepare_stream
 from .templates import get_template
 from .tokenize import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from .preprocess import Prepared
 
 _ON, _OFF = "\033[1;32m", "\033[0m"
 
@@ -125,6 +125,9 @@ def report(stats: DataStats) -> str:
 def streamed_rows(typed, tokenizer, template, n: int, split: str) -> tuple[Prepared, list[dict]]:
     """With data.streaming: the held-out rows, or the first `n` training examples as the stream deals
     them to one device (shuffled, unpacked), each with its source and trained-token count."""
+    from .preprocess import Encoder
+    from .streaming import TrainStream, prepare_stream
+
     prepared, sources, starts = prepare_stream(typed.data, tokenizer, template)
     if split == "train":
         cfg = replace(typed.data, packing=False, group_by_length=False)
@@ -142,6 +145,11 @@ def preview(cfg: DictConfig) -> str:
     with open_dict(cfg):
         cfg.pop("preview")
     typed = validate(cfg)
+    # Here, not at the top: a mistyped key is answered before transformers and datasets load.
+    from ..training.model import load_tokenizer
+    from .loading import system_prompt
+    from .preprocess import prepare
+
     tokenizer = load_tokenizer(typed.model, typed.paths.cache_dir)
     template = get_template(typed.data.template, tokenizer, system_prompt(typed.data))
     if typed.data.streaming:
