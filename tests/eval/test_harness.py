@@ -41,10 +41,11 @@ def test_harness_runs_offline_and_its_accuracy_is_the_log_likelihood_argmax(make
     assert scores["tuned"]["sft_general_mc"]["acc"] == pytest.approx(correct / len(docs))
 
 
-def test_an_unknown_task_is_named_with_the_local_ones_before_any_model_loads(tmp_path, cache_dir):
+def test_an_unknown_task_is_named_before_any_model_loads_and_lm_evals_own_tasks_are_known(tmp_path, cache_dir):
     run = tmp_path / "r"
     run.mkdir()  # a directory with no weights: loading a model would fail with another message
     env = {**os.environ, "SFT_CACHE": str(cache_dir)}
-    result = run_module("sft.eval.harness", f"run={run}", "tasks=[nope]", "base=false", env=env)
+    tasks = "tasks=[sft_general_mc,arc_easy,nope]"  # ours, one of lm-eval's own, and no task at all
+    result = run_module("sft.eval.harness", f"run={run}", tasks, "base=false", env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "tasks=['nope']: unknown to lm-eval (local tasks: ['sft_general_mc'" in result.stderr
