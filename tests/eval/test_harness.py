@@ -41,7 +41,9 @@ def test_harness_runs_offline_and_its_accuracy_is_the_log_likelihood_argmax(make
     assert scores["tuned"]["sft_general_mc"]["acc"] == pytest.approx(correct / len(docs))
 
 
-def test_an_unknown_task_is_named_before_any_model_loads_and_lm_evals_own_tasks_are_known(tmp_path, cache_dir):
+def test_an_unknown_task_is_named_before_any_model_loads_and_lm_evals_own_tasks_are_known(
+    tmp_path, cache_dir
+):
     run = tmp_path / "r"
     run.mkdir()  # a directory with no weights: loading a model would fail with another message
     env = {**os.environ, "SFT_CACHE": str(cache_dir)}

@@ -2,9 +2,10 @@
 
 The server is `python -m sft.ui` on a free loopback port with the tiny model, behind its password (each
 page logs in first); the browser is Debian's Chromium driven by Playwright (its own browser download is
-impossible offline). Screenshots of every tab go to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS). The server and the browser are shared by the module;
-each test opens its own page (a fresh Gradio session), and the tests that need a finished run get one from
-the `finished_run` fixture, so every test runs alone or in any order.
+impossible offline). Screenshots of every tab go to outputs/test-artifacts/ui/ (or $SFT_TEST_ARTIFACTS).
+The server and the browser are shared by the module; each test opens its own page (a fresh Gradio
+session), and the tests that need a finished run get one from the `finished_run` fixture, so every test
+runs alone or in any order.
 """
 
 from __future__ import annotations
