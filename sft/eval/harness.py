@@ -47,9 +47,9 @@ def task_index(tasks: list[str], include: list[str]):
     except ImportError as err:
         raise HarnessError("lm-eval is not installed: pip install -e '.[benchmarks]'") from err
     # Our offline tasks and `include` index at once; lm-eval's own ~15k tasks take seconds, so only when
-    # a task is not among those.
+    # a name is not one of those tasks (a group or tag of `include` may list lm-eval's own tasks).
     manager = TaskManager(include_path=include or None, include_defaults=False)
-    if not set(tasks) <= set(manager.all_tasks):
+    if not set(tasks) <= set(manager.all_subtasks):
         manager = TaskManager(include_path=include or None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:

@@ -110,8 +110,9 @@ def test_without_cuda_it_stops_with_a_message_unless_allowed():
 
 
 def test_tiny_comparison_runs_both_trainers_prints_every_run_and_exits_zero(tmp_path, cache_dir):
-    """The script end to end, as `make bench` runs sft.bench: TRL (the bench extra) and sft.train on the
-    random tiny model, TRL's best searched first, two steps each; the table is complete."""
+    """The script end to end (it runs `python -m sft.bench`, as `make bench` does, with its own model and
+    time limits): TRL (the bench extra) and sft.train on the random tiny model, TRL's best searched first,
+    two steps each; the table is complete."""
     pytest.importorskip("trl", reason="the bench extra (pip install -e '.[bench]') is not installed")
     done = run_script(
         *TINY,

@@ -235,7 +235,8 @@ def test_without_the_hub_the_preview_says_so_and_how_to_use_a_local_copy(tmp_pat
     assert "offline mode is on: HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1" in err
     assert "data.datasets.alpaca.source=file data.datasets.alpaca.path=/path/to/copy.jsonl" in err
     assert "hf download tatsu-lab/alpaca --repo-type dataset --local-dir DIR" in err
-    # Following the advice works: test_a_local_copy_previews_with_the_entry_columns_and_tags[alpaca].
+    # A local copy as advised previews: test_a_local_copy_previews_with_the_entry_columns_and_tags[alpaca]
+    # (a file source never asks the hub).
 
 
 def test_without_the_hub_training_stops_with_the_same_message(tmp_path, cache_dir):

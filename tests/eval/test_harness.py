@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, run_module
 
-from sft.eval.harness import TASKS_DIR
+from sft.eval.harness import TASKS_DIR, local_tasks, task_index
 from sft.serving.export import load_run
 from sft.train import train
 
@@ -51,3 +51,15 @@ def test_an_unknown_task_is_named_before_any_model_loads_and_lm_evals_own_tasks_
     result = run_module("sft.eval.harness", f"run={run}", tasks, "base=false", env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "tasks=['nope']: unknown to lm-eval (local tasks: ['sft_general_mc'" in result.stderr
+
+
+def test_a_group_of_include_path_over_lm_evals_own_tasks_reads_lm_evals_index(tmp_path):
+    """Only our tasks skip lm-eval's own index: a group of `include_path` naming lm-eval's tasks needs it."""
+    shipped, group = tmp_path / "shipped", tmp_path / "mine"
+    for folder in (shipped, group):
+        folder.mkdir()
+    (group / "suite.yaml").write_text("group: my_suite\ntask: [arc_easy]\n")
+    ours = task_index(["sft_general_mc"], [str(local_tasks(shipped))])
+    assert ours.all_tasks == ["sft_general_mc"]  # lm-eval's own ~15k were not read
+    both = task_index(["my_suite"], [str(shipped), str(group)])
+    assert {"my_suite", "arc_easy", "sft_general_mc"} <= set(both.all_tasks)

@@ -121,8 +121,9 @@ def test_a_preempted_streamed_ddp_run_stops_every_rank_at_one_step_and_resumes_e
 ):
     """SIGTERM to the launching process only, as a scheduler's first notice: every rank stops after the
     same step, the checkpoint holds each rank's generators and its own place in the streamed file, and
-    the resumed run repeats the uninterrupted one loss for loss. (SIGKILL and a resume from a step
-    checkpoint: the map-style tests above; a stream's snapshot alone: tests/data/test_streaming.py.)"""
+    the resumed run repeats the uninterrupted one loss for loss. (SIGKILL and SIGTERM of one process: the
+    map-style test above; a resume from a named step checkpoint: tests/training/test_fsdp_cpu.py; a
+    stream's snapshot alone: tests/data/test_streaming.py.)"""
     ddp = [
         *streamed,
         "trainer.micro_batch_size=2",
