@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stages import cpu_model, run  # noqa: E402
+from bench_stages import run  # noqa: E402
+
+from sft.provenance import cpu_model  # noqa: E402
 
 COMMON = [
     "model=smollm2_135m",

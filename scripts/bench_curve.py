@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stages import cpu_model, run  # noqa: E402
+from bench_stages import run  # noqa: E402
+
+from sft.provenance import cpu_model  # noqa: E402
 
 RUNS = {
     "sft": '{trainer: sft, sft_overrides: ["data.packing=true"]}',

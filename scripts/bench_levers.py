@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stages import cpu_model, run  # noqa: E402
+from bench_stages import run  # noqa: E402
+
+from sft.provenance import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBS = Path("/usr/lib/x86_64-linux-gnu")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sft.provenance import cpu_model
 
 # Shared by every run: the packaged SmolLM2, 512-token rows, 20 held-out rows, no generation at the end.
 COMMON = [
@@ -29,17 +30,6 @@ COMMON = [
     "probe.enabled=false",
     "evaluation.enabled=false",
 ]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(command: list[str], log: Path, env: dict | None = None) -> tuple[float, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -26,17 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from sft.provenance import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SHARD_BYTES = 64 << 20
-
-
-def cpu_model() -> str:
-    """The CPU's model name, for the record."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def source_conversations() -> list[list[dict]]:

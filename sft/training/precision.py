@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 
 from ..atomic import write_json
+from ..provenance import cpu_model
 from ..run_dir import read_json
 from .strategy import shards_parameters
 
@@ -107,15 +107,7 @@ def cpu_precision(cache_dir: str | None = None) -> str:
 
 def cpu_identity() -> str:
     """The CPU model, the threads torch uses and torch's version: what the matmul rates depend on."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
 def _read(path: Path | None) -> dict:
