@@ -7,6 +7,10 @@ the sequences need, and about a fifth of a CPU training step (BENCHMARKS.md). `s
 each sequence's causal attention on its own slice instead: the same softmax over the same keys, so the same
 result to float rounding. Rows without a restart (padded batches, validation, generation with a cache) go
 to transformers' own `sdpa` path unchanged, with its mask.
+
+On a CPU, sequences of at most `EAGER_MAX_LEN` tokens take two matmuls and a float32 softmax instead of
+torch's flash kernel, whose backward costs several times its forward on short sequences (BENCHMARKS.md:
+1.3-1.8x faster forward and backward from 32 to 256 tokens, even at 512, slower above).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_segments"
+EAGER_MAX_LEN = 256  # longest sequence computed with matmuls on a CPU; longer ones use the flash kernel
 
 
 def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[int]] | None:
@@ -33,6 +38,35 @@ def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[
     return [(r if r and r[0] == 0 else [0, *r]) + [length] for r in rows]
 
 
+def kernel_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, dropout: float
+) -> torch.Tensor:
+    """Causal attention of one sequence through torch's SDPA (tokens x heads x dim in and out)."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
+    return out[0].transpose(0, 1)
+
+
+def matmul_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal attention of one sequence as two matmuls and a float32 softmax, each key head serving its
+    group of query heads without copies of the keys (tokens x heads x dim in and out)."""
+    n, heads, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    q = query.view(n, kv_heads, groups, dim).permute(1, 2, 0, 3).reshape(kv_heads, groups * n, dim)
+    scores = torch.matmul(q, key.permute(1, 2, 0)).view(kv_heads, groups, n, n) * scale
+    future = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs.view(kv_heads, groups * n, n), value.transpose(0, 1))
+    return out.view(kv_heads, groups, n, dim).permute(2, 0, 1, 3).reshape(n, heads, dim)
+
+
 def segment_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -46,29 +80,26 @@ def segment_attention(
 ) -> tuple[torch.Tensor, None]:
     """Causal attention within each packed sequence (query, key, value: batch x heads x tokens x dim)."""
     bounds = segment_bounds(position_ids, query.shape[2]) if key.shape[2] == query.shape[2] else None
-    if bounds is None:
+    if bounds is None or kwargs.get("sliding_window"):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    rows = []
-    for b, cuts in enumerate(bounds):
-        pieces = [
-            F.scaled_dot_product_attention(
-                query[b : b + 1, :, s:e],
-                key[b : b + 1, :, s:e],
-                value[b : b + 1, :, s:e],
-                dropout_p=dropout,
-                is_causal=True,
-                scale=scaling,
-            )
-            for s, e in zip(cuts, cuts[1:], strict=False)
-            if e > s
-        ]
-        rows.append(torch.cat(pieces, dim=2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
+    batch, heads, length, dim = query.shape
+    scale = scaling if scaling is not None else dim**-0.5
+    lengths = [e - s for cuts in bounds for s, e in zip(cuts, cuts[1:], strict=False) if e > s]
+    # Rotary embeddings leave query and key in float32 under autocast; cast them once, not per sequence.
+    query, key = query.to(value.dtype), key.to(value.dtype)
+    # Token-major (batch*tokens x heads x dim): the projections' own layout, and split's backward is one
+    # concatenation, where a slice's backward writes a zero tensor of the whole batch per sequence.
+    q, k, v = (x.transpose(1, 2).reshape(batch * length, x.shape[1], dim) for x in (query, key, value))
+    short = dropout == 0.0 and query.device.type == "cpu"
+    pieces = [
+        matmul_attention(qs, ks, vs, scale)
+        if short and qs.shape[0] <= EAGER_MAX_LEN
+        else kernel_attention(qs, ks, vs, scale, dropout)
+        for qs, ks, vs in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+    ]
+    return torch.cat(pieces).view(batch, length, heads, dim), None
 
 
 AttentionInterface.register(NAME, segment_attention)

@@ -1,0 +1,103 @@
+"""sdpa_segments: each packed sequence's causal attention, by matmuls (short) or torch's kernel (long)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sft.training import attention
+
+HEADS, KV_HEADS, DIM = 4, 2, 8
+# Two packed rows of 320 tokens: short sequences take the matmul path, the 300-token one the kernel.
+ROWS = [[5, 300, 15], [17, 3, 290, 10]]
+
+
+def packed_inputs(dtype=torch.float32, seed: int = 0):
+    """(query, key, value) as an attention layer hands them over, and positions restarting per sequence."""
+    generator = torch.Generator().manual_seed(seed)
+    length = sum(ROWS[0])
+
+    def draw(heads):
+        return torch.randn(len(ROWS), heads, length, DIM, generator=generator, dtype=dtype).requires_grad_()
+
+    positions = torch.tensor([[p for n in row for p in range(n)] for row in ROWS])
+    return draw(HEADS), draw(KV_HEADS), draw(KV_HEADS), positions
+
+
+def reference(query, key, value) -> torch.Tensor:
+    """Each sequence alone through torch's SDPA, key heads repeated (batch x tokens x heads x dim)."""
+    key, value = (x.repeat_interleave(HEADS // KV_HEADS, dim=1) for x in (key, value))
+    rows = []
+    for b, lengths in enumerate(ROWS):
+        cuts = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+        rows.append(
+            torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        query[b : b + 1, :, s:e],
+                        key[b : b + 1, :, s:e],
+                        value[b : b + 1, :, s:e],
+                        is_causal=True,
+                    )
+                    for s, e in zip(cuts, cuts[1:], strict=False)
+                ],
+                dim=2,
+            )
+        )
+    return torch.cat(rows).transpose(1, 2)
+
+
+class Layer(torch.nn.Module):
+    num_key_value_groups = HEADS // KV_HEADS
+
+
+@pytest.mark.parametrize(
+    "eager_max_len", [attention.EAGER_MAX_LEN, 0, 10_000], ids=["both", "kernel", "matmul"]
+)
+def test_segment_attention_and_its_gradients_equal_each_sequence_alone(eager_max_len, monkeypatch):
+    """Outputs and query/key/value gradients match SDPA on each sequence alone, by either path."""
+    monkeypatch.setattr(attention, "EAGER_MAX_LEN", eager_max_len)
+    grads = []
+    outputs = []
+    for use_segments in (True, False):
+        query, key, value, positions = packed_inputs()
+        if use_segments:
+            out, _ = attention.segment_attention(Layer(), query, key, value, None, position_ids=positions)
+        else:
+            out = reference(query, key, value)
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        outputs.append(out.detach())
+        grads.append([x.grad for x in (query, key, value)])
+    assert outputs[0].shape == (len(ROWS), sum(ROWS[0]), HEADS, DIM) and outputs[0].is_contiguous()
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-5)
+    for got, want, name in zip(grads[0], grads[1], ("query", "key", "value"), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_under_bf16_autocast_the_result_is_bf16_and_close_to_float32():
+    """Rotary leaves query and key in float32 under autocast; the result is bf16 within bf16's rounding."""
+    query, key, value, positions = packed_inputs()
+    want = reference(query, key, value)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = attention.segment_attention(
+            Layer(), query, key, value.to(torch.bfloat16), None, position_ids=positions
+        )
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
+
+
+def test_rows_without_a_restart_use_transformers_sdpa_with_its_mask(monkeypatch):
+    """Padded rows (positions 0..n-1) and sliding-window layers are handed to transformers' own path."""
+    calls = []
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda *a, **k: calls.append(k) or ("sdpa", None)
+    )
+    query, key, value, _ = packed_inputs()
+    plain = torch.arange(query.shape[2]).expand(len(ROWS), -1)
+    assert attention.segment_attention(Layer(), query, key, value, None, position_ids=plain)[0] == "sdpa"
+    _, _, _, positions = packed_inputs()
+    window = attention.segment_attention(
+        Layer(), query, key, value, None, position_ids=positions, sliding_window=8
+    )
+    assert window[0] == "sdpa" and calls[1]["sliding_window"] == 8
