@@ -8,9 +8,9 @@ each sequence's causal attention on its own slice instead: the same softmax over
 result to float rounding. Rows without a restart (padded batches, validation, generation with a cache) go
 to transformers' own `sdpa` path unchanged, with its mask.
 
-On a CPU, sequences of at most `EAGER_MAX_LEN` tokens take two matmuls and a float32 softmax instead of
-torch's flash kernel, whose backward costs several times its forward on short sequences (BENCHMARKS.md:
-1.3-1.8x faster forward and backward from 32 to 256 tokens, even at 512, slower above).
+On a CPU, sequences of at most `EAGER_MAX_LEN` tokens take matmuls and a float32 softmax, a block of queries
+at a time, instead of torch's flash kernel, whose backward is slow on short sequences: forward and backward
+measured 1.1-1.4x faster from 256 to 512 tokens and about even at 1024 and 2048 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_segments"
-EAGER_MAX_LEN = 256  # longest sequence computed with matmuls on a CPU; longer ones use the flash kernel
+EAGER_MAX_LEN = 512  # longest sequence computed with matmuls on a CPU; longer ones use the flash kernel
+QUERY_BLOCK = 128  # queries per softmax block: the keys after a block's last query are never multiplied
 
 
 def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[int]] | None:
@@ -53,18 +54,25 @@ def kernel_attention(
 def matmul_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """Causal attention of one sequence as two matmuls and a float32 softmax, each key head serving its
-    group of query heads without copies of the keys (tokens x heads x dim in and out)."""
+    """Causal attention of one sequence as two matmuls and a float32 softmax per block of `QUERY_BLOCK`
+    queries over the keys up to the block's end, each key head serving its group of query heads without
+    copies of the keys (tokens x heads x dim in and out). Every query sees all its keys in one softmax."""
     n, heads, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    q = query.view(n, kv_heads, groups, dim).permute(1, 2, 0, 3).reshape(kv_heads, groups * n, dim)
-    scores = torch.matmul(q, key.permute(1, 2, 0)).view(kv_heads, groups, n, n) * scale
-    future = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
-    scores = scores.masked_fill(future, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(probs.view(kv_heads, groups * n, n), value.transpose(0, 1))
-    return out.view(kv_heads, groups, n, dim).permute(2, 0, 1, 3).reshape(n, heads, dim)
+    keys, values = key.permute(1, 2, 0), value.transpose(0, 1)
+    blocks = []
+    for start in range(0, n, QUERY_BLOCK):
+        end = min(n, start + QUERY_BLOCK)
+        rows = end - start
+        q = query[start:end].view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
+        scores = torch.matmul(q.reshape(kv_heads, groups * rows, dim), keys[..., :end])
+        scores = scores.view(kv_heads, groups, rows, end) * scale
+        future = torch.ones(rows, end, dtype=torch.bool, device=query.device).triu(start + 1)
+        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32)
+        out = torch.matmul(probs.to(value.dtype).view(kv_heads, groups * rows, end), values[:, :end])
+        blocks.append(out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads, dim))
+    return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def segment_attention(
