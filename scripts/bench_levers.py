@@ -1,15 +1,17 @@
 """Each performance lever of the training step, measured against the step as it was, in fresh processes.
 
     python scripts/bench_levers.py [rounds=3] [steps=3] [levers=name,name,...] [out=/tmp/bench-levers]
+                                   [alpaca=<rows.json>]   # those Alpaca rows instead of the embedded set
     python scripts/bench_levers.py --fused-qkv      # the most fusing LoRA's q/k/v A matmuls could save
 
 One worker process per lever and round (rounds alternate the levers, so drift in a noisy machine's speed
 falls on all of them alike) trains SmolLM2-135M with LoRA r32 on all linear layers on real micro-batches of
 the embedded data (packed, cutoff 512, micro-batch 2, as `data.packing=true`): forward, backward and the
 AdamW step of the run's own module (`SFTModule.token_loss`). It prints tokens/s per lever (median over
-rounds), the ratio to `before` (this session's baseline: fp32, PEFT's dropout), model FLOPs utilisation
-against the peak of the dtype it computes in, and the loss of a fixed batch with dropout off, whose
-difference from `before` shows whether a lever keeps the numbers (1e-5) or changes them (bf16).
+rounds), the ratio to `before` (the step before the second round: fp32, PEFT's dropout) or, without it, to
+the first lever named, model FLOPs utilisation against the peak of the dtype it computes in, and the loss
+of a fixed batch with dropout off, whose difference from that baseline's shows whether a lever keeps the
+numbers (1e-5) or changes them (bf16).
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ LEVERS = {
     "bf16_frozen_copies": (["trainer.precision=bf16-mixed"], {"frozen_bf16": True}, {}),
     "bf16_base_weights": (["trainer.precision=bf16-mixed", "model.dtype=bfloat16"], {}, {}),
     "sdpa_segments": (["trainer.precision=bf16-mixed"], {"frozen_bf16": True, "segments": True}, {}),
+    # sdpa_segments with torch's flash kernel for every sequence: what its matmul path for short ones adds.
+    "segments_kernel_only": (
+        ["trainer.precision=bf16-mixed"],
+        {"frozen_bf16": True, "segments": True, "eager_max_len": 0},
+        {},
+    ),
+    # As `make bench` trains sft_packed: bf16 base weights (no frozen copies needed), per-sequence attention.
+    "bench_path": (["trainer.precision=bf16-mixed", "model.dtype=bfloat16"], {"segments": True}, {}),
+    "bench_path_kernel_only": (
+        ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
+        {"segments": True, "eager_max_len": 0},
+        {},
+    ),
     # Each of the rest on top of bf16_and_dropout.
     "compile_layers": (["trainer.precision=bf16-mixed"], {"compile": True}, {}),
     "full_logits": (["trainer.precision=bf16-mixed", "trainer.trained_logits_only=false"], {}, {}),
@@ -85,6 +100,7 @@ def worker(spec: dict) -> dict:
     from sft.data.loading import system_prompt
     from sft.data.templates import get_template
     from sft.locations import CONF_DIR
+    from sft.training import attention
     from sft.training.attention import attend_by_segment
     from sft.training.lineage import start_model
     from sft.training.model import load_tokenizer
@@ -109,6 +125,8 @@ def worker(spec: dict) -> dict:
         frozen_linears_to_bf16(model)
     if spec.get("segments"):  # what sft.training.run does for packed rows
         attend_by_segment(model)
+    if spec.get("eager_max_len") is not None:
+        attention.EAGER_MAX_LEN = spec["eager_max_len"]
     if spec.get("compile"):
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()
@@ -203,6 +221,11 @@ def main(argv: list[str]) -> None:
         return
     opts = {"rounds": "3", "steps": "3", "levers": ",".join(LEVERS), "out": "/tmp/bench-levers"}
     opts.update(a.split("=", 1) for a in argv)
+    data = (
+        ["data=alpaca_en", f"data.datasets.alpaca_en.path={opts['alpaca']}", "data.val_size=0"]
+        if "alpaca" in opts
+        else []
+    )
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     wanted = opts["levers"].split(",")
@@ -212,7 +235,8 @@ def main(argv: list[str]) -> None:
         for name in names:
             overrides, switches, env = LEVERS[name]
             spec_file, result = out / f"{name}-{round_}.json", out / f"{name}-{round_}.result.json"
-            spec = {"overrides": overrides, "steps": int(opts["steps"]), "out": str(out / "run"), **switches}
+            spec = {"overrides": [*overrides, *data], "steps": int(opts["steps"]), "out": str(out / "run")}
+            spec.update(switches)
             spec_file.write_text(json.dumps({**spec, "result": str(result)}))
             run(
                 [sys.executable, __file__, "--worker", str(spec_file)],
@@ -224,19 +248,20 @@ def main(argv: list[str]) -> None:
                 f"round {round_ + 1} {name}: {results[name][-1]['tokens_per_sec']:.1f} tokens/s", flush=True
             )
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    base = statistics.median(r["tokens_per_sec"] for r in results["before"]) if "before" in results else None
-    base_loss = results["before"][0]["check_loss"] if "before" in results else None
+    first = "before" if "before" in results else names[0]  # the ratios' and loss differences' baseline
+    base = statistics.median(r["tokens_per_sec"] for r in results[first])
+    base_loss = results[first][0]["check_loss"]
     print(
         f"\nCPU: {cpu_model()} ({os.cpu_count()} cores); "
         f"{opts['rounds']} rounds of {opts['steps']} timed steps"
     )
-    print("| lever | tokens/s (median) | min-max | vs before | MFU | first step s | loss - before's |")
+    print(f"| lever | tokens/s (median) | min-max | vs {first} | MFU | first step s | loss - {first}'s |")
     print("|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         speeds = [r["tokens_per_sec"] for r in runs]
         median = statistics.median(speeds)
-        ratio = "" if base is None else f"{median / base:.2f}"
-        loss = "" if base_loss is None else f"{runs[0]['check_loss'] - base_loss:+.1e}"
+        ratio = f"{median / base:.2f}"
+        loss = f"{runs[0]['check_loss'] - base_loss:+.1e}"
         print(
             f"| {name} | {median:.1f} | {min(speeds):.1f}-{max(speeds):.1f} | {ratio} "
             f"| {statistics.median(r['mfu'] for r in runs):.1%} "
