@@ -101,7 +101,6 @@ def worker(spec: dict) -> dict:
     from sft.data.templates import get_template
     from sft.locations import CONF_DIR
     from sft.training import attention
-    from sft.training.attention import attend_by_segment
     from sft.training.lineage import start_model
     from sft.training.model import load_tokenizer
     from sft.training.module import SFTModule
@@ -124,7 +123,7 @@ def worker(spec: dict) -> dict:
     if spec.get("frozen_bf16"):  # what sft.training.precision.FrozenLinearsInBf16 does during training
         frozen_linears_to_bf16(model)
     if spec.get("segments"):  # what sft.training.run does for packed rows
-        attend_by_segment(model)
+        attention.attend_by_segment(model)
     if spec.get("eager_max_len") is not None:
         attention.EAGER_MAX_LEN = spec["eager_max_len"]
     if spec.get("compile"):
