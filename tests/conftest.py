@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,9 +161,12 @@ def scripted():
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One model cache for the session, so the tiny model is built once."""
-    return tmp_path_factory.mktemp("cache")
+def cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """One model cache for the session, so the tiny model is built once (removed at the end: with the
+    converted SmolLM2, half a GB)."""
+    path = tmp_path_factory.mktemp("cache")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,8 @@ more condition, below (ROWS).
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,15 +19,21 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+log = logging.getLogger(__name__)
+
 NAME = "sft_serve"  # the attention implementation the served model is switched to
 LAYOUT = "sft_layout"  # the forward keyword that carries a Layout down to the attention function
 
-# fp32 GEMM on the CPU (oneDNN/MKL) computes rows in blocks of 4; a matrix of 1, 2 or 3 rows, and the
-# 1-3 leftover rows of one with 5-11, take other kernels whose sums differ in the last bits (measured: a
-# row is bitwise the same for every row count that is a multiple of 4, from 4 to 700, in every projection of
-# the tiny model and SmolLM2). Padding every matmul to a multiple of 4 rows keeps a sequence's logits
-# independent of how many others share its step.
+# A GEMM library picks its kernel by the matrix's row count and thread count, and kernels sum in different
+# orders. Measured: fp32 on an AMD CPU computes rows in blocks of 4, so 1-3 leftover rows come out different
+# in the last bits; MKL on an Intel CPU takes a small-matrix path below 16 rows and, on 2 threads, splits a
+# 1536-wide input's sum between them up to 192 rows, where one thread from 16 rows up gives the bits of two
+# on many rows. So every matmul is padded to a multiple of ROWS and to a floor measured on this machine
+# (`plans`), from which every row count gives each row the same bits, and a step with fewer rows than the
+# floor of every thread runs on one thread: a sequence's logits do not depend on who shares its step.
 ROWS = 4
+PROBE_ROWS = 256  # the largest row count probed for the decoder's layers (beyond it no kernel changed)
+PROBE_LOGIT_ROWS = 64  # the same for the output layer, whose rows are the step's sequences
 
 # A 4-D mask is passed through untouched by transformers' mask builders, so no padded or packed-sequence
 # mask of the whole flattened row is ever built (attention here needs none).
@@ -88,9 +96,74 @@ def install(model) -> None:
     model.set_attn_implementation(NAME)
 
 
-def _pad(values: list[int], filler: int) -> list[int]:
-    """`values` (never empty) lengthened with `filler` to a multiple of ROWS."""
-    return values + [filler] * (-len(values) % ROWS)
+@dataclass(frozen=True)
+class Plan:
+    """How a step runs: its thread count and the fewest rows of the decoder's and the output's matmuls."""
+
+    threads: int
+    tokens: int
+    logits: int
+
+
+def plans(model) -> tuple[Plan, Plan]:
+    """(every thread, one thread): the row floors from which each gives the bits of PROBE_ROWS rows on every
+    thread, measured on this machine once per thread count (kept on the model)."""
+    threads = torch.get_num_threads()
+    kept = model.__dict__.setdefault("_sft_row_plans", {})
+    if threads not in kept:
+        head = model.get_output_embeddings()
+        layers = {
+            (m.in_features, m.out_features, m.bias is not None): m
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        }
+        with torch.inference_mode():
+            tokens = [_floors(m, PROBE_ROWS, threads) for m in layers.values()] or [(ROWS, ROWS)]
+            logits = (
+                _floors(head, PROBE_LOGIT_ROWS, threads)
+                if isinstance(head, torch.nn.Linear)
+                else (ROWS, ROWS)
+            )
+        kept[threads] = tuple(
+            Plan(count, max(floor[i] for floor in tokens), logits[i]) for i, count in enumerate((threads, 1))
+        )
+        log.info("serving steps: matmul row floors %s", kept[threads])
+    return kept[threads]
+
+
+def _floors(linear: torch.nn.Linear, limit: int, threads: int) -> tuple[int, int]:
+    """The fewest rows (a multiple of ROWS) from which `linear`, on `threads` threads and on one, gives each
+    row the bits it gets among `limit` rows on `threads` threads."""
+    generator = torch.Generator(device=linear.weight.device).manual_seed(0)
+    x = torch.randn(
+        limit, linear.in_features, generator=generator, device=linear.weight.device, dtype=linear.weight.dtype
+    )
+    whole = linear(x)
+    floors = []
+    for count in (threads, 1):
+        with _threads(count):
+            floor = ROWS
+            for rows in range(ROWS, limit, ROWS):
+                if not torch.equal(linear(x[:rows]), whole[:rows]):
+                    floor = rows + ROWS
+        floors.append(floor)
+    return floors[0], floors[1]
+
+
+@contextmanager
+def _threads(count: int):
+    """torch's intra-op threads set to `count` for the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pad(values: list[int], filler: int, floor: int) -> list[int]:
+    """`values` (never empty) lengthened with `filler` to a multiple of ROWS and to at least `floor`."""
+    return values + [filler] * max(floor - len(values), -len(values) % ROWS)
 
 
 def forward(model, parts: list[tuple[SequenceCache, list[int]]]) -> torch.Tensor:
@@ -103,14 +176,18 @@ def forward(model, parts: list[tuple[SequenceCache, list[int]]]) -> torch.Tensor
         positions += range(cache.length, cache.length + len(new))
         last.append(len(ids) - 1)
     device = next(model.parameters()).device
-    out = model(
-        input_ids=torch.tensor([_pad(ids, 0)], device=device),
-        position_ids=torch.tensor([_pad(positions, 0)], device=device),
-        attention_mask=_NO_MASK.to(device),
-        use_cache=False,
-        logits_to_keep=torch.tensor(_pad(last, last[-1]), device=device),
-        **{LAYOUT: Layout([cache for cache, _ in parts], spans)},
-    )
+    every, one = plans(model)
+    # A step too short for every thread's floor runs on one thread, whose floor is lower, rather than padded.
+    plan = one if len(_pad(ids, 0, one.tokens)) < every.tokens else every
+    with _threads(plan.threads):
+        out = model(
+            input_ids=torch.tensor([_pad(ids, 0, plan.tokens)], device=device),
+            position_ids=torch.tensor([_pad(positions, 0, plan.tokens)], device=device),
+            attention_mask=_NO_MASK.to(device),
+            use_cache=False,
+            logits_to_keep=torch.tensor(_pad(last, last[-1], plan.logits), device=device),
+            **{LAYOUT: Layout([cache for cache, _ in parts], spans)},
+        )
     for cache, new in parts:
         cache.length += len(new)
     return out.logits[0, : len(parts)].float()

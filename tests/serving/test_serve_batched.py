@@ -278,12 +278,8 @@ def test_greedy_tokens_are_the_same_alone_and_batched(server, loaded):
     assert server.engine.peak_batch >= 3  # they did share steps
 
 
-def test_logits_are_bitwise_the_same_alone_and_batched(loaded):
-    """kv.forward: one sequence's logits with 1 to 6 others in the step, joining or decoding, equal its
-    logits alone, bit for bit (so no greedy token and no seeded sample can depend on the batch)."""
-    model, tokenizer = loaded
-    kv.install(model)
-    prompts = [chat_ids(tokenizer, [{"role": "user", "content": "y" * (5 * i + 2)}]) for i in range(7)]
+def _alone_and_batched(model, prompts: list[list[int]]) -> None:
+    """The first prompt's logits (its prompt and 3 decoded tokens) alone equal them beside 1 to 6 others."""
     with torch.inference_mode():
         cache = kv.SequenceCache(200)
         alone = [kv.forward(model, [(cache, prompts[0])])[0]]
@@ -295,6 +291,37 @@ def test_logits_are_bitwise_the_same_alone_and_batched(loaded):
             for token in (65, 66, 67):
                 rows.append(kv.forward(model, [(c, [token]) for c in caches])[0])
             assert all(torch.equal(a, b) for a, b in zip(alone, rows, strict=True)), others
+
+
+def test_logits_are_bitwise_the_same_alone_and_batched(loaded):
+    """kv.forward: one sequence's logits with 1 to 6 others in the step, joining or decoding, equal its
+    logits alone, bit for bit (so no greedy token and no seeded sample can depend on the batch)."""
+    model, tokenizer = loaded
+    kv.install(model)
+    _alone_and_batched(
+        model, [chat_ids(tokenizer, [{"role": "user", "content": "y" * (5 * i + 2)}]) for i in range(7)]
+    )
+
+
+def test_logits_stay_bitwise_the_same_where_the_cpu_splits_a_wide_sum_between_threads():
+    """SmolLM2's MLP shape (576 -> 1536 -> 576): MKL on an Intel CPU, on 2 threads, splits the down
+    projection's 1536-wide sum between the threads for up to 192 rows, so short steps run on one thread."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+    }
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, vocab_size=259, **shape)).eval()
+    kv.install(model)
+    every, one = kv.plans(model)
+    assert every.threads == torch.get_num_threads() and one.threads == 1
+    assert every.tokens % kv.ROWS == 0 and one.tokens % kv.ROWS == 0
+    # Prompts of 10 to 190 tokens: alone, steps are short; from 4 sequences on, joining steps have 220+ rows.
+    _alone_and_batched(model, [[(7 * i + j) % 250 for j in range(10 + 30 * i)] for i in range(7)])
 
 
 def test_greedy_text_is_the_same_alone_and_concurrent(url):

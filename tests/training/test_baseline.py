@@ -54,7 +54,7 @@ def test_a_second_run_reads_the_evaluation_before_training_and_trains_the_same(
     assert again["probes"][0]["before"] == first["probes"][0]["before"]
     assert again["train_loss"] == first["train_loss"] and again["val_loss"] == first["val_loss"]
     assert logged_series(tmp_path / "again", "val/loss")[0] == pytest.approx(first["initial_val_loss"])
-    assert 0 < again["seconds_to_training"] < again["seconds_to_first_step"]
+    assert 0 < again["seconds_to_training"] <= again["seconds_to_first_step"]  # rounded to 0.1 s
 
     other_lr = job("other_lr", "optimizer.lr=1e-3")
     assert other_lr["validations"] == 1 and other_lr["initial_val"] == first["initial_val"]

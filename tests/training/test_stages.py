@@ -42,7 +42,9 @@ def test_every_reference_source_trains_the_same_run_as_the_disabled_adapter(make
         other = summary(tmp_path / reference)
         assert other["reference"] == reference
         for name, value in adapter["val"].items():
-            assert other["val"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (reference, name)
+            # abs: logps/margin (about 2e-3) is a difference of log-probabilities in the hundreds, summed by
+            # other GEMMs in another batch, so its float32 rounding is about 1e-6 on some CPUs.
+            assert other["val"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (reference, name)
         a, b = (
             logged_series(tmp_path / "auto", "train/loss"),
             logged_series(tmp_path / reference, "train/loss"),
