@@ -47,6 +47,12 @@ LEVERS = {
     ),
     # As `make bench` trains sft_packed: bf16 base weights (no frozen copies needed), per-sequence attention.
     "bench_path": (["trainer.precision=bf16-mixed", "model.dtype=bfloat16"], {"segments": True}, {}),
+    # bench_path without PEFT's cast of each adapter's input to its fp32 weights (autocast casts anyway).
+    "bench_path_uncast": (
+        ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
+        {"segments": True, "uncast_lora_inputs": True},
+        {},
+    ),
     "bench_path_kernel_only": (
         ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
         {"segments": True, "eager_max_len": 0},
@@ -104,7 +110,7 @@ def worker(spec: dict) -> dict:
     from sft.training.lineage import start_model
     from sft.training.model import load_tokenizer
     from sft.training.module import SFTModule
-    from sft.training.precision import frozen_linears_to_bf16, matmul_peak
+    from sft.training.precision import frozen_linears_to_bf16, matmul_peak, uncast_lora_inputs
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -126,6 +132,8 @@ def worker(spec: dict) -> dict:
         attention.attend_by_segment(model)
     if spec.get("eager_max_len") is not None:
         attention.EAGER_MAX_LEN = spec["eager_max_len"]
+    if spec.get("uncast_lora_inputs"):
+        uncast_lora_inputs(model)
     if spec.get("compile"):
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()

@@ -14,7 +14,7 @@ from sft.config import validate
 from sft.train import train
 from sft.training.dropout import HalfDrawDropout, halve_dropout_draws
 from sft.training.model import apply_peft, load_model
-from sft.training.precision import FrozenLinearsInBf16, frozen_linears_to_bf16
+from sft.training.precision import FrozenLinearsInBf16, UncastLoraInputs, frozen_linears_to_bf16
 
 
 @pytest.fixture
@@ -103,6 +103,24 @@ def test_auto_precision_trains_in_the_measured_choice_and_records_it(
     assert layers and all(m.weight.dtype == torch.float32 for m in layers)
 
 
+def test_bf16_mixed_training_leaves_lora_inputs_uncast_and_casts_again_after(make_cfg, monkeypatch):
+    """bf16-mixed: PEFT's input cast is off from the first training batch to the end of training (then on
+    again, for probes and saving); 32-true leaves it alone."""
+    calls, real = [], precision.uncast_lora_inputs
+
+    def spy(model, uncast=True):
+        calls.append(uncast)
+        return real(model, uncast)
+
+    monkeypatch.setattr(precision, "uncast_lora_inputs", spy)
+    steps = ["trainer.max_steps=2", "trainer.eval_steps=2"]
+    train(make_cfg(*TINY, "trainer.precision=bf16-mixed", "model.dtype=bfloat16", *steps, run="bf16"))
+    assert calls == [True, False]
+    calls.clear()
+    train(make_cfg(*TINY, "trainer.precision=32-true", *steps, run="fp32"))
+    assert calls == []
+
+
 def test_half_draw_dropout_has_the_rate_and_scale_of_dropout():
     """Over 2M elements: dropped fraction p (within 5 sigma) in even and odd positions alike (both halves
     of a draw), kept elements scaled by 1 / (1 - p), mean preserved, masks of neighbours independent."""
@@ -180,3 +198,39 @@ def test_frozen_bf16_copies_change_no_product_and_are_put_back(make_cfg, cache_d
     assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
     callback.on_train_end(None, None)
     assert all(p.dtype == torch.float32 and p.data_ptr() == fp32[n] for n, p in model.named_parameters())
+
+
+def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_dir):
+    """bf16 base weights, fp32 adapters, dropout on, bf16 autocast: with PEFT's input cast off the adapters'
+    dropout runs on the bf16 input, and logits and LoRA gradients are bit-identical to PEFT's cast (same
+    seed, same masks); training's end turns the cast back on."""
+    overrides = ("model=tiny", "model.dtype=bfloat16", "lora.r=4", "lora.dropout=0.3", "lora.init=gaussian")
+    typed = validate(make_cfg(*overrides))
+    model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora).train()
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    seen = []
+    drops = [m for m in model.modules() if isinstance(m, HalfDrawDropout)]
+    for drop in drops:
+        drop.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+
+    def forward():
+        model.zero_grad()
+        seen.clear()
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    reference, reference_grads = forward()
+    assert drops and set(seen) == {torch.float32}  # PEFT casts each input to the fp32 adapter
+    callback = UncastLoraInputs()
+    callback._model = model
+    assert precision.uncast_lora_inputs(model) > 0
+    logits, grads = forward()
+    assert set(seen) == {torch.bfloat16}
+    assert torch.equal(logits, reference)
+    assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
+    callback.on_train_end(None, None)
+    forward()
+    assert set(seen) == {torch.float32}
