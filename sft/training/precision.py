@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.lora import LoraLayer
 
 from ..atomic import write_json
 from ..provenance import cpu_model
@@ -173,7 +173,7 @@ def frozen_linears_to_bf16(model: torch.nn.Module) -> dict[torch.nn.Linear, torc
 
 
 class UncastLoraInputs(Callback):
-    """Under autocast (a "-mixed" precision, DDP or one device), each LoRA layer's input keeps its dtype
+    """Under autocast (a "-mixed" precision, DDP or one device), each plain LoRA layer's input keeps its dtype
     while training instead of PEFT casting it to the adapter's fp32 weights: autocast casts it back to bf16
     for the adapter's matmul anyway, so with bf16 base weights PEFT's cast cost two copies of every adapter
     input per direction and ran the dropout in fp32. Products and gradients do not change (the dropout
@@ -208,8 +208,11 @@ class UncastLoraInputs(Callback):
 
 
 def uncast_lora_inputs(model: torch.nn.Module, uncast: bool = True) -> int:
-    """PEFT's cast of each LoRA layer's input to its adapter's dtype turned off (or on); how many layers."""
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    """PEFT's cast of each plain LoRA layer's input to its adapter's dtype turned off (or on); how many.
+
+    Layers with a variant (DoRA) keep the cast: DoRA's magnitude arithmetic follows the input's dtype, so
+    its products would change (measured: gradients differ by up to 1.7e-2 on the tiny model)."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not getattr(m, "lora_variant", None)]
     for layer in layers:
         layer.cast_input_dtype_enabled = not uncast
     return len(layers)

@@ -200,12 +200,13 @@ def test_frozen_bf16_copies_change_no_product_and_are_put_back(make_cfg, cache_d
     assert all(p.dtype == torch.float32 and p.data_ptr() == fp32[n] for n, p in model.named_parameters())
 
 
-def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_dir):
-    """bf16 base weights, fp32 adapters, dropout on, bf16 autocast: with PEFT's input cast off the adapters'
-    dropout runs on the bf16 input, and logits and LoRA gradients are bit-identical to PEFT's cast (same
-    seed, same masks); training's end turns the cast back on."""
+@pytest.mark.parametrize(("method", "uncast"), [("default", torch.bfloat16), ("dora", torch.float32)])
+def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_dir, method, uncast):
+    """bf16 base weights, fp32 adapters, dropout on, bf16 autocast: with PEFT's input cast off, plain LoRA's
+    dropout runs on the bf16 input (DoRA's layers keep the cast), and logits and LoRA gradients are
+    bit-identical to PEFT's cast (same seed, same masks); training's end turns the cast back on."""
     overrides = ("model=tiny", "model.dtype=bfloat16", "lora.r=4", "lora.dropout=0.3", "lora.init=gaussian")
-    typed = validate(make_cfg(*overrides))
+    typed = validate(make_cfg(*overrides, f"lora={method}"))
     model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora).train()
     ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     seen = []
@@ -226,9 +227,9 @@ def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_
     assert drops and set(seen) == {torch.float32}  # PEFT casts each input to the fp32 adapter
     callback = UncastLoraInputs()
     callback._model = model
-    assert precision.uncast_lora_inputs(model) > 0
+    assert (precision.uncast_lora_inputs(model) > 0) == (uncast == torch.bfloat16)
     logits, grads = forward()
-    assert set(seen) == {torch.bfloat16}
+    assert set(seen) == {uncast}
     assert torch.equal(logits, reference)
     assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
     callback.on_train_end(None, None)
