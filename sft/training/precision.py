@@ -117,7 +117,31 @@ def _read(path: Path | None) -> dict:
     return kept if isinstance(kept, dict) else {}
 
 
-class FrozenLinearsInBf16(Callback):
+class DuringTraining(Callback):
+    """A change to the model made at the first training batch (after the model has been set up and wrapped,
+    under the precision's forward context) and undone when training ends or fails, before probes, the final
+    evaluation and saving. Subclasses say what `_apply` changes and how `_restore` undoes it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Make the change (each subclass applies it once)."""
+        self._apply(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Undo the change."""
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        """Undo the change before anything saves or answers with the model."""
+        self._restore()
+
+    def _apply(self, trainer, pl_module) -> None:
+        raise NotImplementedError
+
+    def _restore(self) -> None:
+        raise NotImplementedError
+
+
+class FrozenLinearsInBf16(DuringTraining):
     """Under bf16-mixed on a CPU, frozen Linear weights are cast to bf16 once, while training, instead of in
     every forward: autocast re-casts a weight that requires no gradient on every call (its cast cache
     keeps only trainable leaves); casting once measured 1.04x on a packed SmolLM2 step (BENCHMARKS.md,
@@ -130,8 +154,7 @@ class FrozenLinearsInBf16(Callback):
     def __init__(self) -> None:
         self._kept: dict[torch.nn.Linear, torch.Tensor] = {}
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Cast once, at the first training batch (after the model has been set up and wrapped)."""
+    def _apply(self, trainer, pl_module) -> None:
         if (
             self._kept
             or trainer.precision != "bf16-mixed"
@@ -141,14 +164,6 @@ class FrozenLinearsInBf16(Callback):
         if shards_parameters(trainer.strategy):  # its weights live in flat shards: left alone
             return
         self._kept = frozen_linears_to_bf16(pl_module.model)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        """Put the fp32 weights back."""
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        """Put the fp32 weights back before anything saves or answers with the model."""
-        self._restore()
 
     def _restore(self) -> None:
         for module, weight in self._kept.items():
@@ -172,7 +187,7 @@ def frozen_linears_to_bf16(model: torch.nn.Module) -> dict[torch.nn.Linear, torc
     return kept
 
 
-class UncastLoraInputs(Callback):
+class UncastLoraInputs(DuringTraining):
     """Under autocast (a "-mixed" precision, DDP or one device), each plain LoRA layer's input keeps its dtype
     while training instead of PEFT casting it to the adapter's fp32 weights: autocast casts it back to bf16
     for the adapter's matmul anyway, so with bf16 base weights PEFT's cast cost two copies of every adapter
@@ -184,22 +199,13 @@ class UncastLoraInputs(Callback):
     def __init__(self) -> None:
         self._model: torch.nn.Module | None = None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Turn the cast off at the first training batch, where autocast wraps every forward."""
+    def _apply(self, trainer, pl_module) -> None:
         if self._model is not None or not str(trainer.precision).endswith("-mixed"):
             return
         if is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy):  # their own mixed precision
             return
         if uncast_lora_inputs(pl_module.model):
             self._model = pl_module.model
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        """PEFT's cast back, before probes, the final evaluation and saving."""
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        """PEFT's cast back before anything answers with the model."""
-        self._restore()
 
     def _restore(self) -> None:
         if self._model is not None:

@@ -235,3 +235,21 @@ def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_
     callback.on_train_end(None, None)
     forward()
     assert set(seen) == {torch.float32}
+
+
+def test_a_failed_fit_undoes_both_training_only_changes(make_cfg, cache_dir):
+    """on_exception puts the fp32 frozen weights back and turns PEFT's input cast on again, as the end of
+    training does, before anything saves or answers with the model."""
+    typed = validate(make_cfg("model=tiny", "model.dtype=bfloat16", "lora.r=4"))
+    model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora)
+    frozen, uncast = FrozenLinearsInBf16(), UncastLoraInputs()
+    frozen._kept = {m: m.weight.data for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    before = {m: w.data_ptr() for m, w in frozen._kept.items()}
+    for module in frozen._kept:
+        module.weight.data = module.weight.data.float()
+    uncast._model = model
+    assert precision.uncast_lora_inputs(model) > 0
+    for callback in (frozen, uncast):
+        callback.on_exception(None, None, RuntimeError("failed step"))
+    assert all(m.weight.data_ptr() == ptr for m, ptr in before.items())
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
