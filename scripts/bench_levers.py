@@ -33,7 +33,7 @@ LIBS = Path("/usr/lib/x86_64-linux-gnu")
 # name -> (train overrides, worker switches, environment). `before` is the step before this round's work.
 LEVERS = {
     "before": (["trainer.precision=32-true", "lora.fast_dropout=false"], {}, {}),
-    "half_draw_dropout": (["trainer.precision=32-true"], {}, {}),
+    "scatter_dropout": (["trainer.precision=32-true"], {}, {}),
     "bf16_autocast": (["trainer.precision=bf16-mixed", "lora.fast_dropout=false"], {}, {}),
     "bf16_and_dropout": (["trainer.precision=bf16-mixed"], {}, {}),
     "bf16_frozen_copies": (["trainer.precision=bf16-mixed"], {"frozen_bf16": True}, {}),

@@ -1,29 +1,58 @@
-"""LoRA's input dropout with half the random draws: the same distribution, a quarter of the cost on a CPU.
+"""LoRA's input dropout drawing only the positions it zeroes: the same distribution, half the cost on a CPU.
 
 PEFT drops each adapter's input with `nn.Dropout`, whose mask costs one 32-bit draw from the CPU's
-sequential generator per element: on SmolLM2-135M that was a fifth of a bf16 training step (BENCHMARKS.md,
-"Performance, second round"). Here one 31-bit draw gives two 15-bit lanes, each compared with
-round(p x 32768): an element is dropped with probability p to within 1/65536, and kept ones are scaled by the
-exact inverse of the kept fraction, so the expectation is unchanged. The mask is a bool tensor (what
-autograd keeps for backward, as with `nn.Dropout`). Other devices use torch's dropout unchanged.
+sequential generator per element, a bool mask and two passes each way (select, scale): on SmolLM2-135M that
+was a fifth of a bf16 training step (BENCHMARKS.md). At LoRA's rates (0.05-0.1) almost every element is
+kept, so this draws where the zeros go instead. A Poisson number of uniform positions, with mean
+n x ln(1 / (1 - p)), hits each of the n elements a Poisson(ln(1 / (1 - p))) number of times, independently
+of the others (Poisson splitting), so each is missed, and kept, with probability exactly 1 - p. The kept ones
+are scaled by 1 / (1 - p), so the expectation is unchanged. Forward and backward are one scaling pass and a
+scatter of zeros each; autograd keeps the positions (8 bytes for each 5% of elements at p = 0.05, against
+1 byte per element for a bool mask). Other devices use torch's dropout unchanged.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-LANES = 1 << 15  # the resolution of p
+
+class _ScaleAndZero(torch.autograd.Function):
+    """`x * scale` with the flat positions `hits` set to zero; the gradient the same."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, hits: torch.Tensor, scale: float) -> torch.Tensor:
+        """One pass over `x`, then the scatter."""
+        ctx.save_for_backward(hits)
+        ctx.scale = scale
+        return _scale_and_zero(x, hits, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        """The same positions zeroed, the rest scaled."""
+        (hits,) = ctx.saved_tensors
+        return _scale_and_zero(grad, hits, ctx.scale), None, None
 
 
-class HalfDrawDropout(torch.nn.Module):
-    """Dropout with probability `p` in training, two mask elements per random draw on the CPU."""
+def _scale_and_zero(x: torch.Tensor, hits: torch.Tensor, scale: float) -> torch.Tensor:
+    """A new row-major tensor `x * scale` with the flat positions `hits` zeroed."""
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    torch.mul(x, scale, out=out)
+    return out.view(-1).index_fill_(0, hits, 0).view(x.shape)
+
+
+class ScatterDropout(torch.nn.Module):
+    """Dropout with probability `p` in training, drawing on the CPU only the positions it zeroes."""
 
     def __init__(self, p: float):
         super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self.threshold = round(p * LANES)
-        self.scale = LANES / (LANES - self.threshold)
+        self.hits_per_element = -math.log1p(-p)
+        self.scale = 1 / (1 - p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x` with elements zeroed at rate p and the rest scaled by 1 / (1 - p), in training mode."""
@@ -32,17 +61,20 @@ class HalfDrawDropout(torch.nn.Module):
         if x.device.type != "cpu":
             return F.dropout(x, self.p, True)
         n = x.numel()
-        draws = torch.empty((n + 1) // 2, dtype=torch.int32).random_()  # uniform on [0, 2^31)
-        keep = (draws.view(torch.int16)[:n] & (LANES - 1)) >= self.threshold
-        return torch.where(keep.view(x.shape), x, 0) * self.scale
+        mean = torch.tensor([n * self.hits_per_element], dtype=torch.float64)
+        count = int(torch.poisson(mean).item())
+        # 63-bit draws reduced modulo n: the positions are uniform to within n / 2^63 (32-bit draws, what
+        # `randint` takes below 2^32, would favour some positions by up to n / 2^32).
+        hits = torch.empty(count, dtype=torch.int64).random_().remainder_(n)
+        return _ScaleAndZero.apply(x, hits, self.scale)
 
     def extra_repr(self) -> str:
         """As nn.Dropout prints itself."""
         return f"p={self.p}"
 
 
-def halve_dropout_draws(model: torch.nn.Module) -> int:
-    """Replace every LoRA layer's `nn.Dropout` with HalfDrawDropout of the same p; how many were replaced."""
+def scatter_lora_dropout(model: torch.nn.Module) -> int:
+    """Replace every LoRA layer's `nn.Dropout` with ScatterDropout of the same p; how many were replaced."""
     replaced = 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
@@ -50,6 +82,6 @@ def halve_dropout_draws(model: torch.nn.Module) -> int:
             continue
         for name, drop in drops.items():
             if type(drop) is torch.nn.Dropout:
-                drops[name] = HalfDrawDropout(drop.p)
+                drops[name] = ScatterDropout(drop.p)
                 replaced += 1
     return replaced

@@ -181,7 +181,7 @@ def parent_record(cfg: TrainConfig) -> dict | None:
 
 def start_model(cfg: TrainConfig, cache_dir: str):
     """The model a run trains: its starting weights, wrapped for training (LoRA or full)."""
-    from .dropout import halve_dropout_draws
+    from .dropout import scatter_lora_dropout
     from .model import apply_peft, prepare_for_training
 
     parent = parent_of(cfg)
@@ -196,7 +196,7 @@ def start_model(cfg: TrainConfig, cache_dir: str):
     base = prepare_for_training(base, cfg.trainer.gradient_checkpointing)
     model = PeftModel.from_pretrained(base, parent.weights, config=config, is_trainable=True)
     if cfg.lora.fast_dropout:
-        halve_dropout_draws(model)
+        scatter_lora_dropout(model)
     return model.train()
 
 

@@ -17,7 +17,7 @@ from ..atomic import publish_dir
 from ..config import DTYPES, LoraConfig, ModelConfig
 from ..data.templates import CHATML
 from ..errors import ConfigError
-from .dropout import halve_dropout_draws
+from .dropout import scatter_lora_dropout
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def apply_peft(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
     )
     model = get_peft_model(model, peft_config)
     if cfg.fast_dropout:
-        halve_dropout_draws(model)
+        scatter_lora_dropout(model)
     return model
 
 

@@ -1,4 +1,4 @@
-"""`trainer.precision=auto` (decided by measured matmul rates) and LoRA's half-draw dropout."""
+"""`trainer.precision=auto` (decided by measured matmul rates) and LoRA's scatter dropout."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import TINY
 import sft.training.precision as precision
 from sft.config import validate
 from sft.train import train
-from sft.training.dropout import HalfDrawDropout, halve_dropout_draws
+from sft.training.dropout import ScatterDropout, scatter_lora_dropout
 from sft.training.model import apply_peft, load_model
 from sft.training.precision import FrozenLinearsInBf16, UncastLoraInputs, frozen_linears_to_bf16
 
@@ -121,27 +121,40 @@ def test_bf16_mixed_training_leaves_lora_inputs_uncast_and_casts_again_after(mak
     assert calls == []
 
 
-def test_half_draw_dropout_has_the_rate_and_scale_of_dropout():
-    """Over 2M elements: dropped fraction p (within 5 sigma) in even and odd positions alike (both halves
-    of a draw), kept elements scaled by 1 / (1 - p), mean preserved, masks of neighbours independent."""
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_scatter_dropout_has_the_rate_and_scale_of_dropout(p):
+    """Over 2M elements: dropped fraction p (within 5 sigma) in both halves of the tensor, kept elements
+    scaled by exactly 1 / (1 - p), mean preserved, neighbours' masks uncorrelated."""
     torch.manual_seed(0)
-    p, n = 0.05, 2_000_000
-    out = HalfDrawDropout(p).train()(torch.ones(n))
+    n = 2_000_000
+    out = ScatterDropout(p).train()(torch.ones(n))
     dropped = out == 0
     tolerance = 5 * (p * (1 - p) / (n / 2)) ** 0.5
-    for half in (dropped[0::2], dropped[1::2]):
+    for half in (dropped[: n // 2], dropped[n // 2 :]):
         assert abs(half.float().mean().item() - p) < tolerance
     kept = out[~dropped]
-    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - round(p * 32768) / 32768)))
+    assert torch.equal(kept, torch.full_like(kept, 1 / (1 - p)))
     assert abs(out.mean().item() - 1) < 5 * (p / (1 - p) / n) ** 0.5
     pairs = torch.stack([dropped[0::2].float(), dropped[1::2].float()])
     assert abs(torch.corrcoef(pairs)[0, 1].item()) < 0.01
 
 
-def test_half_draw_dropout_is_seeded_shaped_and_differentiable():
-    """Same seed, same mask; eval mode and p=0 are the identity; the gradient is the mask times the scale."""
+def test_scatter_dropout_drops_each_element_independently():
+    """How many of 10 elements are dropped follows Binomial(10, p): its mean and variance (a fixed number of
+    drawn positions, or positions without repeats, would narrow the spread) over 20,000 tensors."""
+    torch.manual_seed(0)
+    p, n, trials = 0.3, 10, 20_000
+    drop = ScatterDropout(p).train()
+    counts = torch.tensor([float((drop(torch.ones(n)) == 0).sum()) for _ in range(trials)])
+    assert abs(counts.mean().item() - n * p) < 5 * (n * p * (1 - p) / trials) ** 0.5
+    assert abs(counts.var().item() / (n * p * (1 - p)) - 1) < 0.05
+
+
+def test_scatter_dropout_is_seeded_shaped_and_differentiable():
+    """Same seed, same mask; eval mode and p=0 are the identity; the gradient is the mask times the scale,
+    also for an input that is not row-major."""
     x = torch.randn(3, 5, 7, requires_grad=True)
-    drop = HalfDrawDropout(0.3).train()
+    drop = ScatterDropout(0.3).train()
     torch.manual_seed(1)
     a = drop(x)
     torch.manual_seed(1)
@@ -149,10 +162,18 @@ def test_half_draw_dropout_is_seeded_shaped_and_differentiable():
     assert a.shape == x.shape and not torch.equal(a, drop(x))
     a.sum().backward()
     assert torch.equal(x.grad, (a != 0) * drop.scale)
-    assert drop.eval()(x) is x and HalfDrawDropout(0.0).train()(x) is x
+    assert drop.eval()(x) is x and ScatterDropout(0.0).train()(x) is x
+    t = torch.randn(7, 5, requires_grad=True)
+    torch.manual_seed(2)
+    b = drop.train()(t.T)
+    assert torch.equal(b, torch.where(b != 0, t.T * drop.scale, 0))
+    b.backward(torch.ones_like(b))
+    assert torch.equal(t.grad.T, (b != 0) * drop.scale)
+    with pytest.raises(ValueError, match="dropout probability"):
+        ScatterDropout(1.0)
 
 
-def test_lora_layers_get_half_draw_dropout_unless_switched_off(make_cfg, cache_dir):
+def test_lora_layers_get_scatter_dropout_unless_switched_off(make_cfg, cache_dir):
     """Every LoRA layer's dropout is replaced (lora.fast_dropout=true), none with false."""
 
     def lora_model(*overrides):
@@ -163,12 +184,12 @@ def test_lora_layers_get_half_draw_dropout_unless_switched_off(make_cfg, cache_d
         layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
         return {type(d).__name__ for m in layers for d in m.lora_dropout.values()}
 
-    assert kinds(lora_model()) == {"HalfDrawDropout"}
+    assert kinds(lora_model()) == {"ScatterDropout"}
     plain = lora_model("lora.fast_dropout=false")
     assert kinds(plain) == {"Dropout"}
     layers = sum(1 for m in plain.modules() if hasattr(m, "lora_dropout"))
-    assert halve_dropout_draws(plain) == layers > 0
-    assert kinds(plain) == {"HalfDrawDropout"}
+    assert scatter_lora_dropout(plain) == layers > 0
+    assert kinds(plain) == {"ScatterDropout"}
 
 
 def test_frozen_bf16_copies_change_no_product_and_are_put_back(make_cfg, cache_dir):
@@ -210,7 +231,7 @@ def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_
     model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora).train()
     ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     seen = []
-    drops = [m for m in model.modules() if isinstance(m, HalfDrawDropout)]
+    drops = [m for m in model.modules() if isinstance(m, ScatterDropout)]
     for drop in drops:
         drop.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
 
