@@ -53,6 +53,12 @@ LEVERS = {
         {"segments": True, "uncast_lora_inputs": True},
         {},
     ),
+    # bench_path_uncast with lora_B's product added to the base output inside the GEMM.
+    "bench_path_fused": (
+        ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
+        {"segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True},
+        {},
+    ),
     "bench_path_kernel_only": (
         ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
         {"segments": True, "eager_max_len": 0},
@@ -108,6 +114,7 @@ def worker(spec: dict) -> dict:
     from sft.locations import CONF_DIR
     from sft.training import attention
     from sft.training.lineage import start_model
+    from sft.training.lora_forward import fuse_lora_adds
     from sft.training.model import load_tokenizer
     from sft.training.module import SFTModule
     from sft.training.precision import frozen_linears_to_bf16, matmul_peak, uncast_lora_inputs
@@ -134,6 +141,8 @@ def worker(spec: dict) -> dict:
         attention.EAGER_MAX_LEN = spec["eager_max_len"]
     if spec.get("uncast_lora_inputs"):
         uncast_lora_inputs(model)
+    if spec.get("fused_lora_adds"):  # what sft.training.lora_forward.FusedLoraAdds does during training
+        fuse_lora_adds(model)
     if spec.get("compile"):
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()
