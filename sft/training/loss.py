@@ -3,7 +3,10 @@
 `kept_scores` gives the output head's scores at the positions whose label is kept, either from full
 logits or with the head applied only to those positions' hidden states, which never builds the
 (tokens x vocabulary) logits of prompt and padding positions. `token_loss` (full logits) and
-`trained_token_loss` (head on kept positions) are the two routes to the same summed loss.
+`trained_token_loss` (head on kept positions) are the two routes to the same summed loss. The
+cross-entropy itself (`token_nll`) upcasts the score rows to fp32 a cache-sized chunk at a time, forward and
+backward, instead of building the whole (tokens x vocabulary) fp32 copy: 1.06x a packed SmolLM2 step on a
+CPU (BENCHMARKS.md).
 
 Per-turn loss weights: a batch with `label_weights` (see sft.data.collate) gives
 (sum of w x cross-entropy, sum of w, sum of w x correct) over its trained tokens instead of
@@ -19,7 +22,6 @@ and denominator use the same rounded weights, so the loss stays an exact weighte
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..data.tokenize import IGNORE_INDEX
 
@@ -28,20 +30,68 @@ from ..data.tokenize import IGNORE_INDEX
 PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
 
 
+# Bytes of fp32 score rows upcast at a time: on a CPU about a core's L2, so a chunk's upcast, exponentials
+# and gradient stay in cache; elsewhere a bound on the fp32 copy with few kernel launches.
+CHUNK_BYTES = {"cpu": 1 << 21}
+OTHER_CHUNK_BYTES = 1 << 28
+
+
+class _ChunkedNll(torch.autograd.Function):
+    """Cross-entropy of each score row against its wanted id, and whether its argmax is that id, computed in
+    fp32 a chunk of rows at a time: the (rows x vocabulary) fp32 copy, its log-softmax and their gradients
+    are never built whole. Backward writes softmax - one-hot, times the row's gradient, in the scores' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nll per row, argmax == wanted per row); keeps the scores and each row's log-sum-exp."""
+        budget = CHUNK_BYTES.get(scores.device.type, OTHER_CHUNK_BYTES)
+        rows = max(1, budget // (4 * scores.shape[-1]))
+        nll = torch.empty(len(scores), dtype=torch.float32, device=scores.device)
+        lse = torch.empty_like(nll)
+        correct = torch.empty(len(scores), dtype=torch.bool, device=scores.device)
+        for start in range(0, len(scores), rows):
+            part, ids = slice(start, start + rows), wanted[start : start + rows]
+            chunk = scores[part].float()
+            torch.logsumexp(chunk, -1, out=lse[part])
+            torch.sub(lse[part], chunk.gather(1, ids[:, None]).squeeze(1), out=nll[part])
+            torch.eq(chunk.argmax(-1), ids, out=correct[part])
+        ctx.save_for_backward(scores, wanted, lse)
+        ctx.rows = rows
+        ctx.mark_non_differentiable(correct)
+        return nll, correct
+
+    @staticmethod
+    def backward(ctx, grad_nll: torch.Tensor, _correct) -> tuple[torch.Tensor, None]:
+        """(softmax - one-hot) x the row's gradient, chunk by chunk, in the scores' dtype."""
+        scores, wanted, lse = ctx.saved_tensors
+        grad = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
+        for start in range(0, len(scores), ctx.rows):
+            part, ids = slice(start, start + ctx.rows), wanted[start : start + ctx.rows]
+            probs = scores[part].to(torch.float32, copy=True).sub_(lse[part, None]).exp_()
+            probs[torch.arange(len(ids), device=ids.device), ids] -= 1
+            torch.mul(probs, grad_nll[part, None], out=grad[part])
+        return grad, None
+
+
+def token_nll(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of each score row against its wanted id, whether its argmax is that id), in fp32."""
+    return _ChunkedNll.apply(scores, wanted)
+
+
 def summed_cross_entropy(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, correct predictions) of score rows against wanted ids, computed in fp32."""
-    scores = scores.float()  # upcast only the rows that carry loss
-    return F.cross_entropy(scores, wanted, reduction="sum"), (scores.argmax(-1) == wanted).sum()
+    nll, correct = token_nll(scores, wanted)
+    return nll.sum(), correct.sum()
 
 
 def weighted_cross_entropy(
     scores: torch.Tensor, wanted: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of weight x cross-entropy, sum of weights, weighted correct predictions), computed in fp32."""
-    scores, weights = scores.float(), weights.float()
-    nll = F.cross_entropy(scores, wanted, reduction="none")
-    correct = (scores.argmax(-1) == wanted).to(weights.dtype)
-    return (weights * nll).sum(), weights.sum(), (weights * correct).sum()
+    weights = weights.float()
+    nll, correct = token_nll(scores, wanted)
+    return (weights * nll).sum(), weights.sum(), (weights * correct.to(weights.dtype)).sum()
 
 
 def scored_sums(
@@ -109,4 +159,4 @@ def trained_token_loss(
 
 def token_logps(scores: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
     """Log-probability of each wanted id under its score row, in fp32."""
-    return -F.cross_entropy(scores.float(), wanted, reduction="none")
+    return -token_nll(scores, wanted)[0]

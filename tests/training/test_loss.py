@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import sft.training.loss as loss
 from sft.data.tokenize import IGNORE_INDEX
-from sft.training.loss import split_head, token_loss, trained_token_loss
+from sft.training.loss import split_head, token_loss, token_nll, trained_token_loss
 
 M = IGNORE_INDEX
 
@@ -51,6 +52,28 @@ def test_accuracy_counts_argmax_over_the_vocabulary():
     logits = torch.tensor([[[0.0, 1.0, 3.0], [0.0, 0.0, 0.0]], [[0.0, 1.0, 3.0], [0.0, 0.0, 0.0]]])
     _, count, correct = token_loss(logits, torch.tensor([[M, 2], [M, 1]]))
     assert (count.item(), correct.item()) == (2, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_equals_torchs_across_chunk_boundaries(monkeypatch, dtype):
+    """11 rows in chunks of 3 (the last one short): each row's loss and the scores' gradient (in the scores'
+    dtype, for unequal upstream gradients) as F.cross_entropy on the fp32 upcast; argmax hits as counted."""
+    monkeypatch.setitem(loss.CHUNK_BYTES, "cpu", 3 * 4 * 50)
+    generator = torch.Generator().manual_seed(0)
+    scores = (3 * torch.randn(11, 50, generator=generator)).to(dtype).requires_grad_()
+    wanted = torch.randint(0, 50, (11,), generator=generator)
+    wanted[:4] = scores[:4].argmax(-1)
+    upstream = torch.rand(11, generator=generator)
+    nll, correct = token_nll(scores, wanted)
+    (nll * upstream).sum().backward()
+    reference = scores.detach().float().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(reference, wanted, reduction="none")
+    (expected * upstream).sum().backward()
+    assert nll.dtype == torch.float32 and torch.allclose(nll, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(correct, reference.argmax(-1) == wanted) and correct[:4].all()
+    assert scores.grad.dtype == dtype
+    rtol = 1e-5 if dtype == torch.float32 else 2**-8  # bf16: one unit in the last place
+    assert torch.allclose(scores.grad.float(), reference.grad.float(), rtol=rtol, atol=1e-7)
 
 
 class Decoder(torch.nn.Module):
