@@ -6,8 +6,11 @@ in a third, and backward scales the output's gradient in a fourth. `FusedLoraLin
 (tokens x r) product instead and accumulates lora_B's product into the base output with one in-place
 `addmm_` (the GEMM reads and writes that output once; the base layer's backward never needs its output).
 Same products up to rounding (one rounding of the sum instead of three). Measured 1.05x on a packed
-SmolLM2 step on a CPU (BENCHMARKS.md). A layer that is not plain, with one active adapter over an
-`nn.Linear` and no bias on lora_B, or one called with extra arguments, runs PEFT's forward.
+SmolLM2 step on a CPU (BENCHMARKS.md). The fused path is taken for a plain call only: no extra arguments,
+adapters enabled and unmerged, exactly one active adapter, no variant (DoRA), no bias on lora_B, an
+`nn.Linear` base, and either autocast on or the base in the adapter's dtype (PEFT adds a bf16 base's output
+to an fp32 adapter's product in fp32, which the in-place sum in the base's dtype would not). Every other
+call runs PEFT's forward.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from .precision import DuringTraining
+from .precision import SwitchDuringTraining
 from .strategy import is_deepspeed, is_fsdp
 
 
@@ -24,7 +27,7 @@ class FusedLoraLinear(LoraLinear):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """base(x) + scaling * B(A(dropout(x))), the scaling on A's product and the sum in one addmm_."""
-        name = self._plain_adapter()
+        name = self._plain_adapter(x)
         if name is None or args or kwargs:
             return super().forward(x, *args, **kwargs)
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
@@ -35,14 +38,17 @@ class FusedLoraLinear(LoraLinear):
         result.addmm_(low.to(result.dtype), lora_b.weight.to(result.dtype).t())
         return result.view(*x.shape[:-1], result.shape[-1])
 
-    def _plain_adapter(self) -> str | None:
+    def _plain_adapter(self, x: torch.Tensor) -> str | None:
         """The one active adapter's name when this call can take the fused path, else None."""
         if self.disable_adapters or self.merged or len(self.active_adapters) != 1:
             return None
         name = self.active_adapters[0]
         if name not in self.lora_A or name in self.lora_variant or self.lora_B[name].bias is not None:
             return None
-        return name if type(self.base_layer) is torch.nn.Linear else None
+        if type(self.base_layer) is not torch.nn.Linear:
+            return None
+        same_dtype = self.base_layer.weight.dtype == self.lora_B[name].weight.dtype
+        return name if same_dtype or torch.is_autocast_enabled(x.device.type) else None
 
 
 def fuse_lora_adds(model: torch.nn.Module, fused: bool = True) -> int:
@@ -54,21 +60,14 @@ def fuse_lora_adds(model: torch.nn.Module, fused: bool = True) -> int:
     return len(layers)
 
 
-class FusedLoraAdds(DuringTraining):
+class FusedLoraAdds(SwitchDuringTraining):
     """While training, LoRA's Linear layers add the adapter's product inside the GEMM (FusedLoraLinear);
-    PEFT's own layers are back when training ends or fails. Left alone under FSDP and DeepSpeed, whose
-    hooks gather a module's weights only when that module itself is called."""
+    PEFT's own layers are back when training ends or fails. Left alone under FSDP and DeepSpeed: ZeRO-3
+    gathers a module's weights only when that module itself is called (lora_B's is read, not called), and
+    neither was measured with it."""
 
-    def __init__(self) -> None:
-        self._model: torch.nn.Module | None = None
+    def _allowed(self, trainer) -> bool:
+        return not (is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy))
 
-    def _apply(self, trainer, pl_module) -> None:
-        if self._model is not None or is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy):
-            return
-        if fuse_lora_adds(pl_module.model):
-            self._model = pl_module.model
-
-    def _restore(self) -> None:
-        if self._model is not None:
-            fuse_lora_adds(self._model, fused=False)
-            self._model = None
+    def _switch(self, model: torch.nn.Module, on: bool) -> int:
+        return fuse_lora_adds(model, fused=on)

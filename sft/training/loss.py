@@ -31,7 +31,8 @@ PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
 
 
 # Bytes of fp32 score rows upcast at a time: on a CPU about a core's L2, so a chunk's upcast, exponentials
-# and gradient stay in cache; elsewhere a bound on the fp32 copy with few kernel launches.
+# and gradient stay in cache; elsewhere a bound on the fp32 copies (two or three chunks live at once) with
+# few kernel launches (measured on a CPU only).
 CHUNK_BYTES = {"cpu": 1 << 21}
 OTHER_CHUNK_BYTES = 1 << 28
 
@@ -43,26 +44,31 @@ class _ChunkedNll(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(nll per row, argmax == wanted per row); keeps the scores and each row's log-sum-exp."""
+    def forward(
+        ctx, scores: torch.Tensor, wanted: torch.Tensor, count_correct: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nll per row, argmax == wanted per row: empty unless `count_correct`); keeps the scores and each
+        row's log-sum-exp."""
         budget = CHUNK_BYTES.get(scores.device.type, OTHER_CHUNK_BYTES)
         rows = max(1, budget // (4 * scores.shape[-1]))
         nll = torch.empty(len(scores), dtype=torch.float32, device=scores.device)
         lse = torch.empty_like(nll)
-        correct = torch.empty(len(scores), dtype=torch.bool, device=scores.device)
+        correct = torch.empty(len(scores) if count_correct else 0, dtype=torch.bool, device=scores.device)
         for start in range(0, len(scores), rows):
             part, ids = slice(start, start + rows), wanted[start : start + rows]
             chunk = scores[part].float()
             torch.logsumexp(chunk, -1, out=lse[part])
             torch.sub(lse[part], chunk.gather(1, ids[:, None]).squeeze(1), out=nll[part])
-            torch.eq(chunk.argmax(-1), ids, out=correct[part])
+            if count_correct:
+                torch.eq(chunk.argmax(-1), ids, out=correct[part])
         ctx.save_for_backward(scores, wanted, lse)
         ctx.rows = rows
         ctx.mark_non_differentiable(correct)
         return nll, correct
 
     @staticmethod
-    def backward(ctx, grad_nll: torch.Tensor, _correct) -> tuple[torch.Tensor, None]:
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_nll: torch.Tensor, _correct) -> tuple[torch.Tensor, None, None]:
         """(softmax - one-hot) x the row's gradient, chunk by chunk, in the scores' dtype."""
         scores, wanted, lse = ctx.saved_tensors
         grad = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
@@ -71,12 +77,15 @@ class _ChunkedNll(torch.autograd.Function):
             probs = scores[part].to(torch.float32, copy=True).sub_(lse[part, None]).exp_()
             probs[torch.arange(len(ids), device=ids.device), ids] -= 1
             torch.mul(probs, grad_nll[part, None], out=grad[part])
-        return grad, None
+        return grad, None, None
 
 
-def token_nll(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy of each score row against its wanted id, whether its argmax is that id), in fp32."""
-    return _ChunkedNll.apply(scores, wanted)
+def token_nll(
+    scores: torch.Tensor, wanted: torch.Tensor, count_correct: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of each score row against its wanted id, whether its argmax is that id: empty unless
+    `count_correct`), in fp32."""
+    return _ChunkedNll.apply(scores, wanted, count_correct)
 
 
 def summed_cross_entropy(scores: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,4 +168,4 @@ def trained_token_loss(
 
 def token_logps(scores: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
     """Log-probability of each wanted id under its score row, in fp32."""
-    return -token_nll(scores, wanted)[0]
+    return -token_nll(scores, wanted, count_correct=False)[0]

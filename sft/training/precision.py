@@ -187,7 +187,30 @@ def frozen_linears_to_bf16(model: torch.nn.Module) -> dict[torch.nn.Linear, torc
     return kept
 
 
-class UncastLoraInputs(DuringTraining):
+class SwitchDuringTraining(DuringTraining):
+    """A switch over a model's layers, on from the first training batch to the end of training when the run
+    allows it (`_allowed`); `_switch(model, on)` flips it and says how many layers it touched."""
+
+    def __init__(self) -> None:
+        self._model: torch.nn.Module | None = None
+
+    def _apply(self, trainer, pl_module) -> None:
+        if self._model is None and self._allowed(trainer) and self._switch(pl_module.model, True):
+            self._model = pl_module.model
+
+    def _restore(self) -> None:
+        if self._model is not None:
+            self._switch(self._model, False)
+            self._model = None
+
+    def _allowed(self, trainer) -> bool:
+        raise NotImplementedError
+
+    def _switch(self, model: torch.nn.Module, on: bool) -> int:
+        raise NotImplementedError
+
+
+class UncastLoraInputs(SwitchDuringTraining):
     """Under autocast (a "-mixed" precision, DDP or one device), each plain LoRA layer's input keeps its dtype
     while training instead of PEFT casting it to the adapter's fp32 weights: autocast casts it back to bf16
     for the adapter's matmul anyway, so with bf16 base weights PEFT's cast cost two copies of every adapter
@@ -196,21 +219,12 @@ class UncastLoraInputs(DuringTraining):
     on a packed SmolLM2 step with bf16 weights (BENCHMARKS.md). PEFT's cast is back when training ends.
     """
 
-    def __init__(self) -> None:
-        self._model: torch.nn.Module | None = None
+    def _allowed(self, trainer) -> bool:
+        mixed = str(trainer.precision).endswith("-mixed")
+        return mixed and not (is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy))  # their own
 
-    def _apply(self, trainer, pl_module) -> None:
-        if self._model is not None or not str(trainer.precision).endswith("-mixed"):
-            return
-        if is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy):  # their own mixed precision
-            return
-        if uncast_lora_inputs(pl_module.model):
-            self._model = pl_module.model
-
-    def _restore(self) -> None:
-        if self._model is not None:
-            uncast_lora_inputs(self._model, uncast=False)
-            self._model = None
+    def _switch(self, model: torch.nn.Module, on: bool) -> int:
+        return uncast_lora_inputs(model, uncast=on)
 
 
 def uncast_lora_inputs(model: torch.nn.Module, uncast: bool = True) -> int:

@@ -39,13 +39,18 @@ def products(model, autocast: bool = False):
 
 @pytest.mark.parametrize(
     ("overrides", "autocast", "tolerance"),
-    [((), False, 1e-5), (("lora.fast_dropout=false",), False, 1e-5), (("model.dtype=bfloat16",), True, 5e-2)],
-    ids=["fp32", "torch-dropout", "bf16-autocast"],
+    [
+        ((), False, 1e-5),
+        (("lora.fast_dropout=false",), False, 1e-5),
+        (("model.dtype=bfloat16",), True, 5e-2),
+        (("model.dtype=bfloat16",), False, 0.0),
+    ],
+    ids=["fp32", "torch-dropout", "bf16-autocast", "bf16-weights-without-autocast"],
 )
 def test_fused_layers_compute_peft_products(make_cfg, cache_dir, overrides, autocast, tolerance):
     """Same logits and LoRA gradients as PEFT's layers, with dropout on (the same masks): to 1e-5 in fp32,
     to bf16's rounding under autocast with bf16 weights (relative to the largest logit, to each gradient's
-    norm)."""
+    norm); bf16 weights without autocast take PEFT's path (its sum in the fp32 adapter's dtype): exactly."""
     model = lora_model(make_cfg, cache_dir, *overrides)
     reference, reference_grads = products(model, autocast)
     assert fuse_lora_adds(model) > 0

@@ -171,6 +171,29 @@ def test_scatter_dropout_is_seeded_shaped_and_differentiable():
     assert torch.equal(t.grad.T, (b != 0) * drop.scale)
     with pytest.raises(ValueError, match="dropout probability"):
         ScatterDropout(1.0)
+    drop(torch.randn(4, 6, requires_grad=True)).add_(1).sum().backward()  # in place, as nn.Dropout allows
+
+
+def test_scatter_dropout_gives_the_same_gradients_under_activation_checkpointing(make_cfg, cache_dir):
+    """Checkpointing replays the generator when it recomputes a layer: the same positions are dropped, so
+    logits and LoRA gradients equal those of a run that keeps its activations."""
+    typed = validate(make_cfg("model=tiny", "lora.r=4", "lora.dropout=0.3"))
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(4)
+        model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora, checkpointing).train()
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.1)
+        torch.manual_seed(3)
+        logits = model(input_ids=ids).logits
+        logits.logsumexp(-1).sum().backward()
+        results.append((logits, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (checkpointed, grads) = results
+    assert model.is_activation_checkpointing
+    assert torch.allclose(checkpointed, plain, atol=1e-6)
+    assert all(torch.allclose(grads[n], plain_grads[n], atol=1e-6) for n in plain_grads)
 
 
 def test_lora_layers_get_scatter_dropout_unless_switched_off(make_cfg, cache_dir):
