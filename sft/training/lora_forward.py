@@ -19,7 +19,6 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from .precision import SwitchDuringTraining
-from .strategy import is_deepspeed, is_fsdp
 
 
 class FusedLoraLinear(LoraLinear):
@@ -62,12 +61,9 @@ def fuse_lora_adds(model: torch.nn.Module, fused: bool = True) -> int:
 
 class FusedLoraAdds(SwitchDuringTraining):
     """While training, LoRA's Linear layers add the adapter's product inside the GEMM (FusedLoraLinear);
-    PEFT's own layers are back when training ends or fails. Left alone under FSDP and DeepSpeed: ZeRO-3
-    gathers a module's weights only when that module itself is called (lora_B's is read, not called), and
-    neither was measured with it."""
-
-    def _allowed(self, trainer) -> bool:
-        return not (is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy))
+    PEFT's own layers are back when training ends or fails. Never under FSDP or DeepSpeed (the base's rule):
+    ZeRO-3 gathers a module's weights only when that module itself is called (lora_B's is read, not
+    called), and neither was measured with it."""
 
     def _switch(self, model: torch.nn.Module, on: bool) -> int:
         return fuse_lora_adds(model, fused=on)

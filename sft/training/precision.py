@@ -188,14 +188,17 @@ def frozen_linears_to_bf16(model: torch.nn.Module) -> dict[torch.nn.Linear, torc
 
 
 class SwitchDuringTraining(DuringTraining):
-    """A switch over a model's layers, on from the first training batch to the end of training when the run
-    allows it (`_allowed`); `_switch(model, on)` flips it and says how many layers it touched."""
+    """A switch over a model's LoRA layers, on from the first training batch to the end of training when the
+    run allows it (`_allowed`), never under FSDP or DeepSpeed (which wrap the layers and run their own mixed
+    precision); `_switch(model, on)` flips it and says how many layers it touched."""
 
     def __init__(self) -> None:
         self._model: torch.nn.Module | None = None
 
     def _apply(self, trainer, pl_module) -> None:
-        if self._model is None and self._allowed(trainer) and self._switch(pl_module.model, True):
+        if self._model is not None or is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy):
+            return
+        if self._allowed(trainer) and self._switch(pl_module.model, True):
             self._model = pl_module.model
 
     def _restore(self) -> None:
@@ -204,7 +207,7 @@ class SwitchDuringTraining(DuringTraining):
             self._model = None
 
     def _allowed(self, trainer) -> bool:
-        raise NotImplementedError
+        return True
 
     def _switch(self, model: torch.nn.Module, on: bool) -> int:
         raise NotImplementedError
@@ -220,8 +223,7 @@ class UncastLoraInputs(SwitchDuringTraining):
     """
 
     def _allowed(self, trainer) -> bool:
-        mixed = str(trainer.precision).endswith("-mixed")
-        return mixed and not (is_fsdp(trainer.strategy) or is_deepspeed(trainer.strategy))  # their own
+        return str(trainer.precision).endswith("-mixed")
 
     def _switch(self, model: torch.nn.Module, on: bool) -> int:
         return uncast_lora_inputs(model, uncast=on)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import TINY
+from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 import sft.training.lora_forward as lora_forward
@@ -12,6 +15,7 @@ from sft.config import validate
 from sft.train import train
 from sft.training.lora_forward import FusedLoraAdds, FusedLoraLinear, fuse_lora_adds
 from sft.training.model import apply_peft, load_model
+from sft.training.precision import UncastLoraInputs
 
 IDS = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
 
@@ -104,3 +108,16 @@ def test_training_fuses_the_adds_and_puts_peft_layers_back(make_cfg, cache_dir, 
     callback.on_exception(None, None, RuntimeError("failed step"))
     assert not any(type(m) is FusedLoraLinear for m in model.modules())
     assert any(type(m) is LoraLinear for m in model.modules())
+
+
+def test_the_training_switches_leave_fsdp_alone(make_cfg, cache_dir):
+    """Under FSDP neither training-time switch touches the LoRA layers (FSDP wraps them and runs its own mixed
+    precision); on one device both do."""
+    strategies = ((FSDPStrategy(), False), (SingleDeviceStrategy(torch.device("cpu")), True))
+    for callback in (FusedLoraAdds(), UncastLoraInputs()):
+        for strategy, switched in strategies:
+            model = lora_model(make_cfg, cache_dir)
+            trainer = SimpleNamespace(strategy=strategy, precision="bf16-mixed")
+            callback._apply(trainer, SimpleNamespace(model=model))
+            assert (callback._model is model) == switched
+            callback._restore()
