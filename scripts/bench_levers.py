@@ -59,6 +59,18 @@ LEVERS = {
         {"segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True},
         {},
     ),
+    # bench_path_fused with each decoder layer compiled by inductor.
+    "bench_path_compiled": (
+        ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
+        {"segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True, "compile": True},
+        {},
+    ),
+    # As `make train` trains by default on a bf16-fast CPU: fp32 weights, frozen copies, the switches.
+    "default_path": (
+        ["trainer.precision=bf16-mixed"],
+        {"frozen_bf16": True, "segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True},
+        {},
+    ),
     "bench_path_kernel_only": (
         ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
         {"segments": True, "eager_max_len": 0},
@@ -193,12 +205,12 @@ def fused_qkv_estimate(rounds: int = 20) -> dict:
     shapes: 2 x 512 tokens, width 576, k/v width 192, rank 32), times the 30 layers."""
     import torch
 
-    from sft.training.dropout import HalfDrawDropout
+    from sft.training.dropout import ScatterDropout
 
     x = torch.randn(2, 512, 576, requires_grad=True)
     heads = [torch.randn(32, 576, requires_grad=True) for _ in range(3)]
     outs = [torch.randn(w, 32, requires_grad=True) for w in (576, 192, 192)]
-    drop = HalfDrawDropout(0.05).train()
+    drop = ScatterDropout(0.05).train()
 
     def separate():
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -197,7 +197,12 @@ class TrainerConfig:
     max_steps: int = setting()
     effective_batch_size: int = setting(gt=0)
     micro_batch_size: int = setting(gt=0)
-    micro_batch_tokens: int | None = setting(gt=0)
+    micro_batch_tokens: Any = setting(
+        check=(
+            lambda v: v is None or v == "auto" or type(v) is int and v > 0,
+            "'auto', a positive number of tokens or null",
+        )
+    )
     eval_micro_batch_size: int = setting(gt=0)
     gradient_clip_val: float | None = setting(ge=0)
     eval_steps: int | None = setting(gt=0)

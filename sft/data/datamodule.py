@@ -195,6 +195,7 @@ class SFTDataModule(L.LightningDataModule):
         self.prepared: Prepared | None = None
         self.train_set = None
         self.train_lengths: list[int] = []
+        self._first_epoch: list[int] | None = None  # row lengths in the first epoch's order (one device)
         self.train_stages: list[int] | None = None
         # (rows, collate) → each row's reference log-probabilities, when the stage computes them up front.
         self.reference: Callable | None = None
@@ -269,14 +270,21 @@ class SFTDataModule(L.LightningDataModule):
         """Tokens a packed row holds: cutoff_len, twice that when an example is two sequences (together)."""
         return self.cfg.cutoff_len * (2 if self.paired else 1)
 
-    def mean_row_tokens(self) -> float | None:
-        """Mean tokens of a training row, what `trainer.micro_batch_tokens` sizes micro-batches by; None for
-        packed rows (each about `capacity` long)."""
+    def micro_batch_tokens(self, rows: int) -> float | None:
+        """About how many tokens a training micro-batch of `rows` rows holds, padding to its longest row
+        included, what `trainer.micro_batch_tokens` sizes micro-batches by: packed rows count `capacity`
+        each; other rows the mean over the first epoch's micro-batches in its length-grouped order."""
         if self.cfg.packing:
-            return None
-        if self.prepared is None:  # a rank that did not prepare: the cached rows another process built
-            self._prepare(rebuild=False)
-        return self.stats.train_tokens / self.stats.train if self.stats.train else None
+            return rows * self.capacity
+        if self._first_epoch is None:
+            if self.prepared is None:  # a rank that did not prepare: the cached rows another process built
+                self._prepare(rebuild=False)
+            lengths = self.prepared.train.select_columns(["length"])[:]["length"]
+            order = list(EpochShuffleSampler(lengths, self.seed, self.group_size))
+            self._first_epoch = [lengths[i] for i in order]
+        first = self._first_epoch
+        batches = [first[start : start + rows] for start in range(0, len(first), rows)]
+        return sum(len(b) * max(b) for b in batches) / len(batches) if batches else None
 
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)
@@ -347,7 +355,7 @@ class StreamingDataModule(SFTDataModule):
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared, self.sources, self.starts = prepare_stream(self.cfg, self.tokenizer, self.template)
 
-    def mean_row_tokens(self) -> None:
+    def micro_batch_tokens(self, rows: int) -> None:
         """Unknown before the stream is read: streamed micro-batches keep `trainer.micro_batch_size`."""
         return None
 

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # Lightning's subprocess launcher starts the other DDP ranks with this process's environment: they take
 # the launching process's decision instead of measuring again (and perhaps deciding otherwise).
 DECIDED = "SFT_AUTO_PRECISION"
+# The same for the measured matmul rates (`trainer.micro_batch_tokens: auto` sizes micro-batches by them):
+# every rank must choose the same micro-batch.
+RATES = "SFT_CPU_MATMUL_GFLOPS"
 # bf16 must beat fp32 by this factor: the two kinds of CPU measured here differ by 2x either way.
 MARGIN = 1.3
 
@@ -85,25 +88,33 @@ def cpu_precision(cache_dir: str | None = None) -> str:
     process tree (DECIDED)."""
     if decided := os.environ.get(DECIDED):
         return decided
+    fp32, bf16 = cpu_rates(cache_dir)
+    choice = cpu_choice(fp32, bf16)
+    log.info("trainer.precision=auto: %s (CPU matmuls: fp32 %.0f, bf16 %.0f GFLOP/s)", choice, fp32, bf16)
+    os.environ[DECIDED] = choice
+    return choice
+
+
+def cpu_rates(cache_dir: str | None = None) -> tuple[float, float]:
+    """This CPU's fp32 and bf16 matmul GFLOP/s: a parent process's (RATES), those kept under `cache_dir` for
+    this CPU, or measured now (about half a second) and kept."""
+    if inherited := os.environ.get(RATES):
+        fp32, bf16 = (float(v) for v in inherited.split(","))
+        return fp32, bf16
     kept = Path(cache_dir).expanduser() / "precision.json" if cache_dir else None
     machine = cpu_identity()
     measurements = _read(kept)
     if machine in measurements:
         fp32, bf16 = measurements[machine]["fp32"], measurements[machine]["bf16"]
-        how = f"measured earlier on this CPU, {kept}"
+        log.info("CPU matmuls measured earlier on this CPU (%s)", kept)
     else:
         # Matrices the size of a small model's layers; a quarter second each is enough at a 2x difference.
-        fp32 = matmul_peak(torch.float32, n=1024, seconds=0.25)
-        bf16 = matmul_peak(torch.bfloat16, n=1024, seconds=0.25)
-        how = "measured now"
+        fp32 = round(matmul_peak(torch.float32, n=1024, seconds=0.25), 1)
+        bf16 = round(matmul_peak(torch.bfloat16, n=1024, seconds=0.25), 1)
         if kept is not None:
-            write_json({**measurements, machine: {"fp32": round(fp32, 1), "bf16": round(bf16, 1)}}, kept)
-    choice = cpu_choice(fp32, bf16)
-    log.info(
-        "trainer.precision=auto: %s (CPU matmuls: fp32 %.0f, bf16 %.0f GFLOP/s, %s)", choice, fp32, bf16, how
-    )
-    os.environ[DECIDED] = choice
-    return choice
+            write_json({**measurements, machine: {"fp32": fp32, "bf16": bf16}}, kept)
+    os.environ[RATES] = f"{fp32},{bf16}"
+    return fp32, bf16
 
 
 def cpu_identity() -> str:

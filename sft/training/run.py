@@ -95,8 +95,8 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     own = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
     if typed.trainer.neftune_alpha:
         own.append(NEFTune(typed.trainer.neftune_alpha))
-    row_tokens = datamodule.mean_row_tokens() if typed.trainer.micro_batch_tokens else None
-    built = build_trainer(typed, cfg, model, own, row_tokens)  # FSDP wraps the model's own layer classes
+    # FSDP wraps the model's own layer classes; micro-batches are sized by their tokens
+    built = build_trainer(typed, cfg, model, own, datamodule.micro_batch_tokens)
     trainer = built.trainer
     # Rows per micro-batch as the trainer chose them (micro_batch_tokens); config.yaml records the choice.
     typed.trainer.micro_batch_size = datamodule.micro_batch_size = built.plan.micro_batch_size

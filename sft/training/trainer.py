@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
@@ -16,11 +18,16 @@ from ..errors import ConfigError
 from ..run_dir import RunDir
 from .checkpoint import AtomicCheckpointIO
 from .lora_forward import FusedLoraAdds
-from .precision import FrozenLinearsInBf16, UncastLoraInputs
+from .precision import FrozenLinearsInBf16, UncastLoraInputs, cpu_rates
 from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
 
 log = logging.getLogger(__name__)
+# `trainer.micro_batch_tokens: auto` on a CPU: 400 tokens measured best where matmuls ran at 420 GFLOP/s
+# (an AMD EPYC, bf16), and proportionally more on faster ones. Each micro-batch costs a fixed time for its
+# thousands of small operations, whatever its size, so the faster the matmuls, the more tokens it takes for
+# them to outweigh it (BENCHMARKS.md, "Micro-batches sized by the CPU's matmul rate").
+AUTO_TOKENS, AUTO_GFLOPS = 400, 420.0
 
 
 @dataclass
@@ -47,25 +54,45 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
+def token_budget(
+    setting: int | str | None, precision: str, on_cpu: bool, cache_dir: str | None
+) -> int | None:
+    """The tokens a micro-batch may hold, padding included: `trainer.micro_batch_tokens` as given, or for
+    `auto` on a CPU AUTO_TOKENS scaled by how much faster than AUTO_GFLOPS its matmuls run in the dtype the
+    run computes in (never less); None on other devices (micro_batch_size as given)."""
+    if setting != "auto":
+        return setting
+    if not on_cpu:
+        return None
+    fp32, bf16 = cpu_rates(cache_dir)
+    rate = bf16 if precision.startswith("bf16") else fp32
+    return round(AUTO_TOKENS * max(1.0, rate / AUTO_GFLOPS))
+
+
 def rows_per_micro_batch(
-    least: int, per_device: int, token_budget: int | None, row_tokens: float | None
+    least: int, per_device: int, budget: int | None, tokens: Callable[[int], float | None] | None
 ) -> int:
-    """Rows per micro-batch: `least`, or, for rows of `row_tokens` on average, the most that divide the
-    device's `per_device` rows of a step and stay within `token_budget` tokens."""
-    if not token_budget or not row_tokens:
+    """Rows per micro-batch: `least`, or the most that divide the device's `per_device` rows of a step while
+    `tokens(rows)`, a micro-batch's tokens with padding, stays within `budget`."""
+    if not budget or tokens is None or tokens(least) is None:  # streamed rows: lengths unknown
         return least
-    fits = [m for m in range(least, per_device + 1) if per_device % m == 0 and m * row_tokens <= token_budget]
+    fits = [m for m in range(least, per_device + 1) if per_device % m == 0 and tokens(m) <= budget]
     return max(fits, default=least)
 
 
 def build_trainer(
-    cfg: TrainConfig, raw: DictConfig, model=None, extra_callbacks=(), row_tokens: float | None = None
+    cfg: TrainConfig,
+    raw: DictConfig,
+    model=None,
+    extra_callbacks=(),
+    micro_batch_tokens: Callable[[int], float | None] | None = None,
 ) -> BuiltTrainer:
     """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts).
 
     `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes;
     `extra_callbacks` are those the run builds itself (they need its tokenizer, for example);
-    `row_tokens`, the training rows' mean length, sizes micro-batches by `trainer.micro_batch_tokens`.
+    `micro_batch_tokens(rows)`, the tokens a micro-batch of that many training rows holds with padding,
+    sizes micro-batches by `trainer.micro_batch_tokens`.
     """
     t = cfg.trainer
     needs_cuda = cfg.strategy.name == "deepspeed" or (cfg.strategy.name == "fsdp" and t.accelerator != "cpu")
@@ -130,7 +157,9 @@ def build_trainer(
     # accumulation (and the evaluation interval, counted in micro-batches) is set afterwards.
     accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)  # names a bad split
     per_device = t.effective_batch_size // trainer.world_size
-    micro = rows_per_micro_batch(t.micro_batch_size, per_device, t.micro_batch_tokens, row_tokens)
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    budget = token_budget(t.micro_batch_tokens, t.precision, on_cpu, cfg.paths.cache_dir)
+    micro = rows_per_micro_batch(t.micro_batch_size, per_device, budget, micro_batch_tokens)
     accumulate = per_device // micro  # micro divides per_device by construction
     trainer.accumulate_grad_batches = accumulate
     if t.eval_steps:
@@ -154,7 +183,8 @@ def build_trainer(
         plan.accumulate_grad_batches,
         type(trainer.strategy).__name__,
         trainer.num_nodes,
-        f"; rows of {row_tokens:.0f} tokens on average, micro_batch_tokens={t.micro_batch_tokens}"
+        f"; about {micro_batch_tokens(micro):.0f} tokens per micro-batch with padding, within "
+        f"micro_batch_tokens={t.micro_batch_tokens} ({budget})"
         if micro != t.micro_batch_size
         else "",
     )

@@ -3,32 +3,106 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 import yaml
 from conftest import TINY, logged_series
 
+import sft.training.precision as precision_module
 from sft.train import train
-from sft.training.trainer import rows_per_micro_batch
+from sft.training.trainer import rows_per_micro_batch, token_budget
 
 
 @pytest.mark.parametrize(
     ("least", "per_device", "budget", "row_tokens", "chosen"),
     [
         (2, 32, None, 58.0, 2),  # no budget: micro_batch_size as given
-        (2, 32, 400, None, 2),  # no mean length (packed or streamed rows)
+        (2, 32, 400, None, 2),  # lengths unknown (streamed rows)
         (2, 32, 400, 58.0, 4),  # 8 x 58 = 464 > 400
         (2, 32, 400, 175.0, 2),  # Alpaca-length rows stay at 2
         (2, 32, 400, 500.0, 2),  # rows longer than the budget: never fewer than micro_batch_size
         (2, 24, 400, 57.0, 6),  # 7 x 57 fits but does not divide 24
         (4, 16, 10_000, 58.0, 16),  # the whole step in one micro-batch
         (3, 9, 100, 40.0, 3),  # even micro_batch_size overflows the budget: it is kept
+        (2, 8, 2857, 512.0, 4),  # packed rows of 512 within `auto`'s budget at 3000 GFLOP/s: 4, not 8
     ],
 )
 def test_rows_per_micro_batch_is_the_largest_divisor_within_the_budget(
     least, per_device, budget, row_tokens, chosen
 ):
-    assert rows_per_micro_batch(least, per_device, budget, row_tokens) == chosen
+    tokens = (lambda rows: None) if row_tokens is None else (lambda rows: rows * row_tokens)
+    assert rows_per_micro_batch(least, per_device, budget, tokens) == chosen
+
+
+def test_padding_counts_against_the_budget():
+    """Rows of 50 tokens on average whose micro-batches pad to 90 at 4 rows: 4 x 50 fits 300, 4 x 90 not."""
+    padded = {2: 150.0, 4: 360.0, 8: 900.0}
+    assert rows_per_micro_batch(2, 8, 300, padded.get) == 2
+    assert rows_per_micro_batch(2, 8, 400, padded.get) == 4
+
+
+@pytest.mark.parametrize(
+    ("setting", "precision", "on_cpu", "budget"),
+    [
+        (None, "32-true", True, None),
+        (1000, "bf16-mixed", True, 1000),
+        ("auto", "bf16-mixed", False, None),  # a GPU: micro_batch_size as given
+        ("auto", "bf16-mixed", True, 2857),  # 400 x 3000 / 420: the bf16 rate
+        ("auto", "bf16-true", True, 2857),
+        ("auto", "32-true", True, 400),  # fp32 at 300 GFLOP/s, slower than the reference: never below 400
+    ],
+)
+def test_auto_scales_the_budget_with_the_rate_of_the_dtype_the_run_computes_in(
+    monkeypatch, setting, precision, on_cpu, budget
+):
+    monkeypatch.setenv(precision_module.RATES, "300,3000")  # as a parent process measured them
+    assert token_budget(setting, precision, on_cpu, None) == budget
+
+
+def test_auto_measures_the_rates_once_for_the_process_and_its_ranks(monkeypatch, tmp_path):
+    """Without inherited rates, `auto` measures, keeps them for the ranks it starts (which must choose the
+    same micro-batch) and does not measure again."""
+    monkeypatch.setenv(precision_module.RATES, "")
+    monkeypatch.setattr(precision_module, "cpu_identity", lambda: f"a CPU of {tmp_path}")
+    calls = []
+
+    def peak(dtype, **_):
+        calls.append(dtype)
+        return 840.0 if dtype == torch.bfloat16 else 210.0
+
+    monkeypatch.setattr(precision_module, "matmul_peak", peak)
+    assert token_budget("auto", "bf16-mixed", True, None) == 800
+    assert os.environ[precision_module.RATES] == "210.0,840.0"
+    assert token_budget("auto", "32-true", True, None) == 400
+    assert len(calls) == 2
+
+
+def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
+    """One row per micro-batch has no padding (the mean length); more rows pad to the longest, less when
+    each step is sorted by length (group_by_length) than in plain shuffled order; packed rows count their
+    capacity."""
+    from sft.config import validate
+    from sft.data.datamodule import build_datamodule
+    from sft.data.loading import system_prompt
+    from sft.data.templates import get_template
+    from sft.training.model import load_tokenizer
+
+    def module(*overrides):
+        cfg = validate(make_cfg(*TINY, "trainer.effective_batch_size=16", *overrides))
+        tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+        template = get_template(cfg.data.template, tokenizer, system_prompt(cfg.data))
+        data = build_datamodule(cfg, tokenizer, template)
+        data.prepare_data()
+        return data
+
+    grouped, shuffled = module(), module("data.group_by_length=false")
+    mean = grouped.stats.train_tokens / grouped.stats.train
+    assert grouped.micro_batch_tokens(1) == pytest.approx(mean)
+    for rows in (2, 4, 8):
+        assert rows * mean < grouped.micro_batch_tokens(rows) < shuffled.micro_batch_tokens(rows)
+    assert module("data.packing=true").micro_batch_tokens(4) == 4 * 256  # TINY's cutoff_len
 
 
 def test_a_token_budget_merges_micro_batches_without_changing_the_update(make_cfg, tmp_path):
@@ -59,3 +133,13 @@ def test_a_resume_with_other_micro_batches_is_refused_with_the_settings_that_fit
         train(make_cfg(*again, "trainer.micro_batch_tokens=100000", run="budget"))
     train(make_cfg(*again, "trainer.micro_batch_size=4", "trainer.micro_batch_tokens=null", run="given"))
     assert json.loads((tmp_path / "given" / "summary.json").read_text())["global_step"] == 4
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "-5", "true", "12.5"])
+def test_a_bad_budget_names_the_key_and_what_it_may_be(make_cfg, value):
+    from sft.config import validate
+    from sft.errors import ConfigError
+
+    allowed = r"trainer\.micro_batch_tokens.*'auto', a positive number of tokens"
+    with pytest.raises(ConfigError, match=allowed):
+        validate(make_cfg(*TINY, f"trainer.micro_batch_tokens={value}"))

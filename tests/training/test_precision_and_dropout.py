@@ -21,8 +21,14 @@ from sft.training.precision import FrozenLinearsInBf16, UncastLoraInputs, frozen
 def undecided(monkeypatch, tmp_path):
     """No decision inherited from an earlier run in this process (restored afterwards), nor kept in the
     cache for this CPU by an earlier test: the CPU is one never measured."""
-    monkeypatch.setenv(precision.DECIDED, "")
+    new_process_tree(monkeypatch)
     monkeypatch.setattr(precision, "cpu_identity", lambda: f"a CPU of {tmp_path}")
+
+
+def new_process_tree(monkeypatch) -> None:
+    """Neither a precision nor matmul rates inherited from a parent process."""
+    monkeypatch.setenv(precision.DECIDED, "")
+    monkeypatch.setenv(precision.RATES, "")
 
 
 def measured(monkeypatch, fp32: float, bf16: float) -> list:
@@ -70,12 +76,12 @@ def test_a_measurement_is_kept_per_cpu_for_later_processes(monkeypatch, undecide
     calls = measured(monkeypatch, 191, 421)
     assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "bf16-mixed"
     assert calls == [torch.float32, torch.bfloat16]
-    monkeypatch.setenv(precision.DECIDED, "")  # a new process tree
+    new_process_tree(monkeypatch)
     calls = measured(monkeypatch, 336, 170)
     assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "bf16-mixed"
     assert calls == []
     monkeypatch.setattr(precision, "cpu_identity", lambda: "another CPU")
-    monkeypatch.setenv(precision.DECIDED, "")
+    new_process_tree(monkeypatch)
     assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "32-true"
     assert calls == [torch.float32, torch.bfloat16]
     assert len(json.loads((tmp_path / "cache" / "precision.json").read_text())) == 2
