@@ -3,7 +3,7 @@
 On a CUDA device that supports bf16: bf16-mixed. On a CPU the decision is measured, not read from the
 instruction flags: an Intel Xeon that lists AVX512-BF16 multiplied bf16 at half its fp32 rate (170 against
 336 GFLOP/s), an AMD EPYC with the same flag at 2.2 times it (421 against 191; BENCHMARKS.md). bf16-mixed
-is chosen only when bf16 matmuls of the model's sizes measure clearly faster, so noise cannot flip it.
+is chosen only when bf16 matmuls (2048-square) measure clearly faster, so noise cannot flip it.
 The measurement is kept in the cache directory per CPU model, thread count and torch version, so later
 runs on the same machine start without it.
 """
@@ -35,6 +35,11 @@ DECIDED = "SFT_AUTO_PRECISION"
 RATES = "SFT_CPU_MATMUL_GFLOPS"
 # bf16 must beat fp32 by this factor: the two kinds of CPU measured here differ by 2x either way.
 MARGIN = 1.3
+# The side of the square matmuls that measure a CPU's rates, as `make bench` measures its peaks: an Intel
+# Xeon with AMX reaches only half its bf16 rate at 1024 (1550 against 3050 GFLOP/s), and
+# `trainer.micro_batch_tokens: auto` scales with the rate itself. A quarter second per dtype is one to a few
+# dozen bursts.
+PROBE_SIDE = 2048
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
@@ -108,9 +113,8 @@ def cpu_rates(cache_dir: str | None = None) -> tuple[float, float]:
         fp32, bf16 = measurements[machine]["fp32"], measurements[machine]["bf16"]
         log.info("CPU matmuls measured earlier on this CPU (%s)", kept)
     else:
-        # Matrices the size of a small model's layers; a quarter second each is enough at a 2x difference.
-        fp32 = round(matmul_peak(torch.float32, n=1024, seconds=0.25), 1)
-        bf16 = round(matmul_peak(torch.bfloat16, n=1024, seconds=0.25), 1)
+        fp32 = round(matmul_peak(torch.float32, n=PROBE_SIDE, seconds=0.25), 1)
+        bf16 = round(matmul_peak(torch.bfloat16, n=PROBE_SIDE, seconds=0.25), 1)
         if kept is not None:
             write_json({**measurements, machine: {"fp32": fp32, "bf16": bf16}}, kept)
     os.environ[RATES] = f"{fp32},{bf16}"
@@ -118,8 +122,11 @@ def cpu_rates(cache_dir: str | None = None) -> tuple[float, float]:
 
 
 def cpu_identity() -> str:
-    """The CPU model, the threads torch uses and torch's version: what the matmul rates depend on."""
-    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    """The CPU model, the threads torch uses, torch's version and the probe's size: what the rates depend
+    on."""
+    return (
+        f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {PROBE_SIDE}-square"
+    )
 
 
 def _read(path: Path | None) -> dict:

@@ -68,15 +68,15 @@ def test_auto_measures_the_rates_once_for_the_process_and_its_ranks(monkeypatch,
     monkeypatch.setattr(precision_module, "cpu_identity", lambda: f"a CPU of {tmp_path}")
     calls = []
 
-    def peak(dtype, **_):
-        calls.append(dtype)
+    def peak(dtype, n, **_):
+        calls.append(n)
         return 840.0 if dtype == torch.bfloat16 else 210.0
 
     monkeypatch.setattr(precision_module, "matmul_peak", peak)
     assert token_budget("auto", "bf16-mixed", True, None) == 800
     assert os.environ[precision_module.RATES] == "210.0,840.0"
     assert token_budget("auto", "32-true", True, None) == 400
-    assert len(calls) == 2
+    assert calls == [2048, 2048]  # the squares the reference 420 GFLOP/s was measured on
 
 
 def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
