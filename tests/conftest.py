@@ -102,6 +102,36 @@ def chat_ids(tokenizer, text: str = "Who are you?") -> dict:
     )
 
 
+def token_ids():
+    """Two rows of 24 token ids below the tiny model's vocabulary, the same every call."""
+    import torch
+
+    return torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def random_lora_b(model, std: float = 0.1):
+    """`model` with every lora_B drawn at random (PEFT starts them at zero): its adapters move the logits."""
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=std)
+    return model
+
+
+def products(model, autocast: bool = False, ids=None):
+    """Logits and every trainable gradient of one forward and backward of `ids` (token_ids() by default),
+    dropout masks seeded."""
+    import torch
+
+    model.zero_grad()
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=token_ids() if ids is None else ids).logits
+    logits.float().logsumexp(-1).sum().backward()
+    return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def files_under(path: Path) -> set[str]:
     """Every file below `path`, as paths relative to it."""
     return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, products, random_lora_b, token_ids
 from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 from peft.tuners.lora.layer import Linear as LoraLinear
 
@@ -17,28 +17,14 @@ from sft.training.lora_forward import FusedLoraAdds, FusedLoraLinear, fuse_lora_
 from sft.training.model import apply_peft, load_model
 from sft.training.precision import UncastLoraInputs
 
-IDS = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+IDS = token_ids()
 
 
 def lora_model(make_cfg, cache_dir, *overrides):
     """The tiny model with LoRA (dropout 0.3), every lora_B drawn at random so the adapter moves logits."""
     typed = validate(make_cfg("model=tiny", "lora.r=4", "lora.dropout=0.3", *overrides))
     torch.manual_seed(5)
-    model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora).train()
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.1)
-    return model
-
-
-def products(model, autocast: bool = False):
-    """Logits and every trainable gradient of one forward and backward, dropout masks seeded."""
-    model.zero_grad()
-    torch.manual_seed(3)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = model(input_ids=IDS).logits
-    logits.float().logsumexp(-1).sum().backward()
-    return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return random_lora_b(apply_peft(load_model(typed.model, str(cache_dir)), typed.lora).train())
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, products, random_lora_b
 
 import sft.training.precision as precision
 from sft.config import validate
@@ -184,18 +184,11 @@ def test_scatter_dropout_gives_the_same_gradients_under_activation_checkpointing
     """Checkpointing replays the generator when it recomputes a layer: the same positions are dropped, so
     logits and LoRA gradients equal those of a run that keeps its activations."""
     typed = validate(make_cfg("model=tiny", "lora.r=4", "lora.dropout=0.3"))
-    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(4)
         model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora, checkpointing).train()
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(parameter, std=0.1)
-        torch.manual_seed(3)
-        logits = model(input_ids=ids).logits
-        logits.logsumexp(-1).sum().backward()
-        results.append((logits, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+        results.append(products(random_lora_b(model)))
     (plain, plain_grads), (checkpointed, grads) = results
     assert model.is_activation_checkpointing
     assert torch.allclose(checkpointed, plain, atol=1e-6)
@@ -227,23 +220,14 @@ def test_frozen_bf16_copies_change_no_product_and_are_put_back(make_cfg, cache_d
     back the very fp32 tensors."""
     typed = validate(make_cfg("model=tiny", "lora.r=4", "lora.dropout=0", "lora.init=gaussian"))
     model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora)
-    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
-
-    def forward():
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=ids).logits
-        logits.float().logsumexp(-1).sum().backward()
-        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    reference, reference_grads = forward()
+    reference, reference_grads = products(model, autocast=True)
     fp32 = {n: p.data_ptr() for n, p in model.named_parameters()}
     callback = FrozenLinearsInBf16()
     callback._kept = frozen_linears_to_bf16(model)
     assert callback._kept and all(m.weight.dtype == torch.bfloat16 for m in callback._kept)
     assert all(not m.weight.requires_grad for m in callback._kept)
     assert model.get_input_embeddings().weight.dtype == torch.float32
-    logits, grads = forward()
+    logits, grads = products(model, autocast=True)
     assert torch.equal(logits, reference)
     assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
     callback.on_train_end(None, None)
@@ -258,20 +242,14 @@ def test_uncast_lora_inputs_change_no_product_with_bf16_weights(make_cfg, cache_
     overrides = ("model=tiny", "model.dtype=bfloat16", "lora.r=4", "lora.dropout=0.3", "lora.init=gaussian")
     typed = validate(make_cfg(*overrides, f"lora={method}"))
     model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora).train()
-    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
     seen = []
     drops = [m for m in model.modules() if isinstance(m, ScatterDropout)]
     for drop in drops:
         drop.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
 
     def forward():
-        model.zero_grad()
         seen.clear()
-        torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=ids).logits
-        logits.float().logsumexp(-1).sum().backward()
-        return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return products(model, autocast=True)
 
     reference, reference_grads = forward()
     assert drops and set(seen) == {torch.float32}  # PEFT casts each input to the fp32 adapter
