@@ -200,7 +200,7 @@ class TrainerConfig:
     micro_batch_tokens: Any = setting(
         check=(
             lambda v: v is None or v == "auto" or type(v) is int and v > 0,
-            "'auto', a positive number of tokens or null",
+            "'auto', a positive whole number of tokens or null",
         )
     )
     eval_micro_batch_size: int = setting(gt=0)

@@ -195,7 +195,7 @@ class SFTDataModule(L.LightningDataModule):
         self.prepared: Prepared | None = None
         self.train_set = None
         self.train_lengths: list[int] = []
-        self._first_epoch: list[int] | None = None  # row lengths in the first epoch's order (one device)
+        self._first_epoch: dict[int, list[int]] = {}  # by device count: rank 0's row lengths, in order
         self.train_stages: list[int] | None = None
         # (rows, collate) → each row's reference log-probabilities, when the stage computes them up front.
         self.reference: Callable | None = None
@@ -270,19 +270,23 @@ class SFTDataModule(L.LightningDataModule):
         """Tokens a packed row holds: cutoff_len, twice that when an example is two sequences (together)."""
         return self.cfg.cutoff_len * (2 if self.paired else 1)
 
-    def micro_batch_tokens(self, rows: int) -> float | None:
-        """About how many tokens a training micro-batch of `rows` rows holds, padding to its longest row
-        included, what `trainer.micro_batch_tokens` sizes micro-batches by: packed rows count `capacity`
-        each; other rows the mean over the first epoch's micro-batches in its length-grouped order."""
+    def micro_batch_tokens(self, rows: int, ranks: int = 1) -> float | None:
+        """About how many tokens a training micro-batch of `rows` rows holds on one of `ranks` devices,
+        padding to its longest row included, what `trainer.micro_batch_tokens` sizes micro-batches by:
+        packed rows count `capacity` each; other rows the mean over rank 0's micro-batches in the first
+        epoch's order (length-grouped, by curriculum stage), a pair or KTO row as its two sequences."""
         if self.cfg.packing:
             return rows * self.capacity
-        if self._first_epoch is None:
+        if ranks not in self._first_epoch:
             if self.prepared is None:  # a rank that did not prepare: the cached rows another process built
                 self._prepare(rebuild=False)
-            lengths = self.prepared.train.select_columns(["length"])[:]["length"]
-            order = list(EpochShuffleSampler(lengths, self.seed, self.group_size))
-            self._first_epoch = [lengths[i] for i in order]
-        first = self._first_epoch
+            columns = self.prepared.train.select_columns(["length", "complexity"])[:]
+            lengths, stages = columns["length"], None
+            if self.cfg.curriculum != "none":
+                stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
+            order = EpochShuffleSampler(lengths, self.seed, self.group_size, 0, ranks, stages=stages)
+            self._first_epoch[ranks] = [lengths[i] for i in order]
+        first = self._first_epoch[ranks]
         batches = [first[start : start + rows] for start in range(0, len(first), rows)]
         return sum(len(b) * max(b) for b in batches) / len(batches) if batches else None
 
@@ -355,7 +359,7 @@ class StreamingDataModule(SFTDataModule):
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared, self.sources, self.starts = prepare_stream(self.cfg, self.tokenizer, self.template)
 
-    def micro_batch_tokens(self, rows: int) -> None:
+    def micro_batch_tokens(self, rows: int, ranks: int = 1) -> None:
         """Unknown before the stream is read: streamed micro-batches keep `trainer.micro_batch_size`."""
         return None
 

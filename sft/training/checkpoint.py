@@ -85,6 +85,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ) from err
 
 
+def resumed_micro_batch(path: str | os.PathLike) -> int | None:
+    """Rows per micro-batch of the training loader saved in checkpoint `path`; None when it has none (a
+    DeepSpeed directory, a streamed run, a checkpoint from before the loader saved it)."""
+    if Path(path).is_dir():
+        return None
+    loops = load_checkpoint(path).get("loops") or {}
+    loaders = loops.get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
+    saved = loaders[0].get("micro_batch_size") if isinstance(loaders[0], dict) else None
+    return saved if isinstance(saved, int) else None
+
+
 def verify_checkpoint(path: str | os.PathLike) -> None:
     """Raise `CheckpointError` unless `path` is a complete torch zip archive or a non-empty DeepSpeed dir."""
     path = Path(path)

@@ -4,8 +4,8 @@ On a CUDA device that supports bf16: bf16-mixed. On a CPU the decision is measur
 instruction flags: an Intel Xeon that lists AVX512-BF16 multiplied bf16 at half its fp32 rate (170 against
 336 GFLOP/s), an AMD EPYC with the same flag at 2.2 times it (421 against 191; BENCHMARKS.md). bf16-mixed
 is chosen only when bf16 matmuls (2048-square) measure clearly faster, so noise cannot flip it.
-The measurement is kept in the cache directory per CPU model, thread count and torch version, so later
-runs on the same machine start without it.
+The measurement is kept in the cache directory per CPU model, thread count, torch version and probe size,
+so later runs on the same machine start without it; `trainer.micro_batch_tokens: auto` reads the same rates.
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ RATES = "SFT_CPU_MATMUL_GFLOPS"
 MARGIN = 1.3
 # The side of the square matmuls that measure a CPU's rates, as `make bench` measures its peaks: an Intel
 # Xeon with AMX reaches only half its bf16 rate at 1024 (1550 against 3050 GFLOP/s), and
-# `trainer.micro_batch_tokens: auto` scales with the rate itself. A quarter second per dtype is one to a few
-# dozen bursts.
+# `trainer.micro_batch_tokens: auto` scales with the rate itself.
 PROBE_SIDE = 2048
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
-    """Sustained GFLOP/s of square `n` x `n` matmuls in `dtype` (best of repeated timed bursts)."""
+def matmul_peak(
+    dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device: str = "cpu", burst: int = 4
+) -> float:
+    """Sustained GFLOP/s of square `n` x `n` matmuls in `dtype` (best of repeated timed bursts of `burst`)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -52,12 +53,12 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device:
     best, spent = 0.0, 0.0
     while spent < seconds:
         start = time.perf_counter()
-        for _ in range(4):
+        for _ in range(burst):
             a @ b
         sync()
         took = time.perf_counter() - start
         spent += took
-        best = max(best, 4 * 2 * n**3 / took / 1e9)
+        best = max(best, burst * 2 * n**3 / took / 1e9)
     return best
 
 
@@ -113,8 +114,9 @@ def cpu_rates(cache_dir: str | None = None) -> tuple[float, float]:
         fp32, bf16 = measurements[machine]["fp32"], measurements[machine]["bf16"]
         log.info("CPU matmuls measured earlier on this CPU (%s)", kept)
     else:
-        fp32 = round(matmul_peak(torch.float32, n=PROBE_SIDE, seconds=0.25), 1)
-        bf16 = round(matmul_peak(torch.bfloat16, n=PROBE_SIDE, seconds=0.25), 1)
+        # One matmul a burst: a CPU without fast bf16 (tens of GFLOP/s) is done in about a second.
+        fp32 = round(matmul_peak(torch.float32, n=PROBE_SIDE, seconds=0.25, burst=1), 1)
+        bf16 = round(matmul_peak(torch.bfloat16, n=PROBE_SIDE, seconds=0.25, burst=1), 1)
         if kept is not None:
             write_json({**measurements, machine: {"fp32": fp32, "bf16": bf16}}, kept)
     os.environ[RATES] = f"{fp32},{bf16}"

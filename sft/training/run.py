@@ -30,7 +30,7 @@ from ..serving.export import save_final, stop_token_ids
 from .attention import NAME as SEGMENTS
 from .attention import attend_by_segment
 from .baseline import baseline_key, load_baseline, store_baseline
-from .checkpoint import resolve_resume
+from .checkpoint import resolve_resume, resumed_micro_batch
 from .lineage import parent_record, start_model, start_weights, trained_weights
 from .memory import peak_cuda_gb, peak_rss_gb, reset_peak
 from .model import count_parameters, load_tokenizer, moves_base, resolve_source, save_initial_adapter
@@ -95,8 +95,14 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     own = [ProbeAnswers(tokenizer, template, probe.prompts, probe.max_new_tokens)] if probe.enabled else []
     if typed.trainer.neftune_alpha:
         own.append(NEFTune(typed.trainer.neftune_alpha))
-    # FSDP wraps the model's own layer classes; micro-batches are sized by their tokens
-    built = build_trainer(typed, cfg, model, own, datamodule.micro_batch_tokens)
+    tokens = datamodule.micro_batch_tokens
+    budgeted = typed.trainer.micro_batch_tokens is not None
+    if ckpt_path and budgeted and (saved := resumed_micro_batch(ckpt_path)):
+        # Only the checkpoint's micro-batch resumes its epoch at the right row, whatever the token budget
+        # chooses here (`auto` depends on the CPU); a micro_batch_size given without a budget is checked.
+        log.info("resuming with the checkpoint's micro-batch of %d rows", saved)
+        typed.trainer.micro_batch_size, tokens = saved, None
+    built = build_trainer(typed, cfg, model, own, tokens)  # FSDP wraps the model's own layer classes
     trainer = built.trainer
     # Rows per micro-batch as the trainer chose them (micro_batch_tokens); config.yaml records the choice.
     typed.trainer.micro_batch_size = datamodule.micro_batch_size = built.plan.micro_batch_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import lightning as L
 import torch
@@ -55,15 +56,19 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 
 def token_budget(
-    setting: int | str | None, precision: str, on_cpu: bool, cache_dir: str | None
+    setting: int | str | None, precision: str, on_cpu: bool, cache_dir: str | None, processes: int = 1
 ) -> int | None:
-    """The tokens a micro-batch may hold, padding included: `trainer.micro_batch_tokens` as given, or for
-    `auto` on a CPU AUTO_TOKENS scaled by how much faster than AUTO_GFLOPS its matmuls run in the dtype the
-    run computes in (never less); None on other devices (micro_batch_size as given)."""
+    """The tokens a micro-batch may hold on average, padding included: `trainer.micro_batch_tokens` as given,
+    or for `auto` on a CPU AUTO_TOKENS scaled by how much faster than AUTO_GFLOPS its matmuls run in the dtype
+    the run computes in (never less); None on other devices (micro_batch_size as given)."""
     if setting != "auto":
         return setting
     if not on_cpu:
         return None
+    if processes > 1:
+        # Ranks share the cores the rates were measured on, and ranks that another launcher (torchrun, srun)
+        # starts would each measure their own: a fixed budget is the same on every rank.
+        return AUTO_TOKENS
     fp32, bf16 = cpu_rates(cache_dir)
     rate = bf16 if precision.startswith("bf16") else fp32
     return round(AUTO_TOKENS * max(1.0, rate / AUTO_GFLOPS))
@@ -85,14 +90,14 @@ def build_trainer(
     raw: DictConfig,
     model=None,
     extra_callbacks=(),
-    micro_batch_tokens: Callable[[int], float | None] | None = None,
+    micro_batch_tokens: Callable[[int, int], float | None] | None = None,
 ) -> BuiltTrainer:
     """A Lightning Trainer configured from the typed config (and the raw logger/callback dicts).
 
     `model` (the PEFT model) is needed by FSDP, which wraps the model's own layer classes;
     `extra_callbacks` are those the run builds itself (they need its tokenizer, for example);
-    `micro_batch_tokens(rows)`, the tokens a micro-batch of that many training rows holds with padding,
-    sizes micro-batches by `trainer.micro_batch_tokens`.
+    `micro_batch_tokens(rows, ranks)`, the tokens a micro-batch of that many training rows holds with padding
+    on one of `ranks` devices, sizes micro-batches by `trainer.micro_batch_tokens`.
     """
     t = cfg.trainer
     needs_cuda = cfg.strategy.name == "deepspeed" or (cfg.strategy.name == "fsdp" and t.accelerator != "cpu")
@@ -158,8 +163,9 @@ def build_trainer(
     accumulation_steps(t.effective_batch_size, t.micro_batch_size, trainer.world_size)  # names a bad split
     per_device = t.effective_batch_size // trainer.world_size
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
-    budget = token_budget(t.micro_batch_tokens, t.precision, on_cpu, cfg.paths.cache_dir)
-    micro = rows_per_micro_batch(t.micro_batch_size, per_device, budget, micro_batch_tokens)
+    budget = token_budget(t.micro_batch_tokens, t.precision, on_cpu, cfg.paths.cache_dir, trainer.world_size)
+    tokens = partial(micro_batch_tokens, ranks=trainer.world_size) if micro_batch_tokens else None
+    micro = rows_per_micro_batch(t.micro_batch_size, per_device, budget, tokens)
     accumulate = per_device // micro  # micro divides per_device by construction
     trainer.accumulate_grad_batches = accumulate
     if t.eval_steps:
@@ -183,7 +189,7 @@ def build_trainer(
         plan.accumulate_grad_batches,
         type(trainer.strategy).__name__,
         trainer.num_nodes,
-        f"; about {micro_batch_tokens(micro):.0f} tokens per micro-batch with padding, within "
+        f"; about {tokens(micro):.0f} tokens per micro-batch with padding, within "
         f"micro_batch_tokens={t.micro_batch_tokens} ({budget})"
         if micro != t.micro_batch_size
         else "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from conftest import TINY, logged_series
 
 import sft.training.precision as precision_module
 from sft.train import train
+from sft.training.checkpoint import resumed_micro_batch
 from sft.training.trainer import rows_per_micro_batch, token_budget
 
 
@@ -44,21 +46,22 @@ def test_padding_counts_against_the_budget():
 
 
 @pytest.mark.parametrize(
-    ("setting", "precision", "on_cpu", "budget"),
+    ("setting", "precision", "on_cpu", "processes", "budget"),
     [
-        (None, "32-true", True, None),
-        (1000, "bf16-mixed", True, 1000),
-        ("auto", "bf16-mixed", False, None),  # a GPU: micro_batch_size as given
-        ("auto", "bf16-mixed", True, 2857),  # 400 x 3000 / 420: the bf16 rate
-        ("auto", "bf16-true", True, 2857),
-        ("auto", "32-true", True, 400),  # fp32 at 300 GFLOP/s, slower than the reference: never below 400
+        (None, "32-true", True, 1, None),
+        (1000, "bf16-mixed", True, 1, 1000),
+        ("auto", "bf16-mixed", False, 1, None),  # a GPU: micro_batch_size as given
+        ("auto", "bf16-mixed", True, 1, 2857),  # 400 x 3000 / 420: the bf16 rate
+        ("auto", "bf16-true", True, 1, 2857),
+        ("auto", "32-true", True, 1, 400),  # fp32 at 300 GFLOP/s, slower than the reference: never below 400
+        ("auto", "bf16-mixed", True, 2, 400),  # ranks share the cores, or would each measure: fixed
     ],
 )
 def test_auto_scales_the_budget_with_the_rate_of_the_dtype_the_run_computes_in(
-    monkeypatch, setting, precision, on_cpu, budget
+    monkeypatch, setting, precision, on_cpu, processes, budget
 ):
     monkeypatch.setenv(precision_module.RATES, "300,3000")  # as a parent process measured them
-    assert token_budget(setting, precision, on_cpu, None) == budget
+    assert token_budget(setting, precision, on_cpu, None, processes) == budget
 
 
 def test_auto_measures_the_rates_once_for_the_process_and_its_ranks(monkeypatch, tmp_path):
@@ -104,6 +107,17 @@ def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
         assert rows * mean < grouped.micro_batch_tokens(rows) < shuffled.micro_batch_tokens(rows)
     assert module("data.packing=true").micro_batch_tokens(4) == 4 * 256  # TINY's cutoff_len
 
+    # What it estimates: rank 0's first-epoch micro-batches as its loader yields them, on 1 or 2 devices, and
+    # with a curriculum (stage by stage, then by length).
+    staged = module("data.curriculum=easy_to_hard")
+    for data, ranks, rows in ((grouped, 1, 4), (grouped, 2, 4), (grouped, 2, 2), (staged, 1, 4)):
+        data.setup("fit")
+        data.trainer = SimpleNamespace(global_rank=0, world_size=ranks)
+        data.micro_batch_size = rows
+        masks = [b["attention_mask"] for b in data.train_dataloader()]
+        padded = [len(mask) * int(mask.sum(1).max()) for mask in masks]
+        assert data.micro_batch_tokens(rows, ranks) == pytest.approx(sum(padded) / len(padded))
+
 
 def test_a_token_budget_merges_micro_batches_without_changing_the_update(make_cfg, tmp_path):
     """Micro-batch 4 x 2 accumulation, and the budget's choice of 8 x 1, train the same steps: the loss is a
@@ -120,19 +134,30 @@ def test_a_token_budget_merges_micro_batches_without_changing_the_update(make_cf
     assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-5, abs=1e-5)
 
 
-def test_a_resume_with_other_micro_batches_is_refused_with_the_settings_that_fit(make_cfg, tmp_path):
-    """The loader's place in the epoch counts micro-batches: resuming at another size would replay or skip
-    rows, so it stops and names the settings that resume exactly (which then do)."""
+def test_a_resume_keeps_the_checkpoints_micro_batches(make_cfg, tmp_path):
+    """The loader's place in the epoch counts micro-batches: a resume under a token budget (which would choose
+    8 here) takes the checkpoint's 4; another micro_batch_size given without a budget is refused, naming the
+    settings that resume exactly."""
     from sft.errors import ConfigError
 
     first = [*TINY, "trainer.max_steps=2"]
-    train(make_cfg(*first, run="first"))  # micro-batch 4 (TINY), the budget unused with these long rows
+    train(make_cfg(*first, run="first"))  # micro-batch 4 (TINY): the 400-token budget keeps it for these rows
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert resumed_micro_batch(checkpoint) == 4
     again = [*TINY, "trainer.max_steps=4", f"resume={checkpoint}"]
     with pytest.raises(ConfigError, match="trainer.micro_batch_size=4 trainer.micro_batch_tokens=null"):
-        train(make_cfg(*again, "trainer.micro_batch_tokens=100000", run="budget"))
-    train(make_cfg(*again, "trainer.micro_batch_size=4", "trainer.micro_batch_tokens=null", run="given"))
-    assert json.loads((tmp_path / "given" / "summary.json").read_text())["global_step"] == 4
+        train(make_cfg(*again, "trainer.micro_batch_size=2", "trainer.micro_batch_tokens=null", run="given"))
+    train(make_cfg(*again, "trainer.micro_batch_tokens=100000", run="budget"))
+    summary = json.loads((tmp_path / "budget" / "summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["batch"]["micro_batch_size"] == 4
+
+
+def test_a_checkpoint_without_a_saved_loader_says_so(tmp_path):
+    """DeepSpeed's checkpoint directories and checkpoints from before the loader saved its state: None."""
+    torch.save({"loops": {"fit_loop": {"state_dict": {}}}}, tmp_path / "old.ckpt")
+    assert resumed_micro_batch(tmp_path / "old.ckpt") is None
+    (tmp_path / "shards.ckpt").mkdir()
+    assert resumed_micro_batch(tmp_path / "shards.ckpt") is None
 
 
 @pytest.mark.parametrize("value", ["fast", "0", "-5", "true", "12.5"])
@@ -140,6 +165,6 @@ def test_a_bad_budget_names_the_key_and_what_it_may_be(make_cfg, value):
     from sft.config import validate
     from sft.errors import ConfigError
 
-    allowed = r"trainer\.micro_batch_tokens.*'auto', a positive number of tokens"
+    allowed = r"trainer\.micro_batch_tokens.*'auto', a positive whole number of tokens"
     with pytest.raises(ConfigError, match=allowed):
         validate(make_cfg(*TINY, f"trainer.micro_batch_tokens={value}"))
