@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 # Lightning's subprocess launcher starts the other DDP ranks with this process's environment: they take
 # the launching process's decision instead of measuring again (and perhaps deciding otherwise).
 DECIDED = "SFT_AUTO_PRECISION"
-# The same for the measured matmul rates (`trainer.micro_batch_tokens: auto` sizes micro-batches by them):
-# every rank must choose the same micro-batch.
+# The same for the measured matmul rates (`trainer.micro_batch_tokens: auto` sizes micro-batches by them).
 RATES = "SFT_CPU_MATMUL_GFLOPS"
 # bf16 must beat fp32 by this factor: the two kinds of CPU measured here differ by 2x either way.
 MARGIN = 1.3
@@ -103,7 +102,7 @@ def cpu_precision(cache_dir: str | None = None) -> str:
 
 def cpu_rates(cache_dir: str | None = None) -> tuple[float, float]:
     """This CPU's fp32 and bf16 matmul GFLOP/s: a parent process's (RATES), those kept under `cache_dir` for
-    this CPU, or measured now (about half a second) and kept."""
+    this CPU, or measured now (under a second on this project's CPUs) and kept."""
     if inherited := os.environ.get(RATES):
         fp32, bf16 = (float(v) for v in inherited.split(","))
         return fp32, bf16
