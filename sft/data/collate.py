@@ -32,20 +32,24 @@ def weights_of(example: dict, n: int) -> torch.Tensor:
     return torch.as_tensor(example["label_weights"], dtype=torch.float32)
 
 
-def _padded_width(longest: int, multiple: int) -> int:
-    """`longest` rounded up to a multiple of `multiple` (tensor-core friendly shapes, fewer recompiles)."""
+# Micro-batches are padded to a multiple of this many tokens (tensor-core friendly shapes, fewer recompiles).
+PAD_MULTIPLE = 8
+
+
+def padded_width(longest: int, multiple: int = PAD_MULTIPLE) -> int:
+    """`longest` rounded up to a multiple of `multiple`: the width of a micro-batch with that longest row."""
     return -(-longest // multiple) * multiple
 
 
 class PadCollator:
     """Right-pads unpacked examples to the longest one (rounded up to `multiple`), with an attention mask."""
 
-    def __init__(self, pad_id: int, multiple: int = 8):
+    def __init__(self, pad_id: int, multiple: int = PAD_MULTIPLE):
         self.pad_id, self.multiple = pad_id, multiple
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Stack examples into input_ids, labels, attention_mask and num_tokens (and label_weights)."""
-        width = _padded_width(max(len(e["input_ids"]) for e in examples), self.multiple)
+        width = padded_width(max(len(e["input_ids"]) for e in examples), self.multiple)
         ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -75,7 +79,7 @@ class PackedCollator:
     is still its own block. Leave it off for sdpa/eager: their dense mask grows with N².
     """
 
-    def __init__(self, pad_id: int, multiple: int = 8, flatten: bool = False):
+    def __init__(self, pad_id: int, multiple: int = PAD_MULTIPLE, flatten: bool = False):
         self.pad_id, self.multiple, self.flatten = pad_id, multiple, flatten
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -92,7 +96,7 @@ class PackedCollator:
         ]
         if self.flatten:
             rows = [{k: torch.cat([r[k] for r in rows]) for k in rows[0]}]
-        width = _padded_width(max(len(r["input_ids"]) for r in rows), self.multiple)
+        width = padded_width(max(len(r["input_ids"]) for r in rows), self.multiple)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig, TrainConfig
 from ..errors import ConfigError
-from .collate import PackedCollator, PadCollator
+from .collate import PackedCollator, PadCollator, padded_width
 from .packing import PackedDataset, pack, packing_efficiency
 from .paired_batches import (
     SEQUENCES,
@@ -272,11 +272,12 @@ class SFTDataModule(L.LightningDataModule):
 
     def micro_batch_tokens(self, rows: int, ranks: int = 1) -> float | None:
         """About how many tokens a training micro-batch of `rows` rows holds on one of `ranks` devices,
-        padding to its longest row included, what `trainer.micro_batch_tokens` sizes micro-batches by:
-        packed rows count `capacity` each; other rows the mean over rank 0's micro-batches in the first
-        epoch's order (length-grouped, by curriculum stage), a pair or KTO row as its two sequences."""
+        padding to its longest row (rounded as the collators round it) included, what
+        `trainer.micro_batch_tokens` sizes micro-batches by: packed rows count `capacity` each; other rows the
+        mean over rank 0's micro-batches in the first epoch's order (length-grouped, by curriculum stage), a
+        pair or KTO row as its two sequences."""
         if self.cfg.packing:
-            return rows * self.capacity
+            return rows * padded_width(self.capacity)
         if ranks not in self._first_epoch:
             if self.prepared is None:  # a rank that did not prepare: the cached rows another process built
                 self._prepare(rebuild=False)
@@ -288,7 +289,7 @@ class SFTDataModule(L.LightningDataModule):
             self._first_epoch[ranks] = [lengths[i] for i in order]
         first = self._first_epoch[ranks]
         batches = [first[start : start + rows] for start in range(0, len(first), rows)]
-        return sum(len(b) * max(b) for b in batches) / len(batches) if batches else None
+        return sum(len(b) * padded_width(max(b)) for b in batches) / len(batches) if batches else None
 
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)

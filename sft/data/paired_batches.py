@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from .collate import PackedCollator, PadCollator
+from .collate import PAD_MULTIPLE, PackedCollator, PadCollator
 from .packing import _to_list
 from .tokenize import IGNORE_INDEX
 
@@ -58,7 +58,7 @@ def _reference_of(pairs: list) -> dict[str, torch.Tensor]:
 class PairedPadCollator:
     """Right-pads both sequences of every example into one (2P, W) batch: first sequences, then second."""
 
-    def __init__(self, kind: str, pad_id: int, multiple: int = 8):
+    def __init__(self, kind: str, pad_id: int, multiple: int = PAD_MULTIPLE):
         self.kind, self.pad = kind, PadCollator(pad_id, multiple)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -120,7 +120,7 @@ class PairedPackedDataset(Dataset):
 class PairedPackedCollator(PackedCollator):
     """`PackedCollator` for `PairedPackedDataset` rows, adding segments numbered as in the padded batch."""
 
-    def __init__(self, kind: str, pad_id: int, multiple: int = 8, flatten: bool = False):
+    def __init__(self, kind: str, pad_id: int, multiple: int = PAD_MULTIPLE, flatten: bool = False):
         super().__init__(pad_id, multiple, flatten)
         self.kind = kind
 

@@ -86,11 +86,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 
 def resumed_micro_batch(path: str | os.PathLike) -> int | None:
-    """Rows per micro-batch of the training loader saved in checkpoint `path`; None when it has none (a
-    DeepSpeed directory, a streamed run, a checkpoint from before the loader saved it)."""
+    """Rows per micro-batch of the training loader saved in checkpoint `path` (verified already, by
+    `resolve_resume`); None when it has none (a DeepSpeed directory, a streamed run, a checkpoint from before
+    the loader saved it)."""
     if Path(path).is_dir():
         return None
-    loops = load_checkpoint(path).get("loops") or {}
+    # Memory-mapped: the loop states are read, the tensors (all the weights, for a full fine-tune) are not.
+    loops = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("loops") or {}
     loaders = loops.get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
     saved = loaders[0].get("micro_batch_size") if isinstance(loaders[0], dict) else None
     return saved if isinstance(saved, int) else None

@@ -43,7 +43,7 @@ PROBE_SIDE = 2048
 def matmul_peak(
     dtype: torch.dtype, n: int = 2048, seconds: float = 3.0, device: str = "cpu", burst: int = 4
 ) -> float:
-    """Sustained GFLOP/s of square `n` x `n` matmuls in `dtype` (best of repeated timed bursts of `burst`)."""
+    """GFLOP/s of square `n` x `n` matmuls in `dtype`: the best of repeated timed bursts of `burst`."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -113,7 +113,7 @@ def cpu_rates(cache_dir: str | None = None) -> tuple[float, float]:
         fp32, bf16 = measurements[machine]["fp32"], measurements[machine]["bf16"]
         log.info("CPU matmuls measured earlier on this CPU (%s)", kept)
     else:
-        # One matmul a burst: a CPU without fast bf16 (tens of GFLOP/s) is done in about a second.
+        # One matmul a burst: a CPU without fast bf16 (tens of GFLOP/s) takes a few seconds, once.
         fp32 = round(matmul_peak(torch.float32, n=PROBE_SIDE, seconds=0.25, burst=1), 1)
         bf16 = round(matmul_peak(torch.bfloat16, n=PROBE_SIDE, seconds=0.25, burst=1), 1)
         if kept is not None:

@@ -98,8 +98,9 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
     tokens = datamodule.micro_batch_tokens
     budgeted = typed.trainer.micro_batch_tokens is not None
     if ckpt_path and budgeted and (saved := resumed_micro_batch(ckpt_path)):
-        # Only the checkpoint's micro-batch resumes its epoch at the right row, whatever the token budget
-        # chooses here (`auto` depends on the CPU); a micro_batch_size given without a budget is checked.
+        # Only the checkpoint's micro-batch resumes its epoch at the right row, whatever any non-null
+        # micro_batch_tokens would choose here (`auto` depends on the CPU); with null the given
+        # micro_batch_size is checked against it (the loader refuses another).
         log.info("resuming with the checkpoint's micro-batch of %d rows", saved)
         typed.trainer.micro_batch_size, tokens = saved, None
     built = build_trainer(typed, cfg, model, own, tokens)  # FSDP wraps the model's own layer classes

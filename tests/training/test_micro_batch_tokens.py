@@ -102,7 +102,7 @@ def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
 
     grouped, shuffled = module(), module("data.group_by_length=false")
     mean = grouped.stats.train_tokens / grouped.stats.train
-    assert grouped.micro_batch_tokens(1) == pytest.approx(mean)
+    assert mean <= grouped.micro_batch_tokens(1) < mean + 8  # a row alone: only the rounding to 8
     for rows in (2, 4, 8):
         assert rows * mean < grouped.micro_batch_tokens(rows) < shuffled.micro_batch_tokens(rows)
     assert module("data.packing=true").micro_batch_tokens(4) == 4 * 256  # TINY's cutoff_len
@@ -114,8 +114,7 @@ def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
         data.setup("fit")
         data.trainer = SimpleNamespace(global_rank=0, world_size=ranks)
         data.micro_batch_size = rows
-        masks = [b["attention_mask"] for b in data.train_dataloader()]
-        padded = [len(mask) * int(mask.sum(1).max()) for mask in masks]
+        padded = [b["attention_mask"].numel() for b in data.train_dataloader()]
         assert data.micro_batch_tokens(rows, ranks) == pytest.approx(sum(padded) / len(padded))
 
 
