@@ -102,6 +102,16 @@ def chat_ids(tokenizer, text: str = "Who are you?") -> dict:
     )
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def token_ids():
     """Two rows of 24 token ids below the tiny model's vocabulary, the same every call."""
     import torch

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
+from conftest import load_script
 from hydra import compose, initialize_config_dir
 
 from sft.config import validate
-from sft.locations import CONF_DIR, SOURCE_DIR
+from sft.locations import CONF_DIR
 
 
 @pytest.fixture(scope="module")
 def levers():
-    """The script as a module (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("bench_levers", SOURCE_DIR / "scripts" / "bench_levers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """scripts/bench_levers.py as a module."""
+    return load_script("bench_levers")
 
 
 def test_every_lever_composes_a_valid_training_config(levers, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import zipfile
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, load_script
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -35,10 +35,7 @@ TINY = (
 @pytest.fixture(scope="module")
 def gpu_bench():
     """scripts/gpu_bench.py as a module."""
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_bench")
 
 
 def run_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

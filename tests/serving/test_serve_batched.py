@@ -7,7 +7,6 @@ One server over the random tiny model for the module, in-process on a free port.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import re
 import socket
@@ -19,7 +18,7 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import ROOT, compose_train
+from conftest import compose_train, load_script
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
@@ -490,9 +489,7 @@ def test_a_client_that_disconnects_while_waiting_for_a_whole_reply_frees_its_slo
 
 
 def test_short_load_test_has_no_failures(url):
-    spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("load_test")
     figures = asyncio.run(module.load(url, clients=8, seconds=5, max_tokens=16))
     assert figures["failures"] == 0, figures["failure_reasons"]
     assert figures["served"] >= 8 and figures["tokens"] > 0
