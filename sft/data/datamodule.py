@@ -195,6 +195,7 @@ class SFTDataModule(L.LightningDataModule):
         self.prepared: Prepared | None = None
         self.train_set = None
         self.train_lengths: list[int] = []
+        self._keys: tuple[list[int], list[float], list[int] | None] | None = None  # _example_keys
         self._first_epoch: dict[int, list[int]] = {}  # by device count: rank 0's row lengths, in order
         self.train_stages: list[int] | None = None
         # (rows, collate) → each row's reference log-probabilities, when the stage computes them up front.
@@ -218,13 +219,8 @@ class SFTDataModule(L.LightningDataModule):
             self._prepare(rebuild=False)
         if self.reference is not None:
             self._add_reference()
-        # Plain lists, read once: the sampler indexes lengths row by row, slow on a datasets Column.
-        columns = self.prepared.train.select_columns(["length", "complexity"])[:]
-        lengths = columns["length"]
+        lengths, complexity, stages = self._example_keys()
         rows = self.prepared.train.with_format(columns=self._columns(self.prepared.train))
-        stages = None
-        if self.cfg.curriculum != "none":
-            stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
         if self.cfg.packing:
             capacity = self.capacity
             bins, stages = pack_by_stage(lengths, capacity, self.seed, stages)
@@ -243,7 +239,7 @@ class SFTDataModule(L.LightningDataModule):
                 rows = PackedDataset(rows, bins, lengths)
             lengths = rows.lengths
         if stages is not None:
-            described = describe_stages(stages, columns["complexity"], self.cfg.packing)
+            described = describe_stages(stages, complexity, self.cfg.packing)
             log.info("curriculum %s: %s", self.cfg.curriculum, described)
         self.train_set, self.train_lengths, self.train_stages = rows, lengths, stages
 
@@ -281,18 +277,27 @@ class SFTDataModule(L.LightningDataModule):
         if ranks not in self._first_epoch:
             if self.prepared is None:  # a rank that did not prepare: the cached rows another process built
                 self._prepare(rebuild=False)
-            columns = self.prepared.train.select_columns(["length", "complexity"])[:]
-            lengths, stages = columns["length"], None
-            if self.cfg.curriculum != "none":
-                stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
+            lengths, _, stages = self._example_keys()
             order = EpochShuffleSampler(lengths, self.seed, self.group_size, 0, ranks, stages=stages)
             self._first_epoch[ranks] = [lengths[i] for i in order]
         first = self._first_epoch[ranks]
         batches = [first[start : start + rows] for start in range(0, len(first), rows)]
         return sum(len(b) * padded_width(max(b)) for b in batches) / len(batches) if batches else None
 
+    def _example_keys(self) -> tuple[list[int], list[float], list[int] | None]:
+        """Each prepared training example's length, complexity and curriculum stage (None without a
+        curriculum), read once as plain lists: the sampler indexes lengths row by row, slow on a Column."""
+        if self._keys is None:
+            columns = self.prepared.train.select_columns(["length", "complexity"])[:]
+            stages = None
+            if self.cfg.curriculum != "none":
+                stages = curriculum_stages(columns["complexity"], self.cfg.curriculum_stages)
+            self._keys = (columns["length"], columns["complexity"], stages)
+        return self._keys
+
     def _prepare(self, rebuild: bool | None = None) -> None:
         self.prepared = prepare(self.cfg, self.tokenizer, self.template, self.seed, self.cache_dir, rebuild)
+        self._keys = None
         self.prepared.stats.log(self.cfg.cutoff_len)
 
     def _shard(self) -> tuple[int, int]:
