@@ -112,6 +112,41 @@ def load_script(name: str):
     return module
 
 
+def new_process_tree(monkeypatch) -> None:
+    """Neither a precision nor matmul rates inherited from a parent process."""
+    import sft.training.precision as precision
+
+    monkeypatch.setenv(precision.DECIDED, "")
+    monkeypatch.setenv(precision.RATES, "")
+
+
+@pytest.fixture
+def undecided(monkeypatch, tmp_path):
+    """No decision or rates inherited from an earlier run in this process (restored afterwards), nor kept in
+    the cache for this CPU by an earlier test: the CPU is one never measured."""
+    import sft.training.precision as precision
+
+    new_process_tree(monkeypatch)
+    monkeypatch.setattr(precision, "cpu_identity", lambda: f"a CPU of {tmp_path}")
+
+
+def measured(monkeypatch, fp32: float, bf16: float) -> list:
+    """Make the CPU measure `fp32` and `bf16` GFLOP/s; the returned list records each measurement as
+    (dtype, side of the square matmuls)."""
+    import torch
+
+    import sft.training.precision as precision
+
+    calls = []
+
+    def peak(dtype, n, **_):
+        calls.append((dtype, n))
+        return bf16 if dtype == torch.bfloat16 else fp32
+
+    monkeypatch.setattr(precision, "matmul_peak", peak)
+    return calls
+
+
 def token_ids():
     """Two rows of 24 token ids below the tiny model's vocabulary, the same every call."""
     import torch

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import TINY, logged_series
+from conftest import TINY, logged_series, measured
 
 import sft.training.precision as precision_module
 from sft.train import train
@@ -64,22 +64,15 @@ def test_auto_scales_the_budget_with_the_rate_of_the_dtype_the_run_computes_in(
     assert token_budget(setting, precision, on_cpu, None, processes) == budget
 
 
-def test_auto_measures_the_rates_once_for_the_process_and_its_ranks(monkeypatch, tmp_path):
-    """Without inherited rates, `auto` measures, keeps them for the ranks it starts (which must choose the
-    same micro-batch) and does not measure again."""
-    monkeypatch.setenv(precision_module.RATES, "")
-    monkeypatch.setattr(precision_module, "cpu_identity", lambda: f"a CPU of {tmp_path}")
-    calls = []
-
-    def peak(dtype, n, **_):
-        calls.append(n)
-        return 840.0 if dtype == torch.bfloat16 else 210.0
-
-    monkeypatch.setattr(precision_module, "matmul_peak", peak)
+def test_auto_measures_the_rates_once_for_the_process_and_its_ranks(monkeypatch, undecided):
+    """Without inherited rates, `auto` measures, keeps them for the processes it starts and does not
+    measure again."""
+    calls = measured(monkeypatch, 210.0, 840.0)
     assert token_budget("auto", "bf16-mixed", True, None) == 800
     assert os.environ[precision_module.RATES] == "210.0,840.0"
     assert token_budget("auto", "32-true", True, None) == 400
-    assert calls == [2048, 2048]  # the squares the reference 420 GFLOP/s was measured on
+    # Once, on the squares the reference 420 GFLOP/s was measured on.
+    assert calls == [(torch.float32, 2048), (torch.bfloat16, 2048)]
 
 
 def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY, products, random_lora_b
+from conftest import TINY, measured, new_process_tree, products, random_lora_b
 
 import sft.training.precision as precision
 from sft.config import validate
@@ -16,31 +16,8 @@ from sft.training.dropout import ScatterDropout, scatter_lora_dropout
 from sft.training.model import apply_peft, load_model
 from sft.training.precision import FrozenLinearsInBf16, UncastLoraInputs, frozen_linears_to_bf16
 
-
-@pytest.fixture
-def undecided(monkeypatch, tmp_path):
-    """No decision inherited from an earlier run in this process (restored afterwards), nor kept in the
-    cache for this CPU by an earlier test: the CPU is one never measured."""
-    new_process_tree(monkeypatch)
-    monkeypatch.setattr(precision, "cpu_identity", lambda: f"a CPU of {tmp_path}")
-
-
-def new_process_tree(monkeypatch) -> None:
-    """Neither a precision nor matmul rates inherited from a parent process."""
-    monkeypatch.setenv(precision.DECIDED, "")
-    monkeypatch.setenv(precision.RATES, "")
-
-
-def measured(monkeypatch, fp32: float, bf16: float) -> list:
-    """Make the CPU measure `fp32` and `bf16` GFLOP/s; the returned list records each measurement."""
-    calls = []
-
-    def peak(dtype, **_):
-        calls.append(dtype)
-        return bf16 if dtype == torch.bfloat16 else fp32
-
-    monkeypatch.setattr(precision, "matmul_peak", peak)
-    return calls
+# What `auto` measures on a CPU it has not measured before: fp32, then bf16, on 2048-square matmuls.
+PROBED = [(torch.float32, 2048), (torch.bfloat16, 2048)]
 
 
 @pytest.mark.parametrize(
@@ -62,7 +39,7 @@ def test_auto_measures_once_and_other_settings_never_measure(monkeypatch, undeci
     assert precision.resolve_precision("auto", "mps", "auto", False) == "32-true"
     assert calls == []
     assert precision.resolve_precision("auto", "cpu", "auto", False) == "bf16-mixed"
-    assert calls == [torch.float32, torch.bfloat16]
+    assert calls == PROBED
     # Another rank (started with this environment) or a later job of a sweep: the same answer, unmeasured;
     # the rules that do not depend on the CPU still come first.
     measured(monkeypatch, 336, 170)
@@ -75,7 +52,7 @@ def test_a_measurement_is_kept_per_cpu_for_later_processes(monkeypatch, undecide
     cache = str(tmp_path / "cache")
     calls = measured(monkeypatch, 191, 421)
     assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "bf16-mixed"
-    assert calls == [torch.float32, torch.bfloat16]
+    assert calls == PROBED
     new_process_tree(monkeypatch)
     calls = measured(monkeypatch, 336, 170)
     assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "bf16-mixed"
@@ -83,7 +60,7 @@ def test_a_measurement_is_kept_per_cpu_for_later_processes(monkeypatch, undecide
     monkeypatch.setattr(precision, "cpu_identity", lambda: "another CPU")
     new_process_tree(monkeypatch)
     assert precision.resolve_precision("auto", "cpu", "auto", False, cache) == "32-true"
-    assert calls == [torch.float32, torch.bfloat16]
+    assert calls == PROBED
     assert len(json.loads((tmp_path / "cache" / "precision.json").read_text())) == 2
 
 
