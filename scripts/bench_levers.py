@@ -3,6 +3,10 @@
     python scripts/bench_levers.py [rounds=3] [steps=3] [levers=name,name,...] [out=/tmp/bench-levers]
                                    [alpaca=<rows.json>]   # those Alpaca rows instead of the embedded set
     python scripts/bench_levers.py --fused-qkv      # the most fusing LoRA's q/k/v A matmuls could save
+    python scripts/bench_levers.py --matmul-bound [lever=default_path] [rows=4] [packing=true] [top=20]
+                                                  [alpaca=<rows.json>]
+        # where one step's time goes: each matmul in the step and alone, the other operators, and the MFU
+        # a step of nothing but its own matmuls (timed alone) would reach
 
 One worker process per lever and round (rounds alternate the levers, so drift in a noisy machine's speed
 falls on all of them alike) trains SmolLM2-135M with LoRA r32 on all linear layers on real micro-batches of
@@ -30,6 +34,7 @@ from sft.provenance import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBS = Path("/usr/lib/x86_64-linux-gnu")
+PADDED = ["data.packing=false", "trainer.micro_batch_size=16", "trainer.effective_batch_size=16"]
 # name -> (train overrides, worker switches, environment). `before` is the step before this round's work.
 LEVERS = {
     "before": (["trainer.precision=32-true", "lora.fast_dropout=false"], {}, {}),
@@ -65,10 +70,40 @@ LEVERS = {
         {"segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True, "compile": True},
         {},
     ),
+    # default_path before NormOutputsInBf16: the norms' outputs in fp32, cast by each projection reading them.
+    "default_fp32_norms": (
+        ["trainer.precision=bf16-mixed"],
+        {"frozen_bf16": True, "segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True},
+        {},
+    ),
     # As `make train` trains by default on a bf16-fast CPU: fp32 weights, frozen copies, the switches.
     "default_path": (
         ["trainer.precision=bf16-mixed"],
-        {"frozen_bf16": True, "segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True},
+        {
+            "frozen_bf16": True,
+            "segments": True,
+            "uncast_lora_inputs": True,
+            "fused_lora_adds": True,
+            "norm_bf16": True,
+        },
+        {},
+    ),
+    # make train's micro-batches (16 padded rows of the embedded set), attention by torch's kernel ...
+    "padded_kernel": (
+        ["trainer.precision=bf16-mixed", *PADDED],
+        {"frozen_bf16": True, "uncast_lora_inputs": True, "fused_lora_adds": True, "norm_bf16": True},
+        {},
+    ),
+    # ... and by padded_attention's matmuls, as sdpa_segments trains padded rows on a CPU.
+    "padded_matmul": (
+        ["trainer.precision=bf16-mixed", *PADDED],
+        {
+            "frozen_bf16": True,
+            "segments": True,
+            "uncast_lora_inputs": True,
+            "fused_lora_adds": True,
+            "norm_bf16": True,
+        },
         {},
     ),
     "bench_path_kernel_only": (
@@ -129,7 +164,12 @@ def worker(spec: dict) -> dict:
     from sft.training.lora_forward import fuse_lora_adds
     from sft.training.model import load_tokenizer
     from sft.training.module import SFTModule
-    from sft.training.precision import frozen_linears_to_bf16, matmul_peak, uncast_lora_inputs
+    from sft.training.precision import (
+        frozen_linears_to_bf16,
+        matmul_peak,
+        norm_outputs_to_bf16,
+        uncast_lora_inputs,
+    )
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -155,6 +195,8 @@ def worker(spec: dict) -> dict:
         uncast_lora_inputs(model)
     if spec.get("fused_lora_adds"):  # what sft.training.lora_forward.FusedLoraAdds does during training
         fuse_lora_adds(model)
+    if spec.get("norm_bf16"):  # what sft.training.precision.NormOutputsInBf16 does during training
+        norm_outputs_to_bf16(model)
     if spec.get("compile"):
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()
@@ -185,17 +227,134 @@ def worker(spec: dict) -> dict:
         step(batch)
     seconds = time.perf_counter() - started
     counts = parameter_counts(model)
-    lengths = [n for b in batches[2:] for n in block_lengths(b["position_ids"])]
+    lengths = [
+        n
+        for b in batches[2:]
+        for n in (
+            block_lengths(b["position_ids"]) if "position_ids" in b else b["attention_mask"].sum(-1).tolist()
+        )
+    ]
     per_token = flops_per_token(
         counts["frozen_matmul"], counts["trainable"], counts["layers"], counts["width"], mean_context(lengths)
     )
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, n=2048, seconds=1.0)
-    return {
+    found = {
         "tokens_per_sec": tokens / seconds,
         "first_step_seconds": first,
         "check_loss": check_loss,
         "mfu": tokens / seconds * per_token / (peak * 1e9),
         "peak_gflops": peak,
+    }
+    if spec.get("matmul_bound"):
+        batch = batches[2]
+        calls = record_matmuls(lambda: step(batch))
+        found["bound"] = matmul_bound(
+            calls, int(batch["num_tokens"]) * per_token, seconds / (len(batches) - 2)
+        )
+    return found
+
+
+MATMULS = {
+    "mm",
+    "addmm",
+    "addmm_",
+    "bmm",
+    "baddbmm",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+}
+
+
+def record_matmuls(step) -> list[dict]:
+    """Every matmul and attention kernel one call of `step` runs (forward, backward, optimizer): its
+    operator, its arguments (tensors as shape, strides and dtype) and the seconds it took there."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    def shape_of(x):
+        if isinstance(x, torch.Tensor):
+            return ("tensor", tuple(x.shape), tuple(x.stride()), str(x.dtype).removeprefix("torch."))
+        return x
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            started = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            took = time.perf_counter() - started
+            name = func.overloadpacket.__name__
+            spec = torch.utils._pytree.tree_map(shape_of, (args, kwargs or {})) if name in MATMULS else None
+            calls.append({"op": func, "args": spec, "seconds": took})
+            return out
+
+    with Recorder():
+        step()
+    return calls
+
+
+def matmul_flops(op: str, args) -> float:
+    """FLOPs of one recorded matmul (attention: the causal half of its score and value products)."""
+    tensors = [a for a in args if isinstance(a, tuple) and a[:1] == ("tensor",)]
+    if op in ("mm", "addmm", "addmm_"):
+        (m, k), (_, n) = tensors[-2][1], tensors[-1][1]
+        return 2.0 * m * k * n
+    if op in ("bmm", "baddbmm"):
+        (b, m, k), (_, _, n) = tensors[-2][1], tensors[-1][1]
+        return 2.0 * b * m * k * n
+    batch, heads, length, width = tensors[1 if op.endswith("backward") else 0][1]
+    causal = 2.0 * batch * heads * length * length * width  # scores and values, half of each computed
+    return causal * (2 if op.endswith("backward") else 1)
+
+
+def matmul_bound(calls: list[dict], model_flops: float, step_seconds: float) -> dict:
+    """Time each recorded matmul alone on random tensors of its shapes (at least 0.05 s a shape), and
+    compare: the step's matmul seconds in the step and alone, and the MFU of a step of only them."""
+    import torch
+
+    def make(a):
+        if isinstance(a, tuple) and a[:1] == ("tensor",):
+            _, shape, stride, dtype = a
+            storage = torch.zeros(1 + sum((n - 1) * step for n, step in zip(shape, stride, strict=True)))
+            return storage.uniform_(-0.1, 0.1).to(getattr(torch, dtype)).as_strided(shape, stride)
+        return a
+
+    alone: dict[str, float] = {}
+    rows: dict[str, dict] = {}
+    others: dict[str, list] = {}
+    for call in calls:
+        if call["args"] is None:
+            other = others.setdefault(call["op"].overloadpacket.__name__, [0, 0.0])
+            other[0] += 1
+            other[1] += call["seconds"]
+            continue
+        key = f"{call['op'].overloadpacket.__name__} {call['args']}"
+        if key not in alone:
+            args, kwargs = torch.utils._pytree.tree_map(
+                make, call["args"], is_leaf=lambda a: isinstance(a, tuple) and a[:1] == ("tensor",)
+            )
+            call["op"](*args, **kwargs)
+            repeats, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 0.05 or repeats < 3:
+                call["op"](*args, **kwargs)
+                repeats += 1
+            alone[key] = (time.perf_counter() - started) / repeats
+        op = call["op"].overloadpacket.__name__
+        row = rows.setdefault(key, {"op": op, "calls": 0, "in_step": 0.0, "alone": 0.0, "flops": 0.0})
+        row["calls"] += 1
+        row["in_step"] += call["seconds"]
+        row["alone"] += alone[key]
+        row["flops"] += matmul_flops(op, call["args"][0])
+    in_step = sum(r["in_step"] for r in rows.values())
+    by_alone = sum(r["alone"] for r in rows.values())
+    return {
+        "step_seconds": step_seconds,
+        "matmul_seconds_in_step": in_step,
+        "matmul_seconds_alone": by_alone,
+        "matmul_flops": sum(r["flops"] for r in rows.values()),
+        "model_flops": model_flops,
+        "rows": sorted(rows.items(), key=lambda kv: -kv[1]["in_step"]),
+        "others": sorted(others.items(), key=lambda kv: -kv[1][1]),
     }
 
 
@@ -233,6 +392,63 @@ def fused_qkv_estimate(rounds: int = 20) -> dict:
     return {**times, "saved_per_step": 30 * (times["separate"] - times["fused"])}
 
 
+def in_process(spec: dict, env: dict, out: Path, name: str) -> dict:
+    """Run `worker(spec)` in a fresh process with `env` added (its log: out/name.log); its result."""
+    spec_file, result = out / f"{name}.json", out / f"{name}.result.json"
+    spec_file.write_text(json.dumps({**spec, "out": str(out / "run"), "result": str(result)}))
+    run(
+        [sys.executable, __file__, "--worker", str(spec_file)],
+        out / f"{name}.log",
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+    )
+    return json.loads(result.read_text())
+
+
+def alpaca_overrides(opts: dict) -> list[str]:
+    """The overrides that train on `opts["alpaca"]` (an Alpaca rows file) when given, else none."""
+    if "alpaca" not in opts:
+        return []
+    return ["data=alpaca_en", f"data.datasets.alpaca_en.path={opts['alpaca']}", "data.val_size=0"]
+
+
+def print_matmul_bound(opts: dict) -> None:
+    """Record one step's matmuls for a lever, time each alone, print where the step's time goes."""
+    opts = {"lever": "default_path", "rows": "4", "steps": "3", "out": "/tmp/bench-levers-bound", **opts}
+    opts.setdefault("packing", "true")
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    overrides, switches, env = LEVERS[opts["lever"]]
+    rows = [f"trainer.micro_batch_size={opts['rows']}", f"trainer.effective_batch_size={opts['rows']}"]
+    rows.append(f"data.packing={opts['packing']}")
+    spec = {"overrides": [*overrides, *rows, *alpaca_overrides(opts)], "steps": int(opts["steps"])}
+    found = in_process({**spec, **switches, "matmul_bound": True}, env, out, opts["lever"])
+    bound, peak = found["bound"], found["peak_gflops"] * 1e9
+    print(
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores); lever {opts['lever']}, "
+        f"{opts['rows']} rows a micro-batch, packing={opts['packing']}"
+    )
+    print("| operator and shapes | calls | ms in the step | ms alone | GFLOP/s alone |")
+    print("|---|---|---|---|---|")
+    for key, row in bound["rows"][: int(opts.get("top", 20))]:
+        rate = row["flops"] / row["alone"] / 1e9
+        print(
+            f"| `{key[:150]}` | {row['calls']} | {row['in_step'] * 1e3:.1f} | {row['alone'] * 1e3:.1f} "
+            f"| {rate:.0f} |"
+        )
+    print("\n| other operator | calls | ms in the step |\n|---|---|---|")
+    for name, (count, seconds) in bound["others"][: int(opts.get("top", 20))]:
+        print(f"| {name} | {count} | {seconds * 1e3:.1f} |")
+    step, in_step = bound["step_seconds"], bound["matmul_seconds_in_step"]
+    alone, rest = bound["matmul_seconds_alone"], sum(seconds for _, (_, seconds) in bound["others"])
+    print(
+        f"\nstep {step:.3f} s ({found['tokens_per_sec']:.1f} tokens/s, MFU {found['mfu']:.1%} of "
+        f"{peak / 1e9:.0f} GFLOP/s); its matmuls {in_step:.3f} s in the step ({in_step / step:.0%}), "
+        f"{alone:.3f} s alone at {bound['matmul_flops'] / alone / 1e9:.0f} GFLOP/s; "
+        f"a step of only its matmuls, timed alone: MFU {bound['model_flops'] / alone / peak:.1%}; "
+        f"the other operators {rest:.3f} s in the step"
+    )
+
+
 def main(argv: list[str]) -> None:
     """Run every lever `rounds` times in turn; print the table."""
     if argv[:1] == ["--worker"]:
@@ -247,13 +463,12 @@ def main(argv: list[str]) -> None:
             "of 30 layers"
         )
         return
+    if argv[:1] == ["--matmul-bound"]:
+        print_matmul_bound(dict(a.split("=", 1) for a in argv[1:]))
+        return
     opts = {"rounds": "3", "steps": "3", "levers": ",".join(LEVERS), "out": "/tmp/bench-levers"}
     opts.update(a.split("=", 1) for a in argv)
-    data = (
-        ["data=alpaca_en", f"data.datasets.alpaca_en.path={opts['alpaca']}", "data.val_size=0"]
-        if "alpaca" in opts
-        else []
-    )
+    data = alpaca_overrides(opts)
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     wanted = opts["levers"].split(",")
@@ -262,16 +477,8 @@ def main(argv: list[str]) -> None:
     for round_ in range(int(opts["rounds"])):
         for name in names:
             overrides, switches, env = LEVERS[name]
-            spec_file, result = out / f"{name}-{round_}.json", out / f"{name}-{round_}.result.json"
-            spec = {"overrides": [*overrides, *data], "steps": int(opts["steps"]), "out": str(out / "run")}
-            spec.update(switches)
-            spec_file.write_text(json.dumps({**spec, "result": str(result)}))
-            run(
-                [sys.executable, __file__, "--worker", str(spec_file)],
-                out / f"{name}-{round_}.log",
-                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            )
-            results[name].append(json.loads(result.read_text()))
+            spec = {"overrides": [*overrides, *data], "steps": int(opts["steps"]), **switches}
+            results[name].append(in_process(spec, env, out, f"{name}-{round_}"))
             print(
                 f"round {round_ + 1} {name}: {results[name][-1]['tokens_per_sec']:.1f} tokens/s", flush=True
             )

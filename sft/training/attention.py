@@ -11,6 +11,11 @@ to transformers' own `sdpa` path unchanged, with its mask.
 On a CPU, sequences of at most `EAGER_MAX_LEN` tokens take matmuls and a float32 softmax, a block of queries
 at a time, instead of torch's flash kernel, whose backward is slow on short sequences: forward and backward
 measured 1.1-1.4x faster from 256 to 512 tokens and about even at 1024 and 2048 (BENCHMARKS.md).
+
+Padded rows in training on a CPU take matmuls too, all rows at once under transformers' padding mask, when
+they are at most `PADDED_MAX_LEN` tokens long: 2.1x the kernel's forward and backward for 16 rows of 96
+tokens, 1.2x for 4 of 256, but 0.4x for 4 of 384, where the whole score matrix costs more than the
+kernel's blocks (BENCHMARKS.md). Evaluation and generation keep transformers' path.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "sdpa_segments"
 EAGER_MAX_LEN = 512  # longest sequence computed with matmuls on a CPU; longer ones use the flash kernel
 QUERY_BLOCK = 128  # queries per softmax block: the keys after a block's last query are never multiplied
+PADDED_MAX_LEN = 256  # longest padded rows trained with matmuls on a CPU; longer ones use the kernel
 
 
 def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[int]] | None:
@@ -75,6 +81,29 @@ def matmul_attention(
     return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
 
 
+def padded_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Causal attention of padded rows as two matmuls and a float32 softmax, each key head serving its group
+    of query heads without copies of the keys (batch x heads x tokens x dim in, batch x tokens x heads x
+    dim out, as transformers' attention functions return). `mask`: True where a query may see a key
+    (batch x 1 x tokens x tokens, transformers' causal padding mask), or None for causal alone."""
+    batch, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    scores = torch.matmul(query.reshape(batch, kv_heads, groups * n, dim), key.transpose(-1, -2))
+    scores = scores.view(batch, kv_heads, groups, n, n) * scale
+    if mask is None:
+        mask = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
+    hidden = ~(mask[:, :, None] if mask.dim() == 4 else mask)
+    # The lowest value, not -inf: a query that may see no key (a left pad) gets an even spread, not NaN.
+    probs = torch.softmax(
+        scores.masked_fill(hidden, torch.finfo(scores.dtype).min), dim=-1, dtype=torch.float32
+    )
+    out = torch.matmul(probs.to(value.dtype).view(batch, kv_heads, groups * n, n), value)
+    return out.view(batch, heads, n, dim).transpose(1, 2).contiguous()
+
+
 def segment_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -86,14 +115,19 @@ def segment_attention(
     position_ids: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Causal attention within each packed sequence (query, key, value: batch x heads x tokens x dim)."""
-    bounds = segment_bounds(position_ids, query.shape[2]) if key.shape[2] == query.shape[2] else None
-    if bounds is None or kwargs.get("sliding_window"):
+    """Causal attention within each packed sequence, or of padded rows in training on a CPU (query, key,
+    value: batch x heads x tokens x dim)."""
+    plain = key.shape[2] == query.shape[2] and not kwargs.get("sliding_window")  # no cache, no window
+    bounds = segment_bounds(position_ids, query.shape[2]) if plain else None
+    batch, heads, length, dim = query.shape
+    scale = scaling if scaling is not None else dim**-0.5
+    if bounds is None and plain and _padded_by_matmuls(module, query, attention_mask, dropout):
+        query, key = query.to(value.dtype), key.to(value.dtype)
+        return padded_attention(query, key, value, attention_mask, scale), None
+    if bounds is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    batch, heads, length, dim = query.shape
-    scale = scaling if scaling is not None else dim**-0.5
     lengths = [e - s for cuts in bounds for s, e in zip(cuts, cuts[1:], strict=False) if e > s]
     # Rotary embeddings leave query and key in float32 under autocast; cast them once, not per sequence.
     query, key = query.to(value.dtype), key.to(value.dtype)
@@ -108,6 +142,15 @@ def segment_attention(
         for qs, ks, vs in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
     ]
     return torch.cat(pieces).view(batch, length, heads, dim), None
+
+
+def _padded_by_matmuls(
+    module: torch.nn.Module, query: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> bool:
+    """Whether rows without restarts take `padded_attention`: training on a CPU, no attention dropout,
+    rows of at most PADDED_MAX_LEN tokens, and a boolean mask (or none)."""
+    on_cpu = query.device.type == "cpu" and module.training and dropout == 0.0
+    return on_cpu and query.shape[2] <= PADDED_MAX_LEN and (mask is None or mask.dtype == torch.bool)
 
 
 AttentionInterface.register(NAME, segment_attention)

@@ -85,8 +85,8 @@ def run(cfg: DictConfig, typed: TrainConfig) -> float | tuple[float, ...]:
             )
         )
     model = start_model(typed, typed.paths.cache_dir)
-    if typed.data.packing and attend_by_segment(model):
-        log.info("packed rows: attention computed per sequence (%s)", SEGMENTS)
+    if attend_by_segment(model):
+        log.info("attention: %s (packed rows per sequence, short padded rows by matmuls on a CPU)", SEGMENTS)
     if moves_base(typed.lora) and rank_zero_only.rank == 0:
         save_initial_adapter(model, run_dir.adapter_init)
     trainable, total = count_parameters(model)

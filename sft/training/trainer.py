@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..run_dir import RunDir
 from .checkpoint import AtomicCheckpointIO
 from .lora_forward import FusedLoraAdds
-from .precision import FrozenLinearsInBf16, UncastLoraInputs, cpu_rates
+from .precision import FrozenLinearsInBf16, NormOutputsInBf16, UncastLoraInputs, cpu_rates
 from .resilience import GracefulStop, RngCheckpoint
 from .strategy import build_strategy, check_launch, fill_deepspeed_config, is_deepspeed
 
@@ -125,7 +125,7 @@ def build_trainer(
         enable_version_counter=False,
     )
     callbacks = [last, best, GracefulStop(run_dir.last_checkpoint), RngCheckpoint()]
-    callbacks += [FrozenLinearsInBf16(), UncastLoraInputs(), FusedLoraAdds()]
+    callbacks += [FrozenLinearsInBf16(), UncastLoraInputs(), FusedLoraAdds(), NormOutputsInBf16()]
     callbacks += [*_instantiate_all(raw.get("callbacks")), *extra_callbacks]
     if cfg.trial is not None:  # a job of an Optuna sweep: report evaluations, stop when pruned
         from ..sweep.pruning import TrialPruning  # here, so that optuna loads only for sweep jobs

@@ -104,3 +104,73 @@ def test_rows_without_a_restart_use_transformers_sdpa_with_its_mask(monkeypatch)
         Layer(), query, key, value, None, position_ids=positions, sliding_window=8
     )
     assert window[0] == "sdpa" and calls[1]["sliding_window"] == 8
+
+
+def padded_inputs(lengths=(20, 13, 7)):
+    """(query, key, value) for right-padded rows of `lengths`, and transformers' mask for them (True where a
+    query may see a key: causal, pads hidden)."""
+    generator = torch.Generator().manual_seed(1)
+    n = max(lengths)
+
+    def draw(heads):
+        return torch.randn(len(lengths), heads, n, DIM, generator=generator).requires_grad_()
+
+    real = torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+    mask = torch.ones(n, n, dtype=torch.bool).tril()[None] & real[:, None, :]
+    return draw(HEADS), draw(KV_HEADS), draw(KV_HEADS), mask[:, None]
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["padding-mask", "causal-only"])
+def test_padded_rows_in_training_equal_transformers_sdpa(masked):
+    """Padded rows in training on a CPU (matmuls) give transformers' sdpa outputs and query/key/value
+    gradients, with a padding mask or none."""
+    results = []
+    for path in (attention.segment_attention, attention.sdpa_attention_forward):
+        query, key, value, mask = padded_inputs()
+        out, _ = path(Layer(), query, key, value, mask if masked else None)
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        results.append([out.detach(), *(x.grad for x in (query, key, value))])
+    assert results[0][0].shape == (3, 20, HEADS, DIM) and results[0][0].is_contiguous()
+    for got, want, name in zip(*results, ("output", "query", "key", "value"), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_padded_rows_take_matmuls_only_in_training_and_when_short(monkeypatch):
+    """Evaluation, rows longer than PADDED_MAX_LEN and attention dropout go to transformers' sdpa; a query
+    that may see no key (a left pad) gets finite values, not NaN."""
+    calls = []
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or ("sdpa", None)
+    )
+    query, key, value, mask = padded_inputs()
+    assert attention.segment_attention(Layer().eval(), query, key, value, mask)[0] == "sdpa"
+    assert attention.segment_attention(Layer(), query, key, value, mask, dropout=0.1)[0] == "sdpa"
+    monkeypatch.setattr(attention, "PADDED_MAX_LEN", 19)
+    assert attention.segment_attention(Layer(), query, key, value, mask)[0] == "sdpa"
+    monkeypatch.setattr(attention, "PADDED_MAX_LEN", 20)
+    mask[0, 0, :5] = False  # row 0's first five queries see nothing
+    out, _ = attention.segment_attention(Layer(), query, key, value, mask)
+    assert len(calls) == 3 and torch.isfinite(out).all()
+
+
+def test_a_model_trains_padded_rows_by_matmuls_with_sdpas_logits_and_gradients(make_cfg, cache_dir):
+    """The tiny model on right-padded rows: in training mode under sdpa_segments, the same logits and
+    gradients at every real position as under transformers' sdpa (where each took its own path)."""
+    from sft.config import validate
+    from sft.training.model import load_model
+
+    model = load_model(validate(make_cfg("model=tiny")).model, str(cache_dir)).train()
+    ids = torch.randint(0, 200, (3, 20), generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(20)[None, :] < torch.tensor([[20], [13], [7]])).long()
+    results = []
+    for implementation in ("sdpa", attention.NAME):
+        model.set_attn_implementation(implementation)
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        (logits * mask[..., None]).square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((logits.detach() * mask[..., None], grads))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    assert len(results[0][1]) == len(results[1][1]) > 0
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        assert (got - want).norm() <= 1e-5 * want.norm()  # float rounding: the sums run in another order

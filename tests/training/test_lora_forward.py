@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import TINY, products, random_lora_b, token_ids
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 from peft.tuners.lora.layer import Linear as LoraLinear
 
@@ -15,7 +16,7 @@ from sft.config import validate
 from sft.train import train
 from sft.training.lora_forward import FusedLoraAdds, FusedLoraLinear, fuse_lora_adds
 from sft.training.model import apply_peft, load_model
-from sft.training.precision import UncastLoraInputs
+from sft.training.precision import NormOutputsInBf16, UncastLoraInputs
 
 IDS = token_ids()
 
@@ -97,13 +98,13 @@ def test_training_fuses_the_adds_and_puts_peft_layers_back(make_cfg, cache_dir, 
 
 
 def test_the_training_switches_leave_fsdp_alone(make_cfg, cache_dir):
-    """Under FSDP neither training-time switch touches the LoRA layers (FSDP wraps them and runs its own mixed
+    """Under FSDP no training-time switch touches the LoRA layers (FSDP wraps them and runs its own mixed
     precision); on one device both do."""
     strategies = ((FSDPStrategy(), False), (SingleDeviceStrategy(torch.device("cpu")), True))
-    for callback in (FusedLoraAdds(), UncastLoraInputs()):
+    for callback in (FusedLoraAdds(), UncastLoraInputs(), NormOutputsInBf16()):
         for strategy, switched in strategies:
             model = lora_model(make_cfg, cache_dir)
-            trainer = SimpleNamespace(strategy=strategy, precision="bf16-mixed")
+            trainer = SimpleNamespace(strategy=strategy, precision="bf16-mixed", accelerator=CPUAccelerator())
             callback._apply(trainer, SimpleNamespace(model=model))
             assert (callback._model is model) == switched
             callback._restore()

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from conftest import TINY, measured, new_process_tree, products, random_lora_b
+from conftest import TINY, measured, new_process_tree, products, random_lora_b, token_ids
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import sft.training.precision as precision
 from sft.config import validate
 from sft.train import train
 from sft.training.dropout import ScatterDropout, scatter_lora_dropout
 from sft.training.model import apply_peft, load_model
-from sft.training.precision import FrozenLinearsInBf16, UncastLoraInputs, frozen_linears_to_bf16
+from sft.training.precision import (
+    FrozenLinearsInBf16,
+    NormOutputsInBf16,
+    UncastLoraInputs,
+    frozen_linears_to_bf16,
+)
 
 # What `auto` measures on a CPU it has not measured before: fp32, then bf16, on 2048-square matmuls.
 PROBED = [(torch.float32, 2048), (torch.bfloat16, 2048)]
@@ -258,3 +267,100 @@ def test_a_failed_fit_undoes_both_training_only_changes(make_cfg, cache_dir):
         callback.on_exception(None, None, RuntimeError("failed step"))
     assert all(m.weight.data_ptr() == ptr for m, ptr in before.items())
     assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
+class WidthCasts(TorchDispatchMode):
+    """Counts fp32 -> bf16 copies of (tokens x width) activations: a norm's output, a projection's input."""
+
+    def __init__(self, tokens: int, width: int) -> None:
+        super().__init__()
+        self.tokens, self.width, self.count = tokens, width, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        source = args[0] if args else None
+        if (
+            func is torch.ops.aten._to_copy.default
+            and source.dtype == torch.float32
+            and kwargs.get("dtype") == torch.bfloat16
+            and source.shape[-1] == self.width
+            and source.numel() == self.tokens * self.width
+        ):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def test_norm_outputs_in_bf16_keep_the_products_and_cast_each_once(make_cfg, cache_dir):
+    """fp32 weights, bf16 autocast, LoRA dropout on: with the norms handing on bf16, each norm's output is
+    cast once, not once per projection and adapter that reads it; with dropout off the logits are
+    bit-identical, with it on logits and LoRA gradients agree to bf16 rounding (the dropout scales after
+    the rounding); without autocast nothing changes; training's end removes the hooks."""
+    typed = validate(make_cfg("model=tiny", "lora.r=4", "lora.dropout=0.3"))
+    torch.manual_seed(5)
+    model = random_lora_b(apply_peft(load_model(typed.model, str(cache_dir)), typed.lora))
+    precision.uncast_lora_inputs(model)  # as bf16-mixed training does: else PEFT casts bf16 inputs back
+    layers, width = model.config.num_hidden_layers, model.config.hidden_size
+
+    def eval_logits():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model.eval()(input_ids=token_ids()).logits
+
+    def counted():
+        model.train()
+        with WidthCasts(token_ids().numel(), width) as casts:
+            found = products(model, autocast=True)
+        return (*found, casts.count)
+
+    reference_eval, (reference, reference_grads, reference_casts) = eval_logits(), counted()
+    plain_logits, plain_grads = products(model.train())
+    callback = NormOutputsInBf16()
+    cpu = SingleDeviceStrategy(torch.device("cpu"))
+    trainer = SimpleNamespace(strategy=cpu, precision="bf16-mixed", accelerator=CPUAccelerator())
+    callback._apply(trainer, SimpleNamespace(model=model))
+    assert callback._model is model and len(callback._hooks) == 2 * layers
+    assert torch.equal(eval_logits(), reference_eval)
+    logits, grads, casts = counted()
+    # Per layer 5 projections and 5 adapters read the two norms' outputs: 10 casts, now the hooks' 2.
+    assert reference_casts - casts == 8 * layers
+    scale = reference.float().abs().max()
+    assert (logits.float() - reference.float()).abs().max() <= 2e-2 * scale
+    for name, grad in grads.items():
+        assert (grad - reference_grads[name]).norm() <= 5e-2 * reference_grads[name].norm(), name
+    logits, grads = products(model)  # without autocast
+    assert torch.equal(logits, plain_logits) and all(torch.equal(grads[n], plain_grads[n]) for n in grads)
+    callback.on_train_end(None, None)
+    assert not callback._hooks and callback._model is None
+    logits, grads, casts = counted()
+    assert casts == reference_casts and torch.equal(logits, reference)
+    assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
+
+
+def test_norm_outputs_stay_fp32_where_they_feed_the_residual_stream_or_off_a_cpu(make_cfg, cache_dir):
+    """A family whose norms' outputs reach the residual stream (OLMo-2) gets no hooks; neither does a run
+    in fp32, or on another accelerator."""
+    typed = validate(make_cfg("model=tiny", "lora.r=4"))
+    model = apply_peft(load_model(typed.model, str(cache_dir)), typed.lora)
+    cpu = SingleDeviceStrategy(torch.device("cpu"))
+    for precision_, accelerator in (("32-true", CPUAccelerator()), ("bf16-mixed", object())):
+        callback = NormOutputsInBf16()
+        trainer = SimpleNamespace(strategy=cpu, precision=precision_, accelerator=accelerator)
+        callback._apply(trainer, SimpleNamespace(model=model))
+        assert callback._model is None and not callback._hooks
+    assert precision.norm_outputs_to_bf16(model)
+    model.config.model_type = "olmo2"
+    assert precision.norm_outputs_to_bf16(model) == []
+
+
+def test_bf16_mixed_training_hooks_the_norms_and_removes_them_after(make_cfg, monkeypatch):
+    """A bf16-mixed run on a CPU hooks the norms at its first training batch and leaves none behind."""
+    hooked, real = [], precision.norm_outputs_to_bf16
+
+    def spy(model):
+        hooked.append(model)
+        return real(model)
+
+    monkeypatch.setattr(precision, "norm_outputs_to_bf16", spy)
+    train(make_cfg(*TINY, "trainer.precision=bf16-mixed", "trainer.max_steps=2", run="norms"))
+    assert len(hooked) == 1
+    norms = [m for m in hooked[0].modules() if type(m).__name__.endswith("RMSNorm")]
+    assert norms and not any(m._forward_hooks for m in norms)
