@@ -94,7 +94,7 @@ LEVERS = {
         {"frozen_bf16": True, "uncast_lora_inputs": True, "fused_lora_adds": True, "norm_bf16": True},
         {},
     ),
-    # ... and by padded_attention's matmuls, as sdpa_segments trains padded rows on a CPU.
+    # ... and by matmul_attention, as sdpa_segments trains padded rows on a CPU.
     "padded_matmul": (
         ["trainer.precision=bf16-mixed", *PADDED],
         {

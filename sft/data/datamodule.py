@@ -139,20 +139,30 @@ class ResumableLoader(DataLoader):
         self.position = position
 
     def state_dict(self) -> dict:
-        """The epoch, how many micro-batches of it this rank has trained on, and their size."""
+        """The epoch, how many micro-batches of it this rank has trained on, their size, and the number of
+        devices the epoch's rows were dealt to."""
         return {
             "epoch": self.sampler.epoch,
             "batches": int(self.position()),
             "micro_batch_size": self.batch_size,
+            "devices": self.sampler.num_replicas,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the saved epoch after the micro-batches it had already trained on.
 
-        Lightning counts the epoch's progress in micro-batches, so a resume with another micro-batch size
-        (a changed `trainer.micro_batch_size`, or `trainer.micro_batch_tokens` choosing otherwise) would
-        start at the wrong row: it is refused, naming the settings that resume exactly.
+        Lightning counts the epoch's progress in micro-batches of each device's share, so a resume with
+        another micro-batch size (a changed `trainer.micro_batch_size`, or `trainer.micro_batch_tokens`
+        choosing otherwise) or on another number of devices would start at the wrong row: it is refused,
+        naming what resumes exactly.
         """
+        devices = state.get("devices", self.sampler.num_replicas)  # checkpoints before this key: unchecked
+        if devices != self.sampler.num_replicas:
+            raise ConfigError(
+                f"the checkpoint was trained on {devices} device(s) and this run has "
+                f"{self.sampler.num_replicas}: each device's place in the epoch is kept for its own share of "
+                f"the rows, so resume on {devices} (trainer.devices x trainer.num_nodes)"
+            )
         saved = state.get("micro_batch_size", self.batch_size)  # checkpoints before this key: unchecked
         if saved != self.batch_size:
             raise ConfigError(

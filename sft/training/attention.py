@@ -12,10 +12,9 @@ On a CPU, sequences of at most `EAGER_MAX_LEN` tokens take matmuls and a float32
 at a time, instead of torch's flash kernel, whose backward is slow on short sequences: forward and backward
 measured 1.1-1.4x faster from 256 to 512 tokens and about even at 1024 and 2048 (BENCHMARKS.md).
 
-Padded rows in training on a CPU take matmuls too, all rows at once under transformers' padding mask, when
-they are at most `PADDED_MAX_LEN` tokens long: 2.1x the kernel's forward and backward for 16 rows of 96
-tokens, 1.2x for 4 of 256, but 0.4x for 4 of 384, where the whole score matrix costs more than the
-kernel's blocks (BENCHMARKS.md). Evaluation and generation keep transformers' path.
+Padded rows in training on a CPU take the same matmuls, all rows at once under transformers' padding mask,
+when they are at most `PADDED_MAX_LEN` tokens long: forward and backward measured 2.9x the kernel's for 16
+rows of 96 tokens and 1.5x for 4 of 256 (BENCHMARKS.md). Evaluation and generation keep transformers' path.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "sdpa_segments"
 EAGER_MAX_LEN = 512  # longest sequence computed with matmuls on a CPU; longer ones use the flash kernel
 QUERY_BLOCK = 128  # queries per softmax block: the keys after a block's last query are never multiplied
-PADDED_MAX_LEN = 256  # longest padded rows trained with matmuls on a CPU; longer ones use the kernel
+# Longest padded rows trained with matmuls on a CPU: a micro-batch's saved probabilities grow with its tokens
+# times its rows' length (at 512, `make bench`'s padded run peaked 0.75 GB higher, no faster end to end).
+PADDED_MAX_LEN = 256
 
 
 def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[int]] | None:
@@ -48,60 +49,54 @@ def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[
 def kernel_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, dropout: float
 ) -> torch.Tensor:
-    """Causal attention of one sequence through torch's SDPA (tokens x heads x dim in and out)."""
-    groups = query.shape[1] // key.shape[1]
+    """Causal attention of one sequence through torch's SDPA (heads x tokens x dim in, tokens x heads x dim
+    out)."""
+    groups = query.shape[0] // key.shape[0]
     if groups > 1:
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
+        key, value = key.repeat_interleave(groups, dim=0), value.repeat_interleave(groups, dim=0)
+    q, k, v = (x.unsqueeze(0) for x in (query, key, value))
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
     return out[0].transpose(0, 1)
 
 
 def matmul_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention of one sequence as two matmuls and a float32 softmax per block of `QUERY_BLOCK`
-    queries over the keys up to the block's end, each key head serving its group of query heads without
-    copies of the keys (tokens x heads x dim in and out). Every query sees all its keys in one softmax."""
-    n, heads, dim = query.shape
-    kv_heads = key.shape[1]
+    """Causal attention as two matmuls and a float32 softmax per block of `QUERY_BLOCK` queries over the keys
+    up to the block's end (the keys after it are never multiplied), each key head serving its group of query
+    heads without copies of the keys; every query sees all its keys in one softmax. [batch x] heads x tokens
+    x dim in; [batch x] tokens x heads x dim out, as transformers' attention functions return. `mask`: True
+    where a query may see a key (batch x 1 x tokens x tokens, transformers' causal padding mask), or None
+    for causal alone."""
+    *batch, heads, n, dim = query.shape
+    kv_heads = key.shape[-3]
     groups = heads // kv_heads
-    keys, values = key.permute(1, 2, 0), value.transpose(0, 1)
+    if mask is None:
+        hidden = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
+    else:
+        hidden = ~mask[:, :, None]  # one row of masks for each key head's group of query heads
+    # The lowest value, not -inf: a query that may see no key (a left pad) gets an even spread, not NaN.
+    lowest = torch.finfo(query.dtype).min
     blocks = []
     for start in range(0, n, QUERY_BLOCK):
         end = min(n, start + QUERY_BLOCK)
         rows = end - start
-        q = query[start:end].view(rows, kv_heads, groups, dim).permute(1, 2, 0, 3)
-        scores = torch.matmul(q.reshape(kv_heads, groups * rows, dim), keys[..., :end])
-        scores = scores.view(kv_heads, groups, rows, end) * scale
-        future = torch.ones(rows, end, dtype=torch.bool, device=query.device).triu(start + 1)
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32)
-        out = torch.matmul(probs.to(value.dtype).view(kv_heads, groups * rows, end), values[:, :end])
-        blocks.append(out.view(kv_heads, groups, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads, dim))
-    return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
-
-
-def padded_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
-) -> torch.Tensor:
-    """Causal attention of padded rows as two matmuls and a float32 softmax, each key head serving its group
-    of query heads without copies of the keys (batch x heads x tokens x dim in, batch x tokens x heads x
-    dim out, as transformers' attention functions return). `mask`: True where a query may see a key
-    (batch x 1 x tokens x tokens, transformers' causal padding mask), or None for causal alone."""
-    batch, heads, n, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    scores = torch.matmul(query.reshape(batch, kv_heads, groups * n, dim), key.transpose(-1, -2))
-    scores = scores.view(batch, kv_heads, groups, n, n) * scale
-    if mask is None:
-        mask = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-    hidden = ~(mask[:, :, None] if mask.dim() == 4 else mask)
-    # The lowest value, not -inf: a query that may see no key (a left pad) gets an even spread, not NaN.
-    probs = torch.softmax(
-        scores.masked_fill(hidden, torch.finfo(scores.dtype).min), dim=-1, dtype=torch.float32
-    )
-    out = torch.matmul(probs.to(value.dtype).view(batch, kv_heads, groups * n, n), value)
-    return out.view(batch, heads, n, dim).transpose(1, 2).contiguous()
+        q = query[..., start:end, :].reshape(*batch, kv_heads, groups * rows, dim)
+        scores = torch.matmul(q, key[..., :end, :].transpose(-1, -2))
+        scores = scores.view(*batch, kv_heads, groups, rows, end) * scale
+        probs = torch.softmax(
+            scores.masked_fill(hidden[..., start:end, :end], lowest), dim=-1, dtype=torch.float32
+        )
+        out = torch.matmul(
+            probs.to(value.dtype).view(*batch, kv_heads, groups * rows, end), value[..., :end, :]
+        )
+        blocks.append(out.view(*batch, heads, rows, dim))
+    out = torch.cat(blocks, dim=-2) if len(blocks) > 1 else blocks[0]
+    return out.transpose(-3, -2).contiguous()
 
 
 def segment_attention(
@@ -123,7 +118,7 @@ def segment_attention(
     scale = scaling if scaling is not None else dim**-0.5
     if bounds is None and plain and _padded_by_matmuls(module, query, attention_mask, dropout):
         query, key = query.to(value.dtype), key.to(value.dtype)
-        return padded_attention(query, key, value, attention_mask, scale), None
+        return matmul_attention(query, key, value, scale, attention_mask), None
     if bounds is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -131,15 +126,18 @@ def segment_attention(
     lengths = [e - s for cuts in bounds for s, e in zip(cuts, cuts[1:], strict=False) if e > s]
     # Rotary embeddings leave query and key in float32 under autocast; cast them once, not per sequence.
     query, key = query.to(value.dtype), key.to(value.dtype)
-    # Token-major (batch*tokens x heads x dim): the projections' own layout, and split's backward is one
-    # concatenation, where a slice's backward writes a zero tensor of the whole batch per sequence.
-    q, k, v = (x.transpose(1, 2).reshape(batch * length, x.shape[1], dim) for x in (query, key, value))
+    # Heads x (batch*tokens) x dim, token-major in memory (the projections' own layout): split's backward is
+    # one concatenation, where a slice's backward writes a zero tensor of the whole batch per sequence.
+    q, k, v = (
+        x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).transpose(0, 1)
+        for x in (query, key, value)
+    )
     short = dropout == 0.0 and query.device.type == "cpu"
     pieces = [
         matmul_attention(qs, ks, vs, scale)
-        if short and qs.shape[0] <= EAGER_MAX_LEN
+        if short and qs.shape[1] <= EAGER_MAX_LEN
         else kernel_attention(qs, ks, vs, scale, dropout)
-        for qs, ks, vs in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+        for qs, ks, vs in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1), strict=True)
     ]
     return torch.cat(pieces).view(batch, length, heads, dim), None
 
@@ -147,8 +145,8 @@ def segment_attention(
 def _padded_by_matmuls(
     module: torch.nn.Module, query: torch.Tensor, mask: torch.Tensor | None, dropout: float
 ) -> bool:
-    """Whether rows without restarts take `padded_attention`: training on a CPU, no attention dropout,
-    rows of at most PADDED_MAX_LEN tokens, and a boolean mask (or none)."""
+    """Whether rows without restarts take `matmul_attention`: training on a CPU, no attention dropout, rows
+    of at most PADDED_MAX_LEN tokens, and a boolean mask (or none)."""
     on_cpu = query.device.type == "cpu" and module.training and dropout == 0.0
     return on_cpu and query.shape[2] <= PADDED_MAX_LEN and (mask is None or mask.dtype == torch.bool)
 

@@ -273,7 +273,7 @@ class NormOutputsInBf16(SwitchDuringTraining):
     Every consumer is a Linear that autocast feeds bf16 anyway, so the products with dropout off are the
     same bit for bit; with dropout on, an adapter's input is scaled after the rounding instead of before
     (each value within one bf16 rounding), and the consumers' gradients are summed in bf16 before the one
-    cast back to fp32. Measured 1.09x on a packed SmolLM2 step (BENCHMARKS.md). Hooks off when training
+    cast back to fp32. Measured 1.04-1.09x on a packed SmolLM2 step (BENCHMARKS.md). Hooks off when training
     ends. Only CPUs were measured."""
 
     def __init__(self) -> None:

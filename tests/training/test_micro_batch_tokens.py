@@ -75,23 +75,29 @@ def test_auto_measures_the_rates_once_for_the_process_and_its_ranks(monkeypatch,
     assert calls == [(torch.float32, 2048), (torch.bfloat16, 2048)]
 
 
-def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
-    """One row per micro-batch has no padding (the mean length); more rows pad to the longest, less when
-    each step is sorted by length (group_by_length) than in plain shuffled order; packed rows count their
-    capacity."""
+def prepared_datamodule(make_cfg, *overrides):
+    """The tiny run's datamodule with its data prepared."""
     from sft.config import validate
     from sft.data.datamodule import build_datamodule
     from sft.data.loading import system_prompt
     from sft.data.templates import get_template
     from sft.training.model import load_tokenizer
 
+    cfg = validate(make_cfg(*TINY, *overrides))
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    template = get_template(cfg.data.template, tokenizer, system_prompt(cfg.data))
+    data = build_datamodule(cfg, tokenizer, template)
+    data.prepare_data()
+    return data
+
+
+def test_a_micro_batch_counts_its_padding_in_the_length_grouped_order(make_cfg):
+    """One row per micro-batch has no padding (the mean length); more rows pad to the longest, less when
+    each step is sorted by length (group_by_length) than in plain shuffled order; packed rows count their
+    capacity."""
+
     def module(*overrides):
-        cfg = validate(make_cfg(*TINY, "trainer.effective_batch_size=16", *overrides))
-        tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-        template = get_template(cfg.data.template, tokenizer, system_prompt(cfg.data))
-        data = build_datamodule(cfg, tokenizer, template)
-        data.prepare_data()
-        return data
+        return prepared_datamodule(make_cfg, "trainer.effective_batch_size=16", *overrides)
 
     grouped, shuffled = module(), module("data.group_by_length=false")
     mean = grouped.stats.train_tokens / grouped.stats.train
@@ -160,3 +166,25 @@ def test_a_bad_budget_names_the_key_and_what_it_may_be(make_cfg, value):
     allowed = r"trainer\.micro_batch_tokens.*'auto', a positive whole number of tokens"
     with pytest.raises(ConfigError, match=allowed):
         validate(make_cfg(*TINY, f"trainer.micro_batch_tokens={value}"))
+
+
+def test_a_resume_on_another_number_of_devices_is_refused(make_cfg):
+    """Each device's place in the epoch counts micro-batches of its own share of the rows: a loader state
+    saved on two devices is refused on one, naming the count that resumes exactly; on two it resumes."""
+    from sft.errors import ConfigError
+
+    data = prepared_datamodule(make_cfg)
+    data.setup("fit")
+
+    progress = SimpleNamespace(current=SimpleNamespace(processed=1))  # one micro-batch trained
+    fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+
+    def loader(ranks):
+        data.trainer = SimpleNamespace(global_rank=0, world_size=ranks, fit_loop=fit_loop)
+        return data.train_dataloader()
+
+    saved = loader(2).state_dict()
+    assert saved["devices"] == 2
+    with pytest.raises(ConfigError, match=r"trained on 2 device\(s\) and this run has 1.*resume on 2"):
+        loader(1).load_state_dict(saved)
+    loader(2).load_state_dict(saved)
