@@ -160,6 +160,7 @@ def worker(spec: dict) -> dict:
     from sft.data.templates import get_template
     from sft.locations import CONF_DIR
     from sft.training import attention
+    from sft.training.dropout import ScatterDropout
     from sft.training.lineage import start_model
     from sft.training.lora_forward import fuse_lora_adds
     from sft.training.model import load_tokenizer
@@ -205,11 +206,18 @@ def worker(spec: dict) -> dict:
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    model.eval()  # the fixed batch's loss, dropout off: what a lever must keep (or, for bf16, changes)
+    # The fixed batch's loss with every dropout at 0 but in training mode (the attention path training takes):
+    # what a lever must keep (or, for bf16, changes).
+    drops = [m for m in model.modules() if isinstance(m, (torch.nn.Dropout, ScatterDropout))]
+    rates = [m.p for m in drops]
+    model.train()
+    for drop in drops:
+        drop.p = 0.0
     with torch.no_grad(), autocast():
         loss, count, _ = module.token_loss(batches[0])
     check_loss = float(loss / count)
-    model.train()
+    for drop, rate in zip(drops, rates, strict=True):
+        drop.p = rate
 
     def step(batch) -> None:
         with autocast():

@@ -157,7 +157,7 @@ class ResumableLoader(DataLoader):
         naming what resumes exactly.
         """
         devices = state.get("devices", self.sampler.num_replicas)  # checkpoints before this key: unchecked
-        if devices != self.sampler.num_replicas:
+        if devices != self.sampler.num_replicas and state["batches"]:  # at an epoch's start any count fits
             raise ConfigError(
                 f"the checkpoint was trained on {devices} device(s) and this run has "
                 f"{self.sampler.num_replicas}: each device's place in the epoch is kept for its own share of "

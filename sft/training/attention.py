@@ -112,7 +112,7 @@ def segment_attention(
 ) -> tuple[torch.Tensor, None]:
     """Causal attention within each packed sequence, or of padded rows in training on a CPU (query, key,
     value: batch x heads x tokens x dim)."""
-    plain = key.shape[2] == query.shape[2] and not kwargs.get("sliding_window")  # no cache, no window
+    plain = key.shape[2] == query.shape[2] and _plain_causal(module, kwargs)
     bounds = segment_bounds(position_ids, query.shape[2]) if plain else None
     batch, heads, length, dim = query.shape
     scale = scaling if scaling is not None else dim**-0.5
@@ -142,13 +142,27 @@ def segment_attention(
     return torch.cat(pieces).view(batch, length, heads, dim), None
 
 
+# Arguments of transformers' attention functions that the matmuls here do not apply: they go to sdpa.
+NOT_APPLIED = ("sliding_window", "position_bias", "softcap", "s_aux")
+
+
+def _plain_causal(module: torch.nn.Module | None, kwargs: dict) -> bool:
+    """Whether a call is plain causal attention: no window, bias, soft-cap or sinks, and causal."""
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    return bool(causal) and all(kwargs.get(name) is None for name in NOT_APPLIED)
+
+
 def _padded_by_matmuls(
-    module: torch.nn.Module, query: torch.Tensor, mask: torch.Tensor | None, dropout: float
+    module: torch.nn.Module | None, query: torch.Tensor, mask: torch.Tensor | None, dropout: float
 ) -> bool:
     """Whether rows without restarts take `matmul_attention`: training on a CPU, no attention dropout, rows
-    of at most PADDED_MAX_LEN tokens, and a boolean mask (or none)."""
-    on_cpu = query.device.type == "cpu" and module.training and dropout == 0.0
-    return on_cpu and query.shape[2] <= PADDED_MAX_LEN and (mask is None or mask.dtype == torch.bool)
+    of at most PADDED_MAX_LEN tokens, and a boolean mask that lets no query see a later key (or none): the
+    blocks never multiply the keys after a block's last query."""
+    on_cpu = query.device.type == "cpu" and getattr(module, "training", False) and dropout == 0.0
+    if not on_cpu or query.shape[2] > PADDED_MAX_LEN:
+        return False
+    return mask is None or (mask.dtype == torch.bool and not mask.triu(1).any())
 
 
 AttentionInterface.register(NAME, segment_attention)

@@ -174,3 +174,46 @@ def test_a_model_trains_padded_rows_by_matmuls_with_sdpas_logits_and_gradients(m
     assert len(results[0][1]) == len(results[1][1]) > 0
     for got, want in zip(results[1][1], results[0][1], strict=True):
         assert (got - want).norm() <= 1e-5 * want.norm()  # float rounding: the sums run in another order
+
+
+class NonCausalLayer(Layer):
+    """An attention layer that declares itself bidirectional."""
+
+    is_causal = False
+
+
+@pytest.mark.parametrize(
+    ("layer", "extra", "bidirectional"),
+    [
+        (NonCausalLayer(), {}, False),
+        (Layer(), {"is_causal": False}, False),
+        (Layer(), {"position_bias": torch.zeros(1)}, False),
+        (Layer(), {"softcap": 50.0}, False),
+        (Layer(), {}, True),
+        (None, {}, False),
+    ],
+    ids=[
+        "module-not-causal",
+        "is-causal-false",
+        "position-bias",
+        "softcap",
+        "bidirectional-mask",
+        "no-module",
+    ],
+)
+def test_attention_the_matmuls_do_not_apply_goes_to_sdpa(layer, extra, bidirectional, monkeypatch):
+    """Non-causal attention (by the layer, the call or a mask letting a query see a later key), a position
+    bias or a soft-cap, which the blocked matmuls would drop, go to sdpa, packed rows included; so do
+    padded rows without a layer to say it trains."""
+    calls = []
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda *a, **k: calls.append(k) or ("sdpa", None)
+    )
+    query, key, value, mask = padded_inputs()
+    if bidirectional:
+        mask[2, 0, 0, 5] = True
+    assert attention.segment_attention(layer, query, key, value, mask, **extra)[0] == "sdpa"
+    if extra or isinstance(layer, NonCausalLayer):
+        query, key, value, positions = packed_inputs()
+        out = attention.segment_attention(layer, query, key, value, None, position_ids=positions, **extra)
+        assert out[0] == "sdpa"

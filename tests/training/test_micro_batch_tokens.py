@@ -170,7 +170,8 @@ def test_a_bad_budget_names_the_key_and_what_it_may_be(make_cfg, value):
 
 def test_a_resume_on_another_number_of_devices_is_refused(make_cfg):
     """Each device's place in the epoch counts micro-batches of its own share of the rows: a loader state
-    saved on two devices is refused on one, naming the count that resumes exactly; on two it resumes."""
+    saved on two devices is refused on one, naming the count that resumes exactly; on two it resumes, and
+    at an epoch's start on any count."""
     from sft.errors import ConfigError
 
     data = prepared_datamodule(make_cfg)
@@ -188,3 +189,4 @@ def test_a_resume_on_another_number_of_devices_is_refused(make_cfg):
     with pytest.raises(ConfigError, match=r"trained on 2 device\(s\) and this run has 1.*resume on 2"):
         loader(1).load_state_dict(saved)
     loader(2).load_state_dict(saved)
+    loader(1).load_state_dict({**saved, "batches": 0})  # at the epoch's start: exact on any count
