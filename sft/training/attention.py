@@ -116,26 +116,26 @@ def segment_attention(
     bounds = segment_bounds(position_ids, query.shape[2]) if plain else None
     batch, heads, length, dim = query.shape
     scale = scaling if scaling is not None else dim**-0.5
-    if bounds is None and plain and _padded_by_matmuls(module, query, attention_mask, dropout):
-        query, key = query.to(value.dtype), key.to(value.dtype)
-        return matmul_attention(query, key, value, scale, attention_mask), None
-    if bounds is None:
+    by_matmuls = dropout == 0.0 and query.device.type == "cpu"  # where rows are short enough
+    padded = bounds is None and plain and by_matmuls and _padded_by_matmuls(module, length, attention_mask)
+    if bounds is None and not padded:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    lengths = [e - s for cuts in bounds for s, e in zip(cuts, cuts[1:], strict=False) if e > s]
     # Rotary embeddings leave query and key in float32 under autocast; cast them once, not per sequence.
     query, key = query.to(value.dtype), key.to(value.dtype)
+    if padded:
+        return matmul_attention(query, key, value, scale, attention_mask), None
+    lengths = [e - s for cuts in bounds for s, e in zip(cuts, cuts[1:], strict=False) if e > s]
     # Heads x (batch*tokens) x dim, token-major in memory (the projections' own layout): split's backward is
     # one concatenation, where a slice's backward writes a zero tensor of the whole batch per sequence.
     q, k, v = (
         x.transpose(1, 2).reshape(batch * length, x.shape[1], dim).transpose(0, 1)
         for x in (query, key, value)
     )
-    short = dropout == 0.0 and query.device.type == "cpu"
     pieces = [
         matmul_attention(qs, ks, vs, scale)
-        if short and qs.shape[1] <= EAGER_MAX_LEN
+        if by_matmuls and qs.shape[1] <= EAGER_MAX_LEN
         else kernel_attention(qs, ks, vs, scale, dropout)
         for qs, ks, vs in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1), strict=True)
     ]
@@ -153,14 +153,11 @@ def _plain_causal(module: torch.nn.Module | None, kwargs: dict) -> bool:
     return bool(causal) and all(kwargs.get(name) is None for name in NOT_APPLIED)
 
 
-def _padded_by_matmuls(
-    module: torch.nn.Module | None, query: torch.Tensor, mask: torch.Tensor | None, dropout: float
-) -> bool:
-    """Whether rows without restarts take `matmul_attention`: training on a CPU, no attention dropout, rows
-    of at most PADDED_MAX_LEN tokens, and a boolean mask that lets no query see a later key (or none): the
-    blocks never multiply the keys after a block's last query."""
-    on_cpu = query.device.type == "cpu" and getattr(module, "training", False) and dropout == 0.0
-    if not on_cpu or query.shape[2] > PADDED_MAX_LEN:
+def _padded_by_matmuls(module: torch.nn.Module | None, length: int, mask: torch.Tensor | None) -> bool:
+    """Whether rows without restarts (on a CPU, without attention dropout) take `matmul_attention`: in
+    training, rows of at most PADDED_MAX_LEN tokens, and a boolean mask that lets no query see a later key
+    (or none): the blocks never multiply the keys after a block's last query."""
+    if not getattr(module, "training", False) or length > PADDED_MAX_LEN:
         return False
     return mask is None or (mask.dtype == torch.bool and not mask.triu(1).any())
 
