@@ -136,6 +136,11 @@ def _read(path: Path | None) -> dict:
     return kept if isinstance(kept, dict) else {}
 
 
+def bf16_mixed_on_cpu(trainer) -> bool:
+    """Whether `trainer` trains under bf16-mixed on a CPU, where the training-time casts were measured."""
+    return trainer.precision == "bf16-mixed" and isinstance(trainer.accelerator, CPUAccelerator)
+
+
 class DuringTraining(Callback):
     """A change to the model made at the first training batch (after the model has been set up and wrapped,
     under the precision's forward context) and undone when training ends or fails, before probes, the final
@@ -174,11 +179,7 @@ class FrozenLinearsInBf16(DuringTraining):
         self._kept: dict[torch.nn.Linear, torch.Tensor] = {}
 
     def _apply(self, trainer, pl_module) -> None:
-        if (
-            self._kept
-            or trainer.precision != "bf16-mixed"
-            or not isinstance(trainer.accelerator, CPUAccelerator)
-        ):
+        if self._kept or not bf16_mixed_on_cpu(trainer):
             return
         if shards_parameters(trainer.strategy):  # its weights live in flat shards: left alone
             return
@@ -281,7 +282,7 @@ class NormOutputsInBf16(SwitchDuringTraining):
         self._hooks: list = []
 
     def _allowed(self, trainer) -> bool:
-        return trainer.precision == "bf16-mixed" and isinstance(trainer.accelerator, CPUAccelerator)
+        return bf16_mixed_on_cpu(trainer)
 
     def _switch(self, model: torch.nn.Module, on: bool) -> int:
         for hook in self._hooks:
