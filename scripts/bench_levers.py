@@ -35,6 +35,14 @@ from sft.provenance import cpu_model  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 LIBS = Path("/usr/lib/x86_64-linux-gnu")
 PADDED = ["data.packing=false", "trainer.micro_batch_size=16", "trainer.effective_batch_size=16"]
+# What sft.train switches on while training fp32 weights under bf16-mixed on a CPU (worker switches).
+DEFAULT_SWITCHES = {
+    "frozen_bf16": True,
+    "segments": True,
+    "uncast_lora_inputs": True,
+    "fused_lora_adds": True,
+    "norm_bf16": True,
+}
 # name -> (train overrides, worker switches, environment). `before` is the step before this round's work.
 LEVERS = {
     "before": (["trainer.precision=32-true", "lora.fast_dropout=false"], {}, {}),
@@ -71,41 +79,13 @@ LEVERS = {
         {},
     ),
     # default_path before NormOutputsInBf16: the norms' outputs in fp32, cast by each projection reading them.
-    "default_fp32_norms": (
-        ["trainer.precision=bf16-mixed"],
-        {"frozen_bf16": True, "segments": True, "uncast_lora_inputs": True, "fused_lora_adds": True},
-        {},
-    ),
+    "default_fp32_norms": (["trainer.precision=bf16-mixed"], {**DEFAULT_SWITCHES, "norm_bf16": False}, {}),
     # As `make train` trains by default on a bf16-fast CPU: fp32 weights, frozen copies, the switches.
-    "default_path": (
-        ["trainer.precision=bf16-mixed"],
-        {
-            "frozen_bf16": True,
-            "segments": True,
-            "uncast_lora_inputs": True,
-            "fused_lora_adds": True,
-            "norm_bf16": True,
-        },
-        {},
-    ),
+    "default_path": (["trainer.precision=bf16-mixed"], DEFAULT_SWITCHES, {}),
     # make train's micro-batches (16 padded rows of the embedded set), attention by torch's kernel ...
-    "padded_kernel": (
-        ["trainer.precision=bf16-mixed", *PADDED],
-        {"frozen_bf16": True, "uncast_lora_inputs": True, "fused_lora_adds": True, "norm_bf16": True},
-        {},
-    ),
+    "padded_kernel": (["trainer.precision=bf16-mixed", *PADDED], {**DEFAULT_SWITCHES, "segments": False}, {}),
     # ... and by matmul_attention, as sdpa_segments trains padded rows on a CPU.
-    "padded_matmul": (
-        ["trainer.precision=bf16-mixed", *PADDED],
-        {
-            "frozen_bf16": True,
-            "segments": True,
-            "uncast_lora_inputs": True,
-            "fused_lora_adds": True,
-            "norm_bf16": True,
-        },
-        {},
-    ),
+    "padded_matmul": (["trainer.precision=bf16-mixed", *PADDED], DEFAULT_SWITCHES, {}),
     "bench_path_kernel_only": (
         ["trainer.precision=bf16-mixed", "model.dtype=bfloat16"],
         {"segments": True, "eager_max_len": 0},
